@@ -6,8 +6,9 @@ device mesh is a table in the config, never code. Layers are scanned (`nn.scan`)
 does not grow with depth, and rematerialised with a configurable policy.
 
 The optional KV cache is an explicit pytree passed in and returned (never a hidden Flax collection),
-which keeps `generate` a pure function: cache = {"k": [L, b, S, kv, d], "v": [L, b, S, kv, d],
-"segment_ids": [b, S]}.
+which keeps `generate` a pure function: cache = {"k": [L, b, kv, S, d], "v": [L, b, kv, S, d],
+"segment_ids": [b, S]} (heads-major slots, as attention reads them). Token-by-token decoding runs
+the same layers unrolled over per-layer weights and caches (`mellama_jax.model.decode`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mellama_jax.model.attention import attention, make_attention_mask
+from mellama_jax.model.attention import attention, cached_attention, make_attention_mask
 from mellama_jax.model.config import LlamaConfig
 from mellama_jax.model.rope import apply_rotary, rotary_tables
 
@@ -38,6 +39,23 @@ def _param(module: nn.Module, name: str, shape: tuple, axes: tuple, config: Llam
     value = module.param(name, nn.with_logical_partitioning(init, axes), shape,
                          jnp.dtype(config.param_dtype))
     return jnp.asarray(value, jnp.dtype(config.dtype))
+
+
+def _with_lora(module: nn.Module, name: str, x: Array, y: Array, eq_a: str, eq_b: str,
+               dropout: float) -> Array:
+    """y + (dropout(x) @ A) @ B when the "lora" collection holds an adapter `name` (see model/lora.py).
+
+    The low-rank product is computed on the activations, never as a full-size weight delta, so LoRA
+    costs O(rank) extra per token at any model size. B arrives pre-scaled by alpha / rank.
+    """
+    if not module.has_variable("lora", name):
+        return y
+    adapter = module.get_variable("lora", name)
+    if dropout > 0 and module.has_rng("dropout"):
+        keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - dropout, x.shape)
+        x = jnp.where(keep, x / (1.0 - dropout), 0).astype(x.dtype)
+    low = jnp.einsum(eq_a, x, jnp.asarray(adapter["a"], x.dtype))
+    return y + jnp.einsum(eq_b, low, jnp.asarray(adapter["b"], x.dtype)).astype(y.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -62,6 +80,7 @@ class Attention(nn.Module):
 
     config: LlamaConfig
     plain_causal: bool = False
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array, cache: dict | None,
@@ -76,6 +95,9 @@ class Attention(nn.Module):
         q = jnp.einsum("bse,ehd->bshd", x, wq)
         k = jnp.einsum("bse,ehd->bshd", x, wk)
         v = jnp.einsum("bse,ehd->bshd", x, wv)
+        q = _with_lora(self, "q_proj", x, q, "bse,er->bsr", "bsr,rhd->bshd", self.lora_dropout)
+        k = _with_lora(self, "k_proj", x, k, "bse,er->bsr", "bsr,rhd->bshd", self.lora_dropout)
+        v = _with_lora(self, "v_proj", x, v, "bse,er->bsr", "bsr,rhd->bshd", self.lora_dropout)
         q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
         k = nn.with_logical_constraint(k, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
         v = nn.with_logical_constraint(v, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
@@ -86,22 +108,31 @@ class Attention(nn.Module):
             out = attention(q, k, v, mask, cfg.attention_impl, plain_causal=self.plain_causal)
             new_cache = None
         else:
-            # Write this chunk's keys/values at cache_index, then attend over the whole cache.
-            start = (0, cache_index, 0, 0)
-            keys = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-            values = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+            # Write this chunk's keys/values at cache_index, then attend over the whole cache. The
+            # cache is laid out [b, kv_heads, S, d] (heads-major) so that reading it needs no
+            # transpose: a decode step then touches each cached byte once.
+            start = (0, 0, cache_index, 0)
+            keys = jax.lax.dynamic_update_slice(cache["k"], jnp.swapaxes(k, 1, 2).astype(cache["k"].dtype), start)
+            values = jax.lax.dynamic_update_slice(cache["v"], jnp.swapaxes(v, 1, 2).astype(cache["v"].dtype), start)
+            # The barrier keeps XLA from fusing the update into both of its readers (the returned
+            # cache and the attention dot), which would copy the whole cache to update it twice.
+            keys, values = jax.lax.optimization_barrier((keys, values))
             kv_segment_ids = cache["segment_ids"]
             mask = make_attention_mask(segment_ids, kv_segment_ids, q_offset=cache_index)
-            out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, cfg.attention_impl)
+            out = cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
             new_cache = {"k": keys, "v": values}
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
-        return jnp.einsum("bshd,hde->bse", out, wo), new_cache
+        # Contract (heads, head_dim) in that order: einsum lists them as (head_dim, heads), and XLA
+        # then transposes wo (and the activations) on every call to match.
+        y = jax.lax.dot_general(out, wo, (((2, 3), (0, 1)), ((), ())))
+        return _with_lora(self, "o_proj", out, y, "bshd,hdr->bsr", "bsr,re->bse", self.lora_dropout), new_cache
 
 
 class MLP(nn.Module):
     """SwiGLU feed-forward block."""
 
     config: LlamaConfig
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -109,8 +140,11 @@ class MLP(nn.Module):
         h, i = cfg.hidden_size, cfg.intermediate_size
         gate = x @ _param(self, "gate_proj", (h, i), ("embed", "mlp"), cfg)
         up = x @ _param(self, "up_proj", (h, i), ("embed", "mlp"), cfg)
+        gate = _with_lora(self, "gate_proj", x, gate, "bse,er->bsr", "bsr,ri->bsi", self.lora_dropout)
+        up = _with_lora(self, "up_proj", x, up, "bse,er->bsr", "bsr,ri->bsi", self.lora_dropout)
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-        return hidden @ _param(self, "down_proj", (i, h), ("mlp", "embed"), cfg)
+        out = hidden @ _param(self, "down_proj", (i, h), ("mlp", "embed"), cfg)
+        return _with_lora(self, "down_proj", hidden, out, "bsi,ir->bsr", "bsr,re->bse", self.lora_dropout)
 
 
 class Embedding(nn.Module):
@@ -151,15 +185,16 @@ class DecoderLayer(nn.Module):
 
     config: LlamaConfig
     plain_causal: bool = False
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x: Array, cache: dict | None, cos: Array, sin: Array, segment_ids: Array,
                  kv_segment_ids: Array | None, cache_index: Array | None) -> tuple[Array, dict | None]:
         layer_cache = None if cache is None else {**cache, "segment_ids": kv_segment_ids}
-        attn_out, new_cache = Attention(self.config, self.plain_causal, name="attention")(
+        attn_out, new_cache = Attention(self.config, self.plain_causal, self.lora_dropout, name="attention")(
             RMSNorm(self.config, name="input_norm")(x), cos, sin, segment_ids, layer_cache, cache_index)
         x = x + attn_out
-        x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="post_attention_norm")(x))
+        x = x + MLP(self.config, self.lora_dropout, name="mlp")(RMSNorm(self.config, name="post_attention_norm")(x))
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         return x, new_cache
 
@@ -170,8 +205,8 @@ def _scanned_layers(config: LlamaConfig):
         layer = nn.remat(layer, policy=REMAT_POLICIES[config.remat_policy], prevent_cse=False)
     return nn.scan(
         layer,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
+        variable_axes={"params": 0, "lora": 0},  # LoRA adapters are stacked over layers too
+        split_rngs={"params": True, "dropout": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         out_axes=0,
         length=config.num_hidden_layers,
@@ -180,9 +215,14 @@ def _scanned_layers(config: LlamaConfig):
 
 
 class Llama(nn.Module):
-    """LLaMA-2 causal language model: tokens [b, s] -> float32 logits [b, s, vocab]."""
+    """LLaMA-2 causal language model: tokens [b, s] -> float32 logits [b, s, vocab].
+
+    LoRA adapters, when given as a "lora" variable collection, are added inside the projections;
+    `lora_dropout` applies to their inputs when a "dropout" rng is passed (training only).
+    """
 
     config: LlamaConfig
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None,
@@ -211,7 +251,7 @@ class Llama(nn.Module):
         if cache is not None:
             kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, cache_index))
             layer_caches = {"k": cache["k"], "v": cache["v"]}
-        x, new_layer_caches = _scanned_layers(cfg)(cfg, plain_causal, name="layers")(
+        x, new_layer_caches = _scanned_layers(cfg)(cfg, plain_causal, self.lora_dropout, name="layers")(
             x, layer_caches, cos, sin, segment_ids, kv_segment_ids, cache_index)
         x = RMSNorm(cfg, name="final_norm")(x)
 
