@@ -1,7 +1,11 @@
 """Convert between Hugging Face LLaMA directories and mellama-jax Orbax checkpoints.
 
   python -m mellama_jax.convert hf_to_orbax --hf_dir DIR --out CKPT
-  python -m mellama_jax.convert orbax_to_hf --ckpt CKPT --out DIR [--dtype bfloat16|float16|float32]
+  python -m mellama_jax.convert orbax_to_hf --ckpt CKPT --out DIR [--step N] [--dtype bfloat16|float16|float32]
+  python -m mellama_jax.convert resize_vocab --ckpt CKPT --tokenizer DIR --out CKPT2 [--pad_to_multiple 64]
+
+CKPT is any model artifact: a converter output, a training workdir (newest step unless --step), its
+checkpoints/ dir or one checkpoints/<step> dir. Every output is an artifact with its tokenizer.
 
 hf_to_orbax streams: source shards are memory-mapped, and each stacked parameter is assembled layer by
 layer and written into the Orbax checkpoint on its own (Orbax partial saves), so peak memory stays near
@@ -19,7 +23,9 @@ import sys
 import numpy as np
 
 from mellama_jax.checkpoint import hf as hf_mapping
-from mellama_jax.checkpoint.hf_dir import TOKENIZER_FILES, HFWeights, read_hf_config
+from mellama_jax.checkpoint.artifact import (CHAT_TEMPLATE_FILE, TOKENIZER_FILES, TokenizerMismatchError,
+                                             resolve_artifact, write_artifact_files)
+from mellama_jax.checkpoint.hf_dir import HFWeights, read_hf_config
 from mellama_jax.checkpoint.orbax_io import PARAMS_ITEM, StreamingParamsWriter, write_model_config
 from mellama_jax.checkpoint.safetensors_io import write_file
 
@@ -51,18 +57,25 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None) -> str:
         writer.add(path, stacked)
         del stacked
     writer.finalize()
-    for name in TOKENIZER_FILES:
+    for name in TOKENIZER_FILES + (CHAT_TEMPLATE_FILE,):
         if os.path.isfile(os.path.join(hf_dir, name)):
             shutil.copy2(os.path.join(hf_dir, name), os.path.join(out, name))
+    _write_json(os.path.join(out, "provenance.json"),
+                {"created_by": "mellama_jax.convert hf_to_orbax", "source": os.path.abspath(hf_dir),
+                 "format": "huggingface", "dtype": target.name})
     write_model_config(out, config)
     return out
 
 
-def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: int = 5 * 1024**3) -> str:
-    """Write config.json, generation_config.json, sharded safetensors + index and tokenizer files."""
-    from mellama_jax.checkpoint.load import load_pretrained, tokenizer_path
+def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: int = 5 * 1024**3,
+                step: int | None = None) -> str:
+    """Write config.json, generation_config.json, sharded safetensors + index and tokenizer files.
 
-    config, params = load_pretrained(ckpt)
+    The tokenizer files are written so that `transformers.AutoTokenizer.from_pretrained(out)` gives
+    the project Tokenizer's ids (see checkpoint/hf_tokenizer.py).
+    """
+    artifact = resolve_artifact(ckpt, step)
+    config, params = artifact.model_config, artifact.load_params()
     dtype = dtype or config.param_dtype
     if dtype not in _DTYPES:
         raise ValueError(f"--dtype {dtype!r}: expected one of {_DTYPES}")
@@ -107,13 +120,78 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
     _write_json(os.path.join(out, "model.safetensors.index.json"), index)
     _write_json(os.path.join(out, "config.json"), hf_mapping.config_to_hf(config, dtype))
     _write_json(os.path.join(out, "generation_config.json"), hf_mapping.generation_config_to_hf(config))
-    spm = tokenizer_path(ckpt)
-    if spm:
-        for name in TOKENIZER_FILES:
-            source = os.path.join(os.path.dirname(spm), name)
-            if os.path.isfile(source):
-                shutil.copy2(source, os.path.join(out, name))
+    export_tokenizer(artifact, out)
     return out
+
+
+def export_tokenizer(artifact, out: str) -> None:
+    """The artifact's tokenizer as HF files (+ its chat template), checked against the model first."""
+    from mellama_jax.checkpoint.artifact import check_artifact_tokenizer, copy_tokenizer_files, read_json
+    from mellama_jax.checkpoint.hf_tokenizer import UnsupportedTokenizerError, write_hf_tokenizer
+
+    if not artifact.tokenizer_file:
+        print(f"warning: {artifact.root} carries no tokenizer.model; {out} has no tokenizer files",
+              file=sys.stderr)
+        return
+    check_artifact_tokenizer(artifact, artifact.load_tokenizer(), artifact.tokenizer_file)
+    source_config = read_json(os.path.join(artifact.root, "tokenizer_config.json"))
+    if artifact.chat_template:
+        source_config["chat_template"] = artifact.chat_template
+        with open(os.path.join(out, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
+            f.write(artifact.chat_template)
+    try:
+        write_hf_tokenizer(artifact.tokenizer_file, out, source_config)
+    except UnsupportedTokenizerError as err:  # not LLaMA-style: hand over the files as they are
+        print(f"warning: {artifact.tokenizer_file}: {err}; copied its tokenizer files unchanged", file=sys.stderr)
+        copy_tokenizer_files(artifact.tokenizer_file, out)
+        if artifact.chat_template:
+            _write_json(os.path.join(out, "tokenizer_config.json"), source_config)
+
+
+def resize_vocab(ckpt: str, tokenizer: str, out: str, pad_to_multiple: int = 64, step: int | None = None) -> str:
+    """A model artifact at `out` whose vocabulary is that of the extended `tokenizer` (see
+    checkpoint/vocab.py for how new rows are initialised)."""
+    from mellama_jax.checkpoint.artifact import MAX_VOCAB_MULTIPLE, check_artifact_tokenizer
+    from mellama_jax.checkpoint.orbax_io import save_params
+    from mellama_jax.checkpoint.vocab import new_row_sources, resize_params, round_up
+    from mellama_jax.data.tokenizer import load_tokenizer
+
+    m = int(pad_to_multiple)
+    if m < 1 or m & (m - 1) or m > MAX_VOCAB_MULTIPLE:
+        raise ValueError(f"--pad_to_multiple {m}: expected a power of two <= {MAX_VOCAB_MULTIPLE}")
+    artifact = resolve_artifact(ckpt, step)
+    if not artifact.tokenizer_file:
+        raise FileNotFoundError(f"{artifact.root}: no tokenizer.model travels with {ckpt}; the base tokenizer "
+                                "is needed to initialise the new rows")
+    check_artifact_tokenizer(artifact, artifact.load_tokenizer(), artifact.tokenizer_file)
+    extended = load_tokenizer(tokenizer)
+    if os.path.exists(os.path.join(out, PARAMS_ITEM)):
+        raise FileExistsError(f"{os.path.join(out, PARAMS_ITEM)}: already exists; choose a new output directory")
+    sources = new_row_sources(artifact.tokenizer_file, extended.model_path)
+    n_base, n_new = artifact.load_tokenizer().vocab_size, extended.vocab_size
+    size = round_up(n_new, m)
+    config = artifact.model_config.replace(vocab_size=size)
+    params = resize_params(jax_to_numpy(artifact.load_params()), n_base, size, sources,
+                           artifact.model_config.tie_word_embeddings)
+    save_params(out, config, params)
+    provenance = {"created_by": "mellama_jax.convert resize_vocab", "source": artifact.path,
+                  "source_kind": artifact.kind, "source_step": artifact.step,
+                  "source_provenance": artifact.provenance, "base_tokenizer": artifact.tokenizer_file,
+                  "tokenizer": extended.model_path, "base_vocab": n_base, "tokenizer_vocab": n_new,
+                  "vocab_size": size, "vocab_multiple": m,
+                  "new_rows": "mean of the base rows of the base tokenizer's pieces for the new piece's text; "
+                              "mean of all base rows where there is no clean split and for padding"}
+    write_artifact_files(out, config, tokenizer_file=extended.model_path, provenance=provenance,
+                         chat_template=artifact.chat_template)
+    print(f"vocab {artifact.model_config.vocab_size} -> {size} ({n_new - n_base} new pieces, padded to a "
+          f"multiple of {m}); {sum(1 for v in sources.values() if not v)} new rows use the mean of all rows")
+    return out
+
+
+def jax_to_numpy(tree):
+    import jax
+
+    return jax.tree_util.tree_map(np.asarray, tree)
 
 
 def _write_json(path: str, value: dict) -> None:
@@ -135,13 +213,24 @@ def main(argv: list[str] | None = None) -> int:
     to_hf.add_argument("--out", required=True)
     to_hf.add_argument("--dtype", choices=_DTYPES, default=None, help="default: the stored dtype")
     to_hf.add_argument("--max_shard_size_mb", type=int, default=5120)
+    to_hf.add_argument("--step", type=int, default=None, help="training checkpoints: default the newest")
+    resize = commands.add_parser("resize_vocab", help="grow a model to an extended tokenizer's vocabulary")
+    resize.add_argument("--ckpt", required=True, help="model artifact (its tokenizer is the base)")
+    resize.add_argument("--tokenizer", required=True, help="extended tokenizer (directory or tokenizer.model)")
+    resize.add_argument("--out", required=True)
+    resize.add_argument("--pad_to_multiple", type=int, default=64,
+                        help="embedding rows padded to this power of two (vocab sharding); default 64")
+    resize.add_argument("--step", type=int, default=None, help="training checkpoints: default the newest")
     args = parser.parse_args(argv)
     try:
         if args.command == "hf_to_orbax":
             out = hf_to_orbax(args.hf_dir, args.out, args.dtype)
+        elif args.command == "orbax_to_hf":
+            out = orbax_to_hf(args.ckpt, args.out, args.dtype, args.max_shard_size_mb * 1024**2, args.step)
         else:
-            out = orbax_to_hf(args.ckpt, args.out, args.dtype, args.max_shard_size_mb * 1024**2)
-    except (hf_mapping.ConversionError, FileNotFoundError, FileExistsError, ValueError) as err:
+            out = resize_vocab(args.ckpt, args.tokenizer, args.out, args.pad_to_multiple, args.step)
+    except (hf_mapping.ConversionError, FileNotFoundError, FileExistsError, ValueError,
+            TokenizerMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}; peak RSS {peak_rss_mib():.0f} MiB")

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
-__all__ = ["Tokenizer", "load_tokenizer"]
+__all__ = ["Tokenizer", "load_tokenizer", "file_sha256"]
 
 
 class Tokenizer:
@@ -59,13 +59,17 @@ class Tokenizer:
         return pid if pid >= 0 else 0
 
     @property
+    def declared_pad_id(self) -> int:
+        """The pad piece the sentencepiece model defines (-1: none, as in LLaMA-2)."""
+        return int(self._sp.pad_id())
+
+    @property
     def vocab_size(self) -> int:
         return int(self._sp.GetPieceSize())
 
     def sha256(self) -> str:
         """Content hash of the model file (used in data cache keys)."""
-        with open(self.model_path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        return file_sha256(self.model_path)
 
     # --- encode / decode -------------------------------------------------------------------------
     def encode(self, text: str, bos: bool | None = None, eos: bool | None = None) -> list[int]:
@@ -102,6 +106,12 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer({self.model_path!r}, vocab_size={self.vocab_size}, add_bos={self.add_bos}, "
                 f"add_eos={self.add_eos})")
+
+
+def file_sha256(path: str) -> str:
+    """Content hash of a tokenizer file (cache keys, provenance, same-tokenizer checks)."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _read_tokenizer_config(path: str) -> dict:

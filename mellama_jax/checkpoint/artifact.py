@@ -1,0 +1,382 @@
+"""The one model artifact every stage hands to the next: model config + params + tokenizer
+(+ chat template, + provenance).
+
+Layouts that resolve to an artifact (`resolve_artifact(path, step=None)`):
+  hf_dir       a Hugging Face LLaMA directory: config.json + safetensors/bin weights + tokenizer files.
+  orbax        a self-contained checkpoint (hf_to_orbax, resize_vocab, extend outputs):
+               model_config.json + params/ + tokenizer files + provenance.json.
+  training     a training (or instruction-tuning) workdir W, W/checkpoints, or W/checkpoints/<step>:
+               W/checkpoints/{model_config.json, tokenizer files, provenance.json} + <step>/params/.
+               The newest complete step unless `step` is given.
+
+The experiment config of a run is W/experiment_config.json and never `config.json` (the name that
+marks a Hugging Face directory). Workdirs written before that rename still hold W/config.json;
+W/checkpoints/model_config.json takes precedence, so they resolve as training workdirs.
+
+Adapters (LoRA from instruction tuning) are the extension point: a training step dir may hold an
+Orbax item `adapters/`, described by `adapter_config.json` beside model_config.json
+({"kind": "lora", ...}). `ModelArtifact.load_params()` hands base params and that item to the loader
+registered for the kind (`register_adapter_loader`), which returns the merged params.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import re
+import shutil
+from typing import Any, Callable
+
+from mellama_jax.checkpoint.orbax_io import MODEL_CONFIG, PARAMS_ITEM, read_model_config, restore_params
+from mellama_jax.model.config import LlamaConfig
+
+__all__ = [
+    "ModelArtifact", "resolve_artifact", "checkpoint_kind", "write_artifact_files", "copy_tokenizer_files",
+    "check_tokenizer", "TokenizerMismatchError", "register_adapter_loader", "ADAPTER_LOADERS",
+    "EXPERIMENT_CONFIG", "PROVENANCE", "ADAPTER_CONFIG", "ADAPTERS_ITEM", "TOKENIZER_FILES",
+    "CHAT_TEMPLATE_FILE", "CHECKPOINTS_DIR",
+]
+
+EXPERIMENT_CONFIG = "experiment_config.json"  # launch.py's resolved experiment config in a workdir
+LEGACY_EXPERIMENT_CONFIG = "config.json"      # what launch.py wrote before (clashes with HF's name)
+CHECKPOINTS_DIR = "checkpoints"
+PROVENANCE = "provenance.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTERS_ITEM = "adapters"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+# Files of a LLaMA tokenizer, in the names transformers reads them by.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
+                   "added_tokens.json")
+_STEP = re.compile(r"^\d+$")
+
+# kind -> "module:function"; function(base_params, adapters: dict, artifact, target) -> params.
+ADAPTER_LOADERS: dict[str, str] = {"lora": "mellama_jax.model.lora:merge_adapter_item"}
+
+
+def register_adapter_loader(kind: str, loader: str | Callable) -> None:
+    """Teach the artifact loader one adapter kind (a callable or a lazy "module:function" path)."""
+    ADAPTER_LOADERS[kind] = loader
+
+
+class TokenizerMismatchError(ValueError):
+    """A tokenizer that does not fit a model (vocab size or special ids)."""
+
+
+@dataclasses.dataclass
+class ModelArtifact:
+    """What a path resolves to; nothing heavy is loaded until `load_params` / `load_tokenizer`."""
+
+    kind: str                 # "hf_dir" | "orbax" | "training"
+    path: str                 # the path the caller gave, absolute
+    root: str                 # directory holding the model config, tokenizer files and provenance
+    model_config: LlamaConfig
+    params_dir: str           # the HF directory, or the Orbax params item
+    step: int | None = None   # training checkpoints: which step
+    tokenizer_file: str | None = None
+    chat_template: str | None = None
+    provenance: dict = dataclasses.field(default_factory=dict)
+    adapters: dict | None = None  # {"kind", "item_dir", "config"} when the step holds adapters
+
+    @property
+    def model_config_file(self) -> str:
+        """The file the model config was read from (for error messages)."""
+        return os.path.join(self.root, "config.json" if self.kind == "hf_dir" else MODEL_CONFIG)
+
+    @property
+    def tokenizer_dir(self) -> str | None:
+        return os.path.dirname(self.tokenizer_file) if self.tokenizer_file else None
+
+    def load_params(self, target: Any = None, *, merge_adapters: bool = True) -> Any:
+        """The parameter pytree; `target` (ShapeDtypeStructs with shardings) restores onto a mesh."""
+        if self.kind == "hf_dir":
+            from mellama_jax.checkpoint.hf_dir import load_hf_params
+
+            _, params = load_hf_params(self.params_dir)
+            if target is not None:
+                import jax
+
+                params = jax.tree_util.tree_map(
+                    lambda x, t: jax.device_put(x.astype(t.dtype), t.sharding), params, target)
+        else:
+            params = restore_params(self.params_dir, target)
+        if self.adapters and merge_adapters:
+            params = _adapter_loader(self.adapters["kind"], self)(params, self.adapters, self, target)
+        return params
+
+    def load_tokenizer(self):
+        """The project's Tokenizer for this model (error when the artifact carries none)."""
+        from mellama_jax.data.tokenizer import Tokenizer
+
+        if not self.tokenizer_file:
+            raise FileNotFoundError(f"{self.root}: no tokenizer.model travels with this model; give a "
+                                    "tokenizer path explicitly")
+        return Tokenizer(self.tokenizer_file)
+
+    def describe(self) -> str:
+        where = f"{self.root} step {self.step}" if self.step is not None else self.root
+        return f"{self.kind} model at {where}"
+
+
+def _adapter_loader(kind: str, artifact: ModelArtifact) -> Callable:
+    loader = ADAPTER_LOADERS.get(kind)
+    if loader is None:
+        raise ValueError(f"{os.path.join(artifact.root, ADAPTER_CONFIG)}: adapter kind {kind!r} has no "
+                         f"loader (known: {sorted(ADAPTER_LOADERS)})")
+    if isinstance(loader, str):
+        module, _, name = loader.partition(":")
+        loader = getattr(importlib.import_module(module), name)
+    return loader
+
+
+# ------------------------------------------------------------------------------------------------
+# Resolving a path
+# ------------------------------------------------------------------------------------------------
+def _has_params(directory: str) -> bool:
+    return os.path.isdir(os.path.join(directory, PARAMS_ITEM))
+
+
+def checkpoint_kind(path: str) -> str | None:
+    """Which layout `path` is: "orbax" | "step" | "checkpoints" | "workdir" | "hf_dir" | None.
+
+    Training layouts are recognised before config.json, so a workdir that still holds a legacy
+    experiment config.json is a workdir, not a (broken) Hugging Face directory.
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        return None
+    if os.path.isfile(os.path.join(path, MODEL_CONFIG)) and _has_params(path):
+        return "orbax"
+    if _STEP.match(os.path.basename(path)) and _has_params(path) \
+            and os.path.isfile(os.path.join(os.path.dirname(path), MODEL_CONFIG)):
+        return "step"
+    if os.path.isfile(os.path.join(path, MODEL_CONFIG)):
+        return "checkpoints"
+    if os.path.isfile(os.path.join(path, CHECKPOINTS_DIR, MODEL_CONFIG)):
+        return "workdir"
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return "hf_dir"
+    return None
+
+
+def available_steps(checkpoints_dir: str) -> list[int]:
+    """Complete steps (Orbax renames a step dir into place only when its save finished)."""
+    if not os.path.isdir(checkpoints_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(checkpoints_dir)
+                  if _STEP.match(name) and _has_params(os.path.join(checkpoints_dir, name)))
+
+
+def resolve_artifact(path: str, step: int | None = None) -> ModelArtifact:
+    """The model artifact at `path` (see the module docstring for the layouts); `step` picks a
+    training checkpoint other than the newest."""
+    given = os.path.abspath(os.path.expanduser(str(path)))
+    if not os.path.exists(given):
+        raise FileNotFoundError(f"{given}: no such checkpoint directory")
+    kind = checkpoint_kind(given)
+    if kind is None:
+        raise FileNotFoundError(
+            f"{given}: neither a Hugging Face directory (config.json) nor a mellama-jax checkpoint "
+            f"({MODEL_CONFIG} + {PARAMS_ITEM}/, or a training workdir with {CHECKPOINTS_DIR}/{MODEL_CONFIG})")
+    if kind == "hf_dir":
+        _no_step(given, step, kind)
+        from mellama_jax.checkpoint.hf_dir import read_hf_config
+
+        return _finish(ModelArtifact("hf_dir", given, given, read_hf_config(given), given,
+                                     provenance={"source": given, "format": "huggingface"}))
+    if kind == "orbax":
+        _no_step(given, step, kind)
+        return _finish(ModelArtifact("orbax", given, given, read_model_config(given),
+                                     os.path.join(given, PARAMS_ITEM)))
+    if kind == "step":
+        root, chosen = os.path.dirname(given), int(os.path.basename(given))
+        if step is not None and int(step) != chosen:
+            raise ValueError(f"{given}: is step {chosen}, but step {step} was asked for")
+    else:
+        root = given if kind == "checkpoints" else os.path.join(given, CHECKPOINTS_DIR)
+        steps = available_steps(root)
+        if not steps:
+            raise FileNotFoundError(f"{root}: has {MODEL_CONFIG} but no finished step with a "
+                                    f"'{PARAMS_ITEM}' item yet")
+        if step is None:
+            chosen = steps[-1]
+        elif int(step) in steps:
+            chosen = int(step)
+        else:
+            raise FileNotFoundError(f"{root}: no finished checkpoint for step {step} (have {steps})")
+    step_dir = os.path.join(root, str(chosen))
+    artifact = ModelArtifact("training", given, root, read_model_config(root),
+                             os.path.join(step_dir, PARAMS_ITEM), step=chosen)
+    adapter_item = os.path.join(step_dir, ADAPTERS_ITEM)
+    if os.path.isdir(adapter_item):
+        config = read_json(os.path.join(root, ADAPTER_CONFIG))
+        if not config:
+            raise FileNotFoundError(f"{adapter_item}: adapters saved without {os.path.join(root, ADAPTER_CONFIG)}")
+        artifact.adapters = {"kind": config.get("kind", "lora"), "item_dir": adapter_item, "config": config}
+    return _finish(artifact)
+
+
+def _no_step(path: str, step: int | None, kind: str) -> None:
+    if step is not None:
+        raise ValueError(f"{path}: a {kind} directory holds one set of weights; a step ({step}) applies "
+                         "only to training checkpoints")
+
+
+def _finish(artifact: ModelArtifact) -> ModelArtifact:
+    """Fill in tokenizer, chat template and provenance from the artifact's root."""
+    root = artifact.root
+    spm = os.path.join(root, "tokenizer.model")
+    artifact.tokenizer_file = spm if os.path.isfile(spm) else None
+    artifact.chat_template = _chat_template(root)
+    provenance = read_json(os.path.join(root, PROVENANCE))
+    artifact.provenance = {**artifact.provenance, **provenance}
+    if artifact.step is not None:
+        artifact.provenance["step"] = artifact.step
+    return artifact
+
+
+def _chat_template(root: str) -> str | None:
+    jinja = os.path.join(root, CHAT_TEMPLATE_FILE)
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            return f.read()
+    for name, key in (("chat_template.json", "chat_template"), ("tokenizer_config.json", "chat_template")):
+        value = read_json(os.path.join(root, name)).get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def read_json(path: str) -> dict:
+    """A JSON object file ({} when absent); errors name the file."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing the files that make a directory an artifact
+# ------------------------------------------------------------------------------------------------
+def copy_tokenizer_files(tokenizer_file: str, directory: str) -> list[str]:
+    """Copy tokenizer.model and the HF tokenizer files beside it into `directory`.
+
+    When the source lacks tokenizer_config.json, one with LLaMA-2's conventions (BOS on, EOS off)
+    is written, which is also what the project's Tokenizer assumes without one, so transformers and
+    the project agree on the exported tokenizer.
+    """
+    source_dir = os.path.dirname(os.path.abspath(tokenizer_file))
+    os.makedirs(directory, exist_ok=True)
+    copied = []
+    for name in TOKENIZER_FILES:
+        source = os.path.join(source_dir, name)
+        if name == "tokenizer.model":
+            source = os.path.abspath(tokenizer_file)
+        if not os.path.isfile(source):
+            continue
+        target = os.path.join(directory, name)
+        if os.path.abspath(source) != os.path.abspath(target):
+            tmp = target + ".tmp"
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        copied.append(target)
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.isfile(config_path):
+        _write_json(config_path, llama_tokenizer_config())
+        copied.append(config_path)
+    return copied
+
+
+def llama_tokenizer_config(**overrides: Any) -> dict:
+    """LLaMA-2's tokenizer_config.json conventions (what our Tokenizer assumes by default)."""
+    config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "pad_token": None, "legacy": True, "model_max_length": 4096,
+              "tokenizer_class": "LlamaTokenizer", "clean_up_tokenization_spaces": False}
+    config.update(overrides)
+    return config
+
+
+def write_artifact_files(directory: str, model_config: LlamaConfig, *, tokenizer_file: str | None = None,
+                         provenance: dict | None = None, chat_template: str | None = None) -> None:
+    """model_config.json, the tokenizer files, chat_template.jinja and provenance.json into `directory`.
+
+    Used by the converter, training (into W/checkpoints) and resize_vocab, so every stage's output
+    is read back by `resolve_artifact` the same way.
+    """
+    from mellama_jax.checkpoint.orbax_io import write_model_config
+
+    os.makedirs(directory, exist_ok=True)
+    if tokenizer_file:
+        copy_tokenizer_files(tokenizer_file, directory)
+    if chat_template:
+        tmp = os.path.join(directory, CHAT_TEMPLATE_FILE + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(chat_template)
+        os.replace(tmp, os.path.join(directory, CHAT_TEMPLATE_FILE))
+    if provenance is not None:
+        _write_json(os.path.join(directory, PROVENANCE), provenance)
+    write_model_config(directory, model_config)
+
+
+def _write_json(path: str, value: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenizer <-> model consistency
+# ------------------------------------------------------------------------------------------------
+MAX_VOCAB_MULTIPLE = 1024  # resize_vocab pads embedding rows to a power of two up to this
+
+
+def padded_vocab_sizes(n_tokens: int) -> set[int]:
+    """Model vocab sizes that fit a tokenizer of n_tokens: itself, or rounded up to a power of two
+    multiple (<= MAX_VOCAB_MULTIPLE) for sharding; the extra rows are never produced by the tokenizer."""
+    sizes, multiple = {n_tokens}, 2
+    while multiple <= MAX_VOCAB_MULTIPLE:
+        sizes.add(-(-n_tokens // multiple) * multiple)
+        multiple *= 2
+    return sizes
+
+
+def check_tokenizer(tokenizer: Any, model_config: LlamaConfig, tokenizer_file: str, model_file: str, *,
+                    allow_larger_model: bool = False) -> None:
+    """Raise TokenizerMismatchError (naming both files) when `tokenizer` cannot drive the model.
+
+    The model's vocab must equal the tokenizer's or be it padded to a power-of-two multiple
+    (`padded_vocab_sizes`); `allow_larger_model` accepts any larger vocab (a fresh model whose
+    vocab_size was set by hand). BOS and EOS must be the same ids; a model pad id must be inside the
+    vocab and equal the tokenizer's pad piece when it has one.
+    """
+    def fail(what: str) -> None:
+        raise TokenizerMismatchError(f"tokenizer {tokenizer_file} does not match model {model_file}: {what}")
+
+    n_tok, n_model = int(tokenizer.vocab_size), int(model_config.vocab_size)
+    if n_model < n_tok or (n_model not in padded_vocab_sizes(n_tok) and not allow_larger_model):
+        fail(f"tokenizer has {n_tok} pieces, model vocab_size is {n_model}")
+    if int(tokenizer.bos_id) != int(model_config.bos_token_id):
+        fail(f"BOS id {tokenizer.bos_id} in the tokenizer, bos_token_id {model_config.bos_token_id} in the model")
+    if int(tokenizer.eos_id) != int(model_config.eos_token_id):
+        fail(f"EOS id {tokenizer.eos_id} in the tokenizer, eos_token_id {model_config.eos_token_id} in the model")
+    pad = model_config.pad_token_id
+    if pad is not None:
+        tok_pad = getattr(tokenizer, "declared_pad_id", -1)
+        if not 0 <= int(pad) < n_model:
+            fail(f"pad_token_id {pad} is outside the model's vocab")
+        if tok_pad >= 0 and int(pad) != int(tok_pad):
+            fail(f"pad id {tok_pad} in the tokenizer, pad_token_id {pad} in the model")
+
+
+def check_artifact_tokenizer(artifact: ModelArtifact, tokenizer: Any, tokenizer_file: str,
+                             model_config: LlamaConfig | None = None) -> None:
+    """check_tokenizer against an artifact's model (or `model_config` derived from it)."""
+    check_tokenizer(tokenizer, model_config or artifact.model_config, tokenizer_file, artifact.model_config_file)
