@@ -198,9 +198,13 @@ def test_empty_source_and_bad_fraction_fail_clearly(tmp_path):
     cfg.sources.general = source_config([str(tmp_path / "empty.jsonl")], "jsonl")
     with pytest.raises(DataError, match="source 'general'.*no usable documents"):
         build_train_pipeline(cfg, global_batch_size=2, process_index=0, process_count=1)
-    cfg.mixture.general = 0.0  # weight 0: the source is not read at all
+    cfg.mixture.general = 0.0  # weight 0: never trained on, but still read for its held-out loss
+    with pytest.raises(DataError, match="source 'general'.*no usable documents"):
+        build_train_pipeline(cfg, global_batch_size=2, process_index=0, process_count=1)
+    cfg.sources_spec = "biomedical;clinical"  # left out of the set of sources: not read at all
     p = build_train_pipeline(cfg, global_batch_size=2, process_index=0, process_count=1)
     assert p.source_names == ["biomedical", "clinical"]
+    cfg.sources_spec = ""
     # A source whose documents all land in the eval split has an empty train split.
     (tmp_path / "one.jsonl").write_text(json.dumps({"text": "only doc", "id": "x"}) + "\n")
     cfg.sources.general = source_config([str(tmp_path / "one.jsonl")], "jsonl", eval_fraction=1.0)

@@ -343,7 +343,8 @@ def _prepared_files(source: str, dirs: list[str]) -> list[str]:
 def _scrubber(source: str, src_cfg: Any) -> Callable[[str], str] | None:
     fmt = src_cfg["format"]
     if fmt == "auto":
-        fmt = "mimic_csv" if any(str(p).endswith((".csv", ".csv.gz")) for p in src_cfg["paths"]) else fmt
+        from mellama_jax.data.config import source_paths
+        fmt = "mimic_csv" if any(str(p).endswith((".csv", ".csv.gz")) for p in source_paths(src_cfg)) else fmt
     scrub_inline = bool(src_cfg.get("scrub_inline", False))
     if fmt in _RAW_CLINICAL and bool(src_cfg.get("require_prepared", False)) and not scrub_inline:
         raise DataError(
@@ -373,7 +374,11 @@ def read_file(source: str, src_cfg: Any, path: str, report: BadInputReport,
 
 def iter_documents(source: str, src_cfg: Any, report: BadInputReport) -> Iterator[Doc]:
     """All documents of a configured source, file by file in sorted order (deterministic)."""
-    files = expand_paths(source, list(src_cfg["paths"]), src_cfg["format"])
+    from mellama_jax.data.config import source_paths
+    from mellama_jax.data.doc_filters import filter_documents
+
+    files = expand_paths(source, list(source_paths(src_cfg)), src_cfg["format"])
     scrub = _scrubber(source, src_cfg)
-    for path in files:
-        yield from read_file(source, src_cfg, path, report, scrub)
+    docs = (doc for path in files for doc in read_file(source, src_cfg, path, report, scrub))
+    # exclude_ids / dedup (mellama_jax.data.doc_filters); a no-op unless the source sets them
+    yield from filter_documents(source, src_cfg, docs, report)

@@ -26,6 +26,8 @@ class BadInputReport:
     good: int = 0
     bad: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: list = dataclasses.field(default_factory=list)
+    # Good documents left out on purpose (duplicates, excluded ids): not bad input, counted apart.
+    dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def ok(self, n: int = 1) -> None:
         self.good += n
@@ -39,6 +41,9 @@ class BadInputReport:
             self.examples.append(msg)
             log.warning("skipping bad input: %s", msg)
 
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
     @property
     def num_bad(self) -> int:
         return sum(self.bad.values())
@@ -51,6 +56,7 @@ class BadInputReport:
     def merge(self, other: "BadInputReport") -> None:
         self.good += other.good
         self.bad.update(other.bad)
+        self.dropped.update(other.dropped)
         self.examples.extend(other.examples[: max(0, self.max_examples - len(self.examples))])
 
     def check(self, max_bad_fraction: float) -> None:
@@ -66,7 +72,8 @@ class BadInputReport:
 
     def to_dict(self) -> dict:
         return {"source": self.source, "good": self.good, "bad": dict(self.bad),
-                "bad_fraction": self.bad_fraction, "examples": list(self.examples)}
+                "bad_fraction": self.bad_fraction, "examples": list(self.examples),
+                "dropped": dict(self.dropped)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BadInputReport":
@@ -74,10 +81,14 @@ class BadInputReport:
         r.good = int(d["good"])
         r.bad.update(d.get("bad", {}))
         r.examples = list(d.get("examples", []))
+        r.dropped.update(d.get("dropped", {}))
         return r
 
     def summary(self) -> str:
+        dropped = ("; dropped " + ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items()))
+                   if self.dropped else "")
         if not self.num_bad:
-            return f"[{self.source}] {self.good} documents, no problems"
+            return f"[{self.source}] {self.good} documents, no problems{dropped}"
         return (f"[{self.source}] {self.good} documents; skipped {self.num_bad} "
-                f"({self.bad_fraction:.2%}): " + ", ".join(f"{k}={v}" for k, v in sorted(self.bad.items())))
+                f"({self.bad_fraction:.2%}): " + ", ".join(f"{k}={v}" for k, v in sorted(self.bad.items()))
+                + dropped)

@@ -1,0 +1,59 @@
+"""Per-source document filters applied while reading, before the train/eval split and tokenizing:
+an exclusion list of document ids (what `mellama_jax.data.decontaminate --write_exclude` writes) and
+exact / MinHash near-duplicate removal (the clinical pipeline's `Deduplicator`, for any source).
+
+Dropped documents are counted in the source's report under `dropped` (not as bad input: a corpus
+with many duplicates is not malformed), by reason, never with their text.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Iterable, Iterator
+
+from mellama_jax.data.sources.report import BadInputReport, DataError
+
+__all__ = ["read_exclude_ids", "exclude_ids_sha256", "filter_documents", "DEDUP_MODES"]
+
+DEDUP_MODES = ("none", "exact", "near")
+
+
+def read_exclude_ids(path: str) -> set[str]:
+    """Document ids, one per line (blank lines and lines starting with '#' ignored)."""
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise DataError(f"exclude_ids file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        return {line.rstrip("\r\n") for line in f if line.strip() and not line.startswith("#")}
+
+
+def exclude_ids_sha256(path: str) -> str:
+    with open(os.path.expanduser(path), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def filter_documents(source: str, src_cfg: Any, docs: Iterable[dict], report: BadInputReport) -> Iterator[dict]:
+    """`docs` without the excluded ids and (per `dedup`) without exact / near duplicates of an
+    earlier document of the same source."""
+    exclude_path = str(src_cfg.get("exclude_ids", "") or "")
+    mode = str(src_cfg.get("dedup", "none") or "none")
+    if mode not in DEDUP_MODES:
+        raise DataError(f"data.sources.{source}.dedup={mode!r}: expected one of {DEDUP_MODES}")
+    excluded = read_exclude_ids(exclude_path) if exclude_path else set()
+    dedup = None
+    if mode != "none":
+        from mellama_jax.data.clinical.dedup import DedupConfig, Deduplicator
+        dedup = Deduplicator(DedupConfig(exact=True, near=mode == "near"))
+    if not excluded and dedup is None:
+        yield from docs
+        return
+    for doc in docs:
+        if doc["id"] in excluded:
+            report.drop("excluded_id")
+            continue
+        if dedup is not None:
+            reason = dedup.check(doc["text"])
+            if reason is not None:
+                report.drop(reason)
+                continue
+        yield doc
