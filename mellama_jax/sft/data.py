@@ -1,0 +1,340 @@
+"""Instruction data: readers for the formats people have, prompt-masked tokenization, packed rows,
+and the SFT pipeline (the pretraining pipeline's mixture, epochs and eval split over them).
+
+Record formats (detected per record when a source's format is "auto"):
+  alpaca    {"instruction", "input"?, "output"} (+ optional "system"): one user turn, the instruction
+            and a non-empty input joined by a blank line, as in Alpaca's "input" prompt.
+  messages  {"messages": [{"role": "system"|"user"|"assistant", "content"}...]}, multi-turn.
+  sharegpt  {"conversations": [{"from": ..., "value": ...}...]}: "human"/"user" -> user,
+            "gpt"/"agent"/"assistant"/"chatgpt"/"bard"/"model" -> assistant (Me-LLaMA's
+            src/preprocess_instruct.py writes human/agent), "system" -> system.
+Files: .jsonl / .jsonl.gz (one record per line), .json (a list of records, or one record), .parquet
+(a `datasets` export; nested columns come back as arrays and are normalised).
+
+Every assistant turn is trained (its text, the template's closing text and EOS); prompts are masked.
+An example longer than seq_len + 1 tokens is cut from the left (BOS kept), like evaluation cuts
+prompts, and counted: `prompt_truncated` when only prompt tokens were lost, `answer_truncated` when
+trained tokens of an earlier turn (or, for an over-long answer, of the answer itself) were lost.
+Malformed records are counted per reason with file:line (never their text: instructions may quote
+clinical notes) and fail the run above data.max_bad_fraction.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import gzip
+import json
+import logging
+import os
+from typing import Any, Iterator
+
+import numpy as np
+
+from mellama_jax.data.pipeline import PackedRows, TokenizedDocs, TrainPipeline, pack_rows
+from mellama_jax.data.sources.report import BadInputReport, DataError
+from mellama_jax.data.sources.splits import split_of
+from mellama_jax.sft import chat
+
+__all__ = ["FORMATS", "SFT_FORMATS", "to_messages", "iter_records", "read_source", "encode_example",
+           "MaskedDocs", "MaskedPackedRows", "SFTPipeline", "build_sft_pipeline", "sft_source_config"]
+
+log = logging.getLogger("mellama_jax.sft")
+
+SFT_FORMATS = ("auto", "alpaca", "messages", "sharegpt")
+FORMATS = SFT_FORMATS
+_ASSISTANT = {"gpt", "agent", "assistant", "chatgpt", "bard", "model", "bot"}
+_USER = {"human", "user"}
+
+
+class RecordError(ValueError):
+    """A record that cannot be used; `reason` is the counter key."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason, self.detail = reason, detail
+
+
+def sft_source_config(paths, fmt: str = "auto", *, eval_fraction: float = 0.02, **_ignored):
+    """One instruction source: globs, a record format (auto detects per record), held-out share."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict()
+    c.paths = tuple(paths) if not isinstance(paths, str) else (paths,)
+    c.format = fmt if fmt in SFT_FORMATS else "auto"
+    c.eval_fraction = float(eval_fraction)
+    return c
+
+
+# --------------------------------------------------------------------------------------------------
+# Records -> messages
+# --------------------------------------------------------------------------------------------------
+def _detect(record: dict) -> str:
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    raise RecordError("unknown_format", f"keys {sorted(record)[:8]}; expected messages, conversations "
+                                        "or instruction/output")
+
+
+def _as_list(value: Any) -> list:
+    if isinstance(value, np.ndarray):  # parquet list columns
+        return value.tolist()
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def to_messages(record: Any, fmt: str = "auto") -> list[dict]:
+    """The conversation of one record as [{"role", "content"}] (validated for training)."""
+    if not isinstance(record, dict):
+        raise RecordError("not_an_object", f"got {type(record).__name__}")
+    kind = _detect(record) if fmt == "auto" else fmt
+    if kind == "alpaca":
+        instruction, inp, output = record.get("instruction"), record.get("input") or "", record.get("output")
+        if not isinstance(instruction, str) or not isinstance(output, str) or not isinstance(inp, str):
+            raise RecordError("bad_field_type", "instruction/input/output must be strings")
+        if not instruction.strip():
+            raise RecordError("empty_prompt")
+        if not output.strip():
+            raise RecordError("empty_answer")
+        user = instruction + ("\n\n" + inp if inp.strip() else "")
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        if isinstance(record.get("system"), str) and record["system"].strip():
+            msgs.insert(0, {"role": "system", "content": record["system"]})
+    elif kind == "messages":
+        raw = _as_list(record.get("messages"))
+        if not isinstance(raw, list):
+            raise RecordError("bad_conversation", "'messages' is not a list")
+        msgs = [dict(m) if isinstance(m, dict) else m for m in raw]
+    elif kind == "sharegpt":
+        raw = _as_list(record.get("conversations"))
+        if not isinstance(raw, list):
+            raise RecordError("bad_conversation", "'conversations' is not a list")
+        msgs = []
+        for i, turn in enumerate(raw):
+            if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+                raise RecordError("bad_conversation", f"turn {i}: expected {{'from', 'value'}}")
+            who = str(turn["from"]).lower()
+            role = "user" if who in _USER else "assistant" if who in _ASSISTANT else "system" if who == "system" else None
+            if role is None:
+                raise RecordError("bad_role", f"turn {i}: unknown speaker {turn['from']!r}")
+            msgs.append({"role": role, "content": turn["value"]})
+    else:
+        raise RecordError("unknown_format", f"format {fmt!r}")
+    try:
+        return chat.normalize_messages(msgs, require_answer=True)
+    except chat.ChatError as err:
+        reason = "empty_answer" if "empty assistant" in str(err) else "empty_prompt" if "empty user" in str(err) \
+            else "bad_conversation"
+        raise RecordError(reason, str(err)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Files -> (line, record)
+# --------------------------------------------------------------------------------------------------
+def expand(source: str, patterns: Any) -> list[str]:
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    files: list[str] = []
+    for pat in patterns:
+        matched = sorted(p for p in glob.glob(os.path.expanduser(pat), recursive=True) if os.path.isfile(p))
+        if not matched:
+            raise DataError(f"data.sources.{source}.paths: glob {pat!r} matches no file")
+        files.extend(matched)
+    return sorted(dict.fromkeys(files))
+
+
+def iter_records(path: str) -> Iterator[tuple[int, Any]]:
+    """(line or item number, record | RecordError) of one file."""
+    name = path[:-3] if path.endswith(".gz") else path
+    if name.endswith(".parquet"):
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+        for i, row in enumerate(frame.to_dict("records"), 1):
+            yield i, {k: v for k, v in row.items() if not (isinstance(v, float) and np.isnan(v))}
+        return
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        if name.endswith(".json"):
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as err:
+                yield err.lineno, RecordError("invalid_json", err.msg)
+                return
+            for i, rec in enumerate(data if isinstance(data, list) else [data], 1):
+                yield i, rec
+            return
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield i, RecordError("invalid_json", err.msg)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenized examples with trained-token flags
+# --------------------------------------------------------------------------------------------------
+def encode_example(tokenizer: Any, template: str, messages: list[dict], seq_len: int
+                   ) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(ids, trained, truncation reason or None): at most seq_len + 1 tokens (seq_len targets)."""
+    ids, trained = chat.encode_chat(tokenizer, template, messages)
+    limit = seq_len + 1
+    if len(ids) <= limit:
+        return ids, trained, None
+    keep_bos = len(ids) > 0 and ids[0] == tokenizer.bos_id
+    head = 1 if keep_bos else 0
+    cut = len(ids) - limit  # tokens dropped right after BOS
+    lost_trained = bool(trained[head:head + cut].any())
+    ids = np.concatenate([ids[:head], ids[head + cut:]])
+    trained = np.concatenate([trained[:head], trained[head + cut:]])
+    return ids, trained, ("answer_truncated" if lost_trained else "prompt_truncated")
+
+
+@dataclasses.dataclass
+class MaskedDocs(TokenizedDocs):
+    """Tokenized examples plus, per token, whether it is a trained (response) token."""
+
+    trained: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
+
+    @classmethod
+    def from_examples(cls, examples: list[tuple[np.ndarray, np.ndarray]]) -> "MaskedDocs":
+        base = TokenizedDocs.from_lists([e[0].tolist() for e in examples])
+        trained = np.concatenate([e[1] for e in examples]) if examples else np.zeros(0, bool)
+        return cls(base.tokens, base.offsets, trained.astype(bool))
+
+    @property
+    def trained_tokens(self) -> int:
+        return int(self.trained.sum())
+
+
+@dataclasses.dataclass
+class MaskedPackedRows(PackedRows):
+    """Packed rows whose loss mask is the trained flag of each target token."""
+
+    trained: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
+
+    def write(self, i: int, out: dict[str, np.ndarray], j: int, source_id: int) -> None:
+        super().write(i, out, j, source_id)
+        pos = 0
+        for p in range(self.row_ptr[i], self.row_ptr[i + 1]):
+            s, n = int(self.piece_start[p]), int(self.piece_len[p])
+            out["loss_mask"][j, pos:pos + n] = self.trained[s + 1:s + n + 1]
+            pos += n
+
+
+def masked_rows(docs: MaskedDocs, seq_len: int, pad: bool) -> MaskedPackedRows:
+    """First-fit packing (pad=True: one example per row) of examples of at most seq_len + 1 tokens."""
+    rows = pack_rows(docs, seq_len, open_rows=0 if pad else 32)
+    return MaskedPackedRows(rows.tokens, rows.piece_start, rows.piece_len, rows.row_ptr, seq_len,
+                            trained=docs.trained)
+
+
+def read_source(name: str, src: Any, tokenizer: Any, template: str, seq_len: int, process_index: int = 0,
+                process_count: int = 1) -> tuple[dict[str, MaskedDocs], BadInputReport, collections.Counter]:
+    """Train/eval examples of one source for this host, its bad-record report and truncation counts."""
+    report = BadInputReport(name)
+    counts: collections.Counter = collections.Counter()
+    fmt = str(src.get("format", "auto"))
+    if fmt not in SFT_FORMATS:
+        raise DataError(f"data.sources.{name}.format={fmt!r}: expected one of {SFT_FORMATS}")
+    eval_fraction = float(src.get("eval_fraction", 0.0))
+    examples = {"train": [], "eval": []}
+    seen = {"train": 0, "eval": 0}
+    for path in expand(name, src.paths):
+        for line, rec in iter_records(path):
+            if isinstance(rec, RecordError):
+                report.skip(rec.reason, path, line, rec.detail)
+                continue
+            try:
+                messages = to_messages(rec, fmt)
+            except RecordError as err:
+                report.skip(err.reason, path, line, err.detail)
+                continue
+            report.ok()
+            doc_id = str(rec.get("id")) if rec.get("id") is not None else f"{os.path.basename(path)}:{line}"
+            split = split_of(doc_id, eval_fraction, name)
+            k = seen[split]
+            seen[split] += 1
+            if process_count > 1 and k % process_count != process_index:
+                continue
+            ids, trained, cut = encode_example(tokenizer, template, messages, seq_len)
+            if cut:
+                counts[f"{split}/{cut}"] += 1
+            counts[f"{split}/examples"] += 1
+            examples[split].append((ids, trained))
+    return {s: MaskedDocs.from_examples(v) for s, v in examples.items()}, report, counts
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------------
+class SFTPipeline(TrainPipeline):
+    """The pretraining pipeline (mixture draws, per-source permutations per epoch, eval batches,
+    stateless resume) over prompt-masked instruction examples instead of documents."""
+
+    def __init__(self, data_config, *, global_batch_size: int, process_index: int = 0, process_count: int = 1,
+                 tokenizer: Any = None):
+        import ml_collections
+
+        self.template = str(data_config.get("chat_template", "mellama"))
+        chat.hf_chat_template(self.template)  # fails early on an unknown name
+        self.sft_packing = str(data_config.get("packing", "pack"))
+        if self.sft_packing not in ("pack", "pad"):
+            raise DataError(f"data.packing={self.sft_packing!r}: SFT expects 'pack' (examples packed into "
+                            "rows, attention kept within each) or 'pad' (one example per row)")
+        self.truncation: dict[str, collections.Counter] = {}
+        cfg = ml_collections.ConfigDict(data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config))
+        cfg.packing = "pack"  # the base class's layout check; rows come from _make_rows below
+        super().__init__(cfg, global_batch_size=global_batch_size, process_index=process_index,
+                         process_count=process_count, tokenizer=tokenizer)
+        self.packing = self.sft_packing
+        self.chat_template_jinja = chat.hf_chat_template(self.template)  # written into the checkpoints
+        for name in self.source_names:
+            t = self.truncation[name]
+            if t["train/prompt_truncated"] or t["train/answer_truncated"]:
+                log.warning("sft: source %s: %d training examples longer than seq_len=%d were cut from the "
+                            "left (%d lost only prompt tokens, %d lost trained tokens)", name,
+                            t["train/prompt_truncated"] + t["train/answer_truncated"], self.seq_len,
+                            t["train/prompt_truncated"], t["train/answer_truncated"])
+
+    def _load_source(self, name: str, data_config) -> tuple[dict[str, MaskedDocs], BadInputReport]:
+        docs, report, counts = read_source(name, data_config.sources[name], self.tokenizer, self.template,
+                                           self.seq_len, self.process_index, self.process_count)
+        report.check(float(data_config.max_bad_fraction))
+        self.truncation[name] = counts
+        return docs, report
+
+    def _make_rows(self, docs: MaskedDocs, for_eval: bool = False):
+        return masked_rows(docs, self.seq_len, pad=self.sft_packing == "pad")
+
+    def epoch_rows(self) -> int:
+        """Rows in one pass over every trained source on this host (an epoch of the mixture)."""
+        return int(sum(r.num_rows for r, t in zip(self._rows, self._trained) if t))
+
+    def steps_for_epochs(self, epochs: float, global_rows: int | None = None) -> int:
+        """Optimizer steps for `epochs` passes over the mixture's rows (all hosts: global_rows)."""
+        rows = self.epoch_rows() * self.process_count if global_rows is None else int(global_rows)
+        return max(1, int(np.ceil(epochs * rows / (self.local_batch * self.process_count))))
+
+    def state(self) -> dict:
+        return {**super().state(), "chat_template": self.template}
+
+    def stats(self) -> dict[str, float]:
+        out = super().stats()
+        for s, name in enumerate(self.source_names):
+            for key, n in sorted(self.truncation.get(name, {}).items()):
+                out[f"data/{name}/{key}"] = int(n)
+            docs = self._docs[name]["train"]
+            out[f"data/{name}/trained_token_fraction"] = docs.trained_tokens / max(1, docs.num_tokens)
+        return out
+
+
+def build_sft_pipeline(data_config, *, global_batch_size: int, process_index: int = 0, process_count: int = 1,
+                       tokenizer: Any = None) -> SFTPipeline:
+    return SFTPipeline(data_config, global_batch_size=global_batch_size, process_index=process_index,
+                       process_count=process_count, tokenizer=tokenizer)
