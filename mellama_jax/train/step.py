@@ -22,12 +22,15 @@ from mellama_jax.train.state import TrainState
 
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
 
-LossFn = Callable[[Any, dict], tuple[jax.Array, loss_lib.LossSums]]
+LossFn = Callable[..., tuple[jax.Array, loss_lib.LossSums]]
 
 
 def make_loss_fn(model_config: LlamaConfig, mesh: Mesh, *, loss_impl: str = "vocab_parallel",
-                 z_loss: float = 0.0, packed_documents: bool = True) -> LossFn:
-    """(params, batch) -> (sum objective, LossSums). Sums, not means, so micro-batches add up.
+                 z_loss: float = 0.0, packed_documents: bool = True, lora: Any = None) -> LossFn:
+    """(params, batch[, frozen, rng]) -> (sum objective, LossSums). Sums, not means, so micro-batches add up.
+
+    With `lora` (a model.lora.LoraSpec), `params` are the trainable adapters and `frozen` the base
+    params: the gradient is taken w.r.t. the adapters only; `rng` drives LoRA dropout.
 
     `packed_documents=False` declares that rows are plain causal windows (positions 0..s-1, padding
     only at the end): the model then gets no segment ids, which is exact for every real token and
@@ -35,18 +38,26 @@ def make_loss_fn(model_config: LlamaConfig, mesh: Mesh, *, loss_impl: str = "voc
     """
     if loss_impl not in ("vocab_parallel", "dense"):
         raise ValueError(f"config.train.loss_impl={loss_impl!r}: expected vocab_parallel or dense")
-    model = Llama(model_config)
+    model = Llama(model_config, lora_dropout=lora.dropout if lora is not None else 0.0)
 
-    def loss_fn(params, batch):
+    def loss_fn(params, batch, frozen=None, rng=None):
         kwargs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"]) if packed_documents else {}
+        base = params
+        variables = {"params": params}
+        if lora is not None:
+            from mellama_jax.model.lora import scaled
+            base = frozen
+            variables = {"params": frozen, "lora": scaled(params, lora)}
+            if rng is not None and lora.dropout > 0:
+                kwargs["rngs"] = {"dropout": rng}
         batch_size = batch["inputs"].shape[0]
         if loss_impl == "vocab_parallel" and loss_lib.vocab_parallel_supported(
                 mesh, model_config.vocab_size, batch_size):
-            hidden = model.apply({"params": params}, batch["inputs"], return_hidden=True, **kwargs)
+            hidden = model.apply(variables, batch["inputs"], return_hidden=True, **kwargs)
             nll, log_z = loss_lib.vocab_parallel_token_losses(
-                hidden, lm_head_kernel(params, model_config), batch["targets"], mesh)
+                hidden, lm_head_kernel(base, model_config), batch["targets"], mesh)
         else:
-            logits = model.apply({"params": params}, batch["inputs"], **kwargs)
+            logits = model.apply(variables, batch["inputs"], **kwargs)
             nll, log_z = loss_lib.token_losses(logits, batch["targets"])
         sums = loss_lib.loss_sums(nll, log_z, batch["loss_mask"])
         return sums.nll + z_loss * sums.z, sums
@@ -68,38 +79,49 @@ def split_micro_batches(batch: dict, k: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict, k: int):
-    """Sum of gradients and LossSums over k micro-batches (k == 1: one plain backward pass)."""
+def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict, k: int, frozen: Any = None,
+                         rng: jax.Array | None = None):
+    """Sum of gradients and LossSums over k micro-batches (k == 1: one plain backward pass).
+
+    Gradients are w.r.t. `params` only (`frozen`, the LoRA base, gets none); micro-batch i gets
+    the key fold_in(rng, i)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if k == 1:
-        (_, sums), grads = grad_fn(params, batch)
+        (_, sums), grads = grad_fn(params, batch, frozen, rng)
         return grads, sums
     micro = split_micro_batches(batch, k)
     if not jax.sharding.get_abstract_mesh().empty:
         micro = jax.lax.with_sharding_constraint(micro, P(None, BATCH_AXES))
 
-    def body(carry, mb):
+    def body(carry, xs):
         g_acc, s_acc = carry
-        (_, sums), grads = grad_fn(params, mb)
+        i, mb = xs
+        key = None if rng is None else jax.random.fold_in(rng, i)
+        (_, sums), grads = grad_fn(params, mb, frozen, key)
         return (jax.tree.map(jnp.add, g_acc, grads), jax.tree.map(jnp.add, s_acc, sums)), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     zero_sums = loss_lib.LossSums(*(jnp.zeros((), jnp.float32) for _ in range(3)))
-    (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), micro)
+    (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), (jnp.arange(k), micro))
     return grads, sums
 
 
 def make_train_step(model_config: LlamaConfig, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, *, micro_batches: int = 1,
-                    loss_impl: str = "vocab_parallel", z_loss: float = 0.0, packed_documents: bool = True
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """The un-jitted step (state, batch) -> (state, metrics); see ``jit_train_step``."""
-    loss_fn = make_loss_fn(model_config, mesh, loss_impl=loss_impl, z_loss=z_loss,
-                           packed_documents=packed_documents)
+                    loss_impl: str = "vocab_parallel", z_loss: float = 0.0, packed_documents: bool = True,
+                    lora: Any = None) -> Callable[..., tuple[TrainState, dict]]:
+    """The un-jitted step (state, batch[, frozen]) -> (state, metrics); see ``jit_train_step``.
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    With `lora`, state.params are the adapters and `frozen` the base params (never updated)."""
+    loss_fn = make_loss_fn(model_config, mesh, loss_impl=loss_impl, z_loss=z_loss,
+                           packed_documents=packed_documents, lora=lora)
+
+    def train_step(state: TrainState, batch: dict, frozen: Any = None) -> tuple[TrainState, dict]:
         batch = {k: batch[k] for k in BATCH_KEYS}
-        grads, sums = accumulate_gradients(loss_fn, state.params, batch, micro_batches)
+        rng = None
+        if lora is not None and lora.dropout > 0:
+            rng = jax.random.fold_in(state.rng, state.step)  # raw uint32[2] key
+        grads, sums = accumulate_gradients(loss_fn, state.params, batch, micro_batches, frozen, rng)
         denom = jnp.maximum(sums.weight, 1.0)
         grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
         objective, nll = loss_lib.loss_from_sums(sums, z_loss)
@@ -134,24 +156,33 @@ def with_mesh_context(fn: Callable, mesh: Mesh, rules: Any) -> Callable:
     return wrapped
 
 
-def jit_train_step(step_fn: Callable, state_shardings: TrainState, mesh: Mesh, rules: Any):
-    """jit with explicit in/out shardings; the old state's buffers are donated to the new one."""
+def jit_train_step(step_fn: Callable, state_shardings: TrainState, mesh: Mesh, rules: Any,
+                   frozen_shardings: Any = None):
+    """jit with explicit in/out shardings; the old state's buffers are donated to the new one.
+
+    `frozen_shardings` (LoRA): the step takes the frozen base params as a third argument."""
     replicated = NamedSharding(mesh, P())
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings(mesh)),
+    in_shardings = (state_shardings, batch_shardings(mesh))
+    if frozen_shardings is not None:
+        in_shardings += (frozen_shardings,)
+    jitted = jax.jit(step_fn, in_shardings=in_shardings,
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
     return with_mesh_context(jitted, mesh, rules)
 
 
 def make_eval_step(model_config: LlamaConfig, mesh: Mesh, rules: Any, param_shardings: Any,
-                   loss_impl: str = "vocab_parallel", packed_documents: bool = True
-                   ) -> Callable[[Any, dict], loss_lib.LossSums]:
-    """jitted (params, batch) -> LossSums of next-token cross-entropy (no z-loss)."""
-    loss_fn = make_loss_fn(model_config, mesh, loss_impl=loss_impl, packed_documents=packed_documents)
+                   loss_impl: str = "vocab_parallel", packed_documents: bool = True, lora: Any = None,
+                   frozen_shardings: Any = None) -> Callable[..., loss_lib.LossSums]:
+    """jitted (params, batch[, frozen]) -> LossSums of next-token cross-entropy (no z-loss, no dropout)."""
+    loss_fn = make_loss_fn(model_config, mesh, loss_impl=loss_impl, packed_documents=packed_documents,
+                           lora=lora)
 
-    def eval_step(params, batch):
-        return loss_fn(params, {k: batch[k] for k in BATCH_KEYS})[1]
+    def eval_step(params, batch, frozen=None):
+        return loss_fn(params, {k: batch[k] for k in BATCH_KEYS}, frozen)[1]
 
     replicated = NamedSharding(mesh, P())
-    jitted = jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings(mesh)),
-                     out_shardings=replicated)
+    in_shardings = (param_shardings, batch_shardings(mesh))
+    if frozen_shardings is not None:
+        in_shardings += (frozen_shardings,)
+    jitted = jax.jit(eval_step, in_shardings=in_shardings, out_shardings=replicated)
     return with_mesh_context(jitted, mesh, rules)
