@@ -71,7 +71,7 @@ class ModelArtifact:
     path: str                 # the path the caller gave, absolute
     root: str                 # directory holding the model config, tokenizer files and provenance
     model_config: LlamaConfig
-    params_dir: str           # the HF directory, or the Orbax params item
+    params_dir: str | None    # the HF directory or the Orbax params item (None: adapters over a base)
     step: int | None = None   # training checkpoints: which step
     tokenizer_file: str | None = None
     chat_template: str | None = None
@@ -98,8 +98,10 @@ class ModelArtifact:
 
                 params = jax.tree_util.tree_map(
                     lambda x, t: jax.device_put(x.astype(t.dtype), t.sharding), params, target)
-        else:
+        elif self.params_dir is not None:
             params = restore_params(self.params_dir, target)
+        else:  # an adapters-only step (LoRA): the base weights live in the artifact adapter_config names
+            params = resolve_artifact(self.adapters["config"]["base"]).load_params(target)
         if self.adapters and merge_adapters:
             params = _adapter_loader(self.adapters["kind"], self)(params, self.adapters, self, target)
         return params
@@ -133,7 +135,8 @@ def _adapter_loader(kind: str, artifact: ModelArtifact) -> Callable:
 # Resolving a path
 # ------------------------------------------------------------------------------------------------
 def _has_params(directory: str) -> bool:
-    return os.path.isdir(os.path.join(directory, PARAMS_ITEM))
+    """A complete model step: full params, or adapters over a base named in adapter_config.json."""
+    return os.path.isdir(os.path.join(directory, PARAMS_ITEM)) or os.path.isdir(os.path.join(directory, ADAPTERS_ITEM))
 
 
 def checkpoint_kind(path: str) -> str | None:
@@ -145,7 +148,7 @@ def checkpoint_kind(path: str) -> str | None:
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
         return None
-    if os.path.isfile(os.path.join(path, MODEL_CONFIG)) and _has_params(path):
+    if os.path.isfile(os.path.join(path, MODEL_CONFIG)) and os.path.isdir(os.path.join(path, PARAMS_ITEM)):
         return "orbax"
     if _STEP.match(os.path.basename(path)) and _has_params(path) \
             and os.path.isfile(os.path.join(os.path.dirname(path), MODEL_CONFIG)):
@@ -205,13 +208,17 @@ def resolve_artifact(path: str, step: int | None = None) -> ModelArtifact:
         else:
             raise FileNotFoundError(f"{root}: no finished checkpoint for step {step} (have {steps})")
     step_dir = os.path.join(root, str(chosen))
+    params_dir = os.path.join(step_dir, PARAMS_ITEM)
     artifact = ModelArtifact("training", given, root, read_model_config(root),
-                             os.path.join(step_dir, PARAMS_ITEM), step=chosen)
+                             params_dir if os.path.isdir(params_dir) else None, step=chosen)
     adapter_item = os.path.join(step_dir, ADAPTERS_ITEM)
     if os.path.isdir(adapter_item):
         config = read_json(os.path.join(root, ADAPTER_CONFIG))
         if not config:
             raise FileNotFoundError(f"{adapter_item}: adapters saved without {os.path.join(root, ADAPTER_CONFIG)}")
+        if artifact.params_dir is None and not config.get("base"):
+            raise FileNotFoundError(f"{os.path.join(root, ADAPTER_CONFIG)}: names no 'base' model, and "
+                                    f"{step_dir} holds adapters only")
         artifact.adapters = {"kind": config.get("kind", "lora"), "item_dir": adapter_item, "config": config}
     return _finish(artifact)
 
@@ -339,10 +346,11 @@ MAX_VOCAB_MULTIPLE = 1024  # resize_vocab pads embedding rows to a power of two 
 
 
 def padded_vocab_sizes(n_tokens: int) -> set[int]:
-    """Model vocab sizes that fit a tokenizer of n_tokens: itself, or rounded up to a power of two
-    multiple (<= MAX_VOCAB_MULTIPLE) for sharding; the extra rows are never produced by the tokenizer."""
+    """Model vocab sizes that fit a tokenizer of n_tokens: itself, or rounded up to a power-of-two
+    multiple (<= MAX_VOCAB_MULTIPLE and <= n_tokens / 8) for sharding; the extra rows are never
+    produced by the tokenizer. A 2,000-piece tokenizer never fits a 32,000-row model."""
     sizes, multiple = {n_tokens}, 2
-    while multiple <= MAX_VOCAB_MULTIPLE:
+    while multiple <= MAX_VOCAB_MULTIPLE and 8 * multiple <= n_tokens:  # padding < 1/8 of the vocab
         sizes.add(-(-n_tokens // multiple) * multiple)
         multiple *= 2
     return sizes

@@ -1,0 +1,254 @@
+"""Extend a LLaMA tokenizer with biomedical pieces, keeping every existing id.
+
+    python -m mellama_jax.data.extend_tokenizer --base TOKENIZER_OR_CKPT --corpus GLOBS --add N --out DIR
+
+1. A domain sentencepiece model is trained on the corpus (LLaMA's trainer settings, BPE), leaving
+   out the held-out documents (`--heldout_fraction`, chosen by a hash of the document id).
+2. Its pieces, in its merge order, are appended to the base ModelProto when the base lacks them and
+   the current tokenizer splits their text into exactly two pieces (so BPE can form them). Each new
+   piece scores below every existing one: sentencepiece's BPE applies merges best-score first, so all
+   base merges happen exactly as before and the new ones only join what is left. Text that contains
+   no new piece therefore encodes to the same ids as before, and no text gets more tokens.
+3. The extended tokenizer.model is written with HF tokenizer files (tokenizer.json matching our ids,
+   tokenizer_config.json, special_tokens_map.json) and `fertility.json`: tokens per word and per
+   character, base vs extended, on held-out biomedical, clinical and general text.
+
+Grow a model to the new vocabulary with `python -m mellama_jax.convert resize_vocab`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Iterable, Iterator
+
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+__all__ = ["extend_proto", "fertility", "fertility_report", "read_texts", "resolve_base_tokenizer", "main"]
+
+_NORMAL = sp_pb2.ModelProto.SentencePiece.NORMAL
+
+
+def resolve_base_tokenizer(base: str) -> str:
+    """tokenizer.model of a file, a directory holding one, or any model artifact path."""
+    base = os.path.abspath(os.path.expanduser(base))
+    if os.path.isfile(base):
+        return base
+    if os.path.isfile(os.path.join(base, "tokenizer.model")):
+        return os.path.join(base, "tokenizer.model")
+    from mellama_jax.checkpoint.artifact import resolve_artifact
+
+    artifact = resolve_artifact(base)
+    if not artifact.tokenizer_file:
+        raise FileNotFoundError(f"--base {base}: the model at {artifact.root} carries no tokenizer.model")
+    return artifact.tokenizer_file
+
+
+def _processor(proto: sp_pb2.ModelProto, dummy_prefix: bool = True) -> spm.SentencePieceProcessor:
+    if not dummy_prefix:
+        proto = _copy(proto)
+        proto.normalizer_spec.add_dummy_prefix = False
+    processor = spm.SentencePieceProcessor()
+    processor.LoadFromSerializedProto(proto.SerializeToString())
+    return processor
+
+
+def _copy(proto: sp_pb2.ModelProto) -> sp_pb2.ModelProto:
+    out = sp_pb2.ModelProto()
+    out.CopyFrom(proto)
+    return out
+
+
+def extend_proto(base: sp_pb2.ModelProto, domain: sp_pb2.ModelProto, add: int,
+                 max_passes: int = 3) -> tuple[sp_pb2.ModelProto, list[str]]:
+    """`base` with up to `add` of `domain`'s pieces appended (see the module docstring)."""
+    if base.trainer_spec.model_type != sp_pb2.TrainerSpec.BPE:
+        raise ValueError("only BPE base tokenizers (LLaMA's) can be extended this way")
+    out = _copy(base)
+    present = {p.piece for p in out.pieces}
+    score = min((p.score for p in out.pieces), default=0.0)
+    candidates = [p.piece for p in domain.pieces if p.type == _NORMAL and p.piece not in present
+                  and p.piece.strip("\u2581")]
+    added: list[str] = []
+    for _ in range(max_passes):  # a piece whose parts were added later gets another chance
+        checker = _processor(out, dummy_prefix=False)
+        progress, waiting = False, []
+        for piece in candidates:
+            if len(added) >= add:
+                break
+            if len(checker.EncodeAsPieces(piece.replace("\u2581", " "))) != 2:
+                waiting.append(piece)
+                continue
+            score -= 1.0
+            new = out.pieces.add()
+            new.piece, new.score, new.type = piece, score, _NORMAL
+            added.append(piece)
+            progress = True
+            checker = _processor(out, dummy_prefix=False)
+        candidates = waiting
+        if not progress or len(added) >= add:
+            break
+    return out, added
+
+
+# ------------------------------------------------------------------------------------------------
+# Fertility
+# ------------------------------------------------------------------------------------------------
+def fertility(processor: spm.SentencePieceProcessor, texts: list[str]) -> dict:
+    """Tokens per whitespace word and per character (no BOS/EOS), over all `texts`."""
+    tokens = sum(len(ids) for ids in processor.Encode(texts, out_type=int)) if texts else 0
+    words = sum(len(t.split()) for t in texts)
+    chars = sum(len(t) for t in texts)
+    return {"documents": len(texts), "words": words, "characters": chars, "tokens": tokens,
+            "tokens_per_word": tokens / max(words, 1), "tokens_per_char": tokens / max(chars, 1)}
+
+
+def fertility_report(base_file: str, extended_file: str, texts: dict[str, list[str]]) -> dict:
+    """Per text set: base and extended fertility and the relative change of tokens per word."""
+    base, ext = spm.SentencePieceProcessor(model_file=base_file), spm.SentencePieceProcessor(model_file=extended_file)
+    report = {"base_tokenizer": base_file, "extended_tokenizer": extended_file,
+              "base_vocab": base.GetPieceSize(), "extended_vocab": ext.GetPieceSize(), "sets": {}}
+    for name, docs in texts.items():
+        before, after = fertility(base, docs), fertility(ext, docs)
+        change = (after["tokens_per_word"] - before["tokens_per_word"]) / max(before["tokens_per_word"], 1e-12)
+        report["sets"][name] = {"base": before, "extended": after, "tokens_per_word_change": change}
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{'text':<12} {'docs':>5} {'words':>8}  {'tok/word base':>13} {'extended':>9} {'change':>8}"
+             f"  {'tok/char base':>13} {'extended':>9}"]
+    for name, r in report["sets"].items():
+        b, e = r["base"], r["extended"]
+        lines.append(f"{name:<12} {b['documents']:>5} {b['words']:>8}  {b['tokens_per_word']:>13.4f} "
+                     f"{e['tokens_per_word']:>9.4f} {100 * r['tokens_per_word_change']:>+7.2f}%  "
+                     f"{b['tokens_per_char']:>13.4f} {e['tokens_per_char']:>9.4f}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Corpus reading
+# ------------------------------------------------------------------------------------------------
+def read_texts(name: str, globs: Iterable[str], fmt: str = "auto", *, heldout_fraction: float = 0.0,
+               split: str = "all", max_docs: int = 0, **source_keys) -> Iterator[str]:
+    """Document texts of files in any reader format; split "train"/"heldout" by a hash of the id."""
+    from mellama_jax.data.config import source_config
+    from mellama_jax.data.sources.readers import iter_documents
+    from mellama_jax.data.sources.report import BadInputReport
+    from mellama_jax.data.sources.splits import is_eval
+
+    src = source_config(list(globs), fmt, eval_fraction=heldout_fraction, **source_keys)
+    report, n = BadInputReport(name), 0
+    for doc in iter_documents(name, src, report):
+        held = heldout_fraction > 0 and is_eval(doc["id"], heldout_fraction, name)
+        if split == "all" or (split == "heldout") == held:
+            yield doc["text"]
+            n += 1
+            if max_docs and n >= max_docs:
+                break
+
+
+def default_eval_sets() -> dict[str, tuple[list[str], str, dict]]:
+    """Clinical and general text from the bundled samples (biomedical: the corpus's held-out docs)."""
+    from mellama_jax.data.config import SAMPLES_DIR
+
+    return {"clinical": ([os.path.join(SAMPLES_DIR, "clinical", "NOTEEVENTS_sample.csv")], "mimic_csv",
+                         {"scrub_inline": True}),
+            "general": ([os.path.join(SAMPLES_DIR, "general", "*.jsonl")], "jsonl", {})}
+
+
+def train_domain_model(texts: Iterable[str], vocab_size: int, num_threads: int = 2) -> sp_pb2.ModelProto:
+    """A LLaMA-style BPE sentencepiece model of the domain corpus (vocab capped by what it supports)."""
+    import io
+
+    from mellama_jax.data.train_tokenizer import LLAMA_TRAINER_SPEC
+
+    def sentences() -> Iterator[str]:
+        for text in texts:
+            for line in text.split("\n"):
+                if line.strip():
+                    yield line[:16384]
+
+    buffer = io.BytesIO()
+    spec = dict(LLAMA_TRAINER_SPEC, hard_vocab_limit=False)
+    spm.SentencePieceTrainer.Train(sentence_iterator=sentences(), model_writer=buffer, vocab_size=vocab_size,
+                                   max_sentence_length=16384, input_sentence_size=2_000_000,
+                                   shuffle_input_sentence=True, num_threads=num_threads, minloglevel=2, **spec)
+    proto = sp_pb2.ModelProto()
+    proto.ParseFromString(buffer.getvalue())
+    return proto
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mellama_jax.data.extend_tokenizer",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", required=True, help="tokenizer.model, its directory, or a model artifact")
+    p.add_argument("--corpus", required=True, help="comma-separated files/globs (any reader format)")
+    p.add_argument("--format", default="auto", help="reader format of --corpus (default: by file name)")
+    p.add_argument("--add", type=int, required=True, help="number of pieces to add (at most)")
+    p.add_argument("--out", required=True, help="output directory (must not hold a tokenizer.model)")
+    p.add_argument("--domain_vocab", type=int, default=0,
+                   help="vocab of the domain model whose pieces are candidates (default max(4*add, 1000))")
+    p.add_argument("--heldout_fraction", type=float, default=0.1,
+                   help="corpus documents kept out of training and used as the biomedical fertility text")
+    p.add_argument("--eval_text", action="append", default=[], metavar="NAME=GLOBS",
+                   help="extra/replacement fertility text sets (default: bundled clinical + general samples)")
+    p.add_argument("--max_docs", type=int, default=0, help="read at most this many corpus documents (0 = all)")
+    args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from mellama_jax.checkpoint.artifact import read_json
+    from mellama_jax.checkpoint.hf_tokenizer import read_model_proto, write_hf_tokenizer
+
+    if args.add < 1:
+        raise ValueError(f"--add {args.add}: must be >= 1")
+    out_model = os.path.join(args.out, "tokenizer.model")
+    if os.path.exists(out_model):
+        raise FileExistsError(f"{out_model}: already exists; choose a new output directory")
+    base_file = resolve_base_tokenizer(args.base)
+    base = read_model_proto(base_file)
+    globs = [g for g in args.corpus.split(",") if g]
+    train_texts = list(read_texts("corpus", globs, args.format, heldout_fraction=args.heldout_fraction,
+                                  split="train", max_docs=args.max_docs))
+    if not train_texts:
+        raise ValueError(f"--corpus {args.corpus}: no training documents read")
+    domain = train_domain_model(train_texts, args.domain_vocab or max(4 * args.add, 1000))
+    extended, added = extend_proto(base, domain, args.add)
+    os.makedirs(args.out, exist_ok=True)
+    with open(out_model + ".tmp", "wb") as f:
+        f.write(extended.SerializeToString())
+    os.replace(out_model + ".tmp", out_model)
+    write_hf_tokenizer(out_model, args.out, read_json(os.path.join(os.path.dirname(base_file), "tokenizer_config.json")))
+
+    sets = {"biomedical": list(read_texts("corpus", globs, args.format, heldout_fraction=args.heldout_fraction,
+                                          split="heldout"))}
+    extra = dict(item.split("=", 1) for item in args.eval_text)
+    for name, (paths, fmt, keys) in default_eval_sets().items():
+        if name not in extra:
+            sets[name] = list(read_texts(name, paths, fmt, **keys))
+    for name, paths in extra.items():
+        sets[name] = list(read_texts(name, paths.split(",")))
+    report = fertility_report(base_file, out_model, sets)
+    report.update(added=len(added), requested=args.add, corpus=globs, heldout_fraction=args.heldout_fraction,
+                  domain_vocab=len(domain.pieces))
+    with open(os.path.join(args.out, "fertility.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(args.out, "added_pieces.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(piece + "\n" for piece in added))
+    print(f"added {len(added)} pieces (asked {args.add}; {len(domain.pieces)}-piece domain model): "
+          f"{len(base.pieces)} -> {len(extended.pieces)}")
+    print(format_report(report))
+    print(f"wrote {out_model}, HF tokenizer files, fertility.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
