@@ -13,8 +13,8 @@ import ml_collections
 
 from mellama_jax.sharding import DEFAULT_RULES
 
-TASK_NAMES = ("pubmedqa", "medqa", "medmcqa", "emrqa", "i2b2", "ddi", "hoc", "mtsamples", "pubmedsum",
-              "mimiccxr", "bionli", "mednli", "diagnosis")
+TASK_NAMES = ("pubmedqa", "medqa", "medmcqa", "emrqa", "i2b2", "bc5cdr_chem", "bc5cdr_disease", "ncbi_disease",
+              "ddi", "hoc", "mtsamples", "pubmedsum", "mimiccxr", "bionli", "mednli", "diagnosis")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -27,6 +27,17 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.hash_weights = False  # also content-hash big weight files in results.json (slow for 7B+)
 
     c.tasks = "all"  # comma-separated task names, or "all" (the twelve Me-LLaMA benchmarks)
+    # "builtin": the Me-LLaMA suite (c.tasks); "lm_eval": lm-evaluation-harness tasks (c.lm_eval_tasks)
+    # through the mellama_jax adapter, same results.json/results.md layout (README "lm-eval").
+    c.harness = "builtin"
+    c.lm_eval_tasks = ""  # comma-separated lm-eval task names, e.g. "pubmedqa_mellama,mmlu_clinical_knowledge"
+    c.lm_eval_include_path = ""  # comma-separated directories of extra task YAMLs (local data)
+    c.lm_eval_metadata = ""  # JSON object handed to the task builders (lm-eval's --metadata)
+    c.lm_eval_bootstrap_iters = 1000  # lm-eval's stderr bootstrap (0 = no stderr)
+    c.lm_eval_max_gen_toks = 256  # generate_until tasks that do not set max_gen_toks
+    # A record that does not fit its format is skipped and counted (reason, file:line, in results.json);
+    # a task fails when more than this share of its records is bad (as the data pipeline's rule).
+    c.max_bad_fraction = 0.01
     c.data_dir = ""
     c.task_paths = ml_collections.ConfigDict({t: "" for t in TASK_NAMES})
     c.train_paths = ml_collections.ConfigDict({t: "" for t in TASK_NAMES})  # few-shot pools
@@ -38,6 +49,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # diagnosis still generate (results.json says so per task).
     c.protocol = "generate"
     c.loglik_normalize = "tokens"  # none | tokens | chars (choice tasks; HoC's yes/no compares raw sums)
+    # Prompt set (mellama_jax/eval/prompt_sets/<name>.json, or a path to one): "" = the protocol's
+    # default, "mellama-release" (Me-LLaMA's released instructions) for generate, "mellama-v1" for loglik.
+    c.prompt_set = ""
+    c.share_prefix = True  # loglik: one KV-cache prefill per prompt, continuations scored from it
     c.max_new_tokens = 256
     c.batch_size = 8
     c.few_shot = 0  # k demonstrations from the training split

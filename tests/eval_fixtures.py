@@ -130,6 +130,15 @@ BIO_TEXT = ("The\tO\npatient\tO\nhad\tO\nchest\tB-problem\npain\tI-problem\n.\tO
             "No\tO\nissues\tO\n")
 
 
+# BLURB-style single-type BIO (bare B/I tags), as the BC5CDR-chem / NCBI-disease downloads are.
+BC5CDR_CHEM_BIO = ("Torsade\tO\nafter\tO\ndobutamine\tB\ntreatment\tO\n.\tO\n\n"
+                   "Naloxone\tB\nreverses\tO\nclonidine\tB\nhypotension\tO\n\n")
+BC5CDR_DISEASE_BIO = ("Torsade\tB\nde\tI\npointes\tI\nafter\tO\ndobutamine\tO\n.\tO\n\n"
+                      "Naloxone\tO\nreverses\tO\nclonidine\tO\nhypotension\tB\n\n")
+NCBI_DISEASE_BIO = ("Familial\tO\nadenomatous\tB\npolyposis\tI\nis\tO\nrare\tO\n\n"
+                    "Colorectal\tB\ncancer\tI\nrisk\tO\n\n")
+
+
 def write_ddi_tsv(path):
     rows = [("DDI-DrugBank.d1.s0.p0", "@DRUG$ increases the effect of @DRUG$.", "DDI-effect"),
             ("DDI-DrugBank.d1.s0.p1", "@DRUG$ and aspirin with @DRUG$ levels.", "DDI-mechanism"),
@@ -220,10 +229,15 @@ def write_all(data_dir: str) -> dict[str, str]:
     write_bionli(p("bionli.jsonl"))
     write_mednli(p("mednli.jsonl"))
     write_cases(p("diagnosis.jsonl"))
+    for name, text in (("bc5cdr_chem.tsv", BC5CDR_CHEM_BIO), ("bc5cdr_disease.tsv", BC5CDR_DISEASE_BIO),
+                       ("ncbi_disease.tsv", NCBI_DISEASE_BIO)):
+        with open(p(name), "w") as f:
+            f.write(text)
     names = {"pubmedqa": "pubmedqa.tsv", "medqa": "medqa.jsonl", "medmcqa": "medmcqa.jsonl", "emrqa": "emrqa.json",
              "i2b2": "i2b2.xml", "ddi": "ddi.tsv", "hoc": "hoc.tsv", "mtsamples": "mtsamples.csv",
              "pubmedsum": "pubmedsum.jsonl", "mimiccxr": "mimiccxr.jsonl", "bionli": "bionli.jsonl",
-             "mednli": "mednli.jsonl", "diagnosis": "diagnosis.jsonl"}
+             "mednli": "mednli.jsonl", "diagnosis": "diagnosis.jsonl", "bc5cdr_chem": "bc5cdr_chem.tsv",
+             "bc5cdr_disease": "bc5cdr_disease.tsv", "ncbi_disease": "ncbi_disease.tsv"}
     return {k: p(v) for k, v in names.items()}
 
 

@@ -16,7 +16,10 @@ import eval_fixtures as F
 from test_eval_metrics import _official_squad, _sk_choice
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL = "pubmedqa,medqa,medmcqa,emrqa,i2b2,ddi,hoc,mtsamples,pubmedsum,mimiccxr,bionli,mednli,diagnosis"
+ALL = ("pubmedqa,medqa,medmcqa,emrqa,i2b2,ddi,hoc,mtsamples,pubmedsum,mimiccxr,bionli,mednli,diagnosis,"
+       "bc5cdr_chem,bc5cdr_disease,ncbi_disease")
+RELEASE_COVERS = {"pubmedqa", "medqa", "medmcqa", "emrqa", "ddi", "hoc", "mtsamples", "pubmedsum", "mimiccxr",
+                  "mednli"}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +100,16 @@ def test_launch_writes_outputs_metrics_recompute_and_rerun_is_byte_identical(env
         records = _read(pred_file)
         assert len(records) == r["num_examples"] == min(3, r["num_examples_in_file"])
         assert set(records[0]) >= {"id", "prompt", "generation", "prediction", "reference"}
-        assert r["prompt_template_id"].startswith("mellama-v1/") and "***TASK***" in r["prompt_template"]
+        # generate protocol: Me-LLaMA's released prompt where the release has one, else the fallback set
+        expected_set = "mellama-release" if task in RELEASE_COVERS else "mellama-v1"
+        assert r["prompt_set"] == expected_set and r["prompt_set_requested"] == "mellama-release", task
+        assert r["prompt_template_id"] == f"{expected_set}/{task}"
+        from mellama_jax.eval import prompts
+
+        assert r["prompt_template"] == prompts.load_prompt_set(expected_set).tasks[task].template
+        head = r["prompt_template"].split("{")[0]
+        assert all(rec["prompt"].startswith(head) for rec in records), task
+        assert r["data"]["read"]["bad"] == 0 and r["compiled_shapes"], task
         assert r["decoding"]["max_new_tokens"] == 8 and r["decoding"]["strategy"] == "greedy"
         assert list(r["data"]["sha256"].values())[0] == F_sha(env["paths"][task])
         ref = _recompute(task, r["family"], records, r["choices"])
@@ -106,6 +118,17 @@ def test_launch_writes_outputs_metrics_recompute_and_rerun_is_byte_identical(env
         # byte-identical predictions on rerun
         assert pred_file.read_bytes() == (w2 / "predictions" / f"{task}.jsonl").read_bytes(), task
     assert results["tasks"]["pubmedsum"]["metrics"]["bertscore_f1"] is None
+    # the release scores MedQA/MedMCQA as option letters
+    for task in ("medqa", "medmcqa"):
+        r = results["tasks"][task]
+        assert r["answer_format"] == "letter" and set(r["choices"]) <= set("ABCDE")
+        recs = _read(w1 / "predictions" / f"{task}.jsonl")
+        assert all(rec["reference"] in "ABCDE" and len(rec["option_texts"]) >= 4 for rec in recs)
+    # NER tasks of their own, each with its own label set, scored by seqeval
+    for task, etype in (("bc5cdr_chem", "chemical"), ("bc5cdr_disease", "disease"), ("ncbi_disease", "disease")):
+        recs = _read(w1 / "predictions" / f"{task}.jsonl")
+        assert {t[2:] for rec in recs for t in rec["reference"] if t != "O"} == {etype}
+        assert etype in recs[0]["prompt"]
 
 
 def F_sha(path):

@@ -56,7 +56,7 @@ def balanced(env):
     tok = load_tokenizer(env["tok"])
     yes, no = tok.encode("yes", bos=False, eos=False), tok.encode("no", bos=False, eos=False)
     model = copy.deepcopy(env["hf"])
-    ctxs = [tok.encode(prompts.render_yesno("hoc", ex, lab))
+    ctxs = [tok.encode(prompts.render_yesno(prompts.get_template("hoc-yesno"), ex, lab))
             for ex in load_hoc(env["paths"]["hoc"]) for lab in ex.choices]
     lp_yes, lp_no, h = _hf_yes_no(model, ctxs, yes, no)
     margin = lp_yes - lp_no
@@ -129,7 +129,7 @@ def test_hoc_loglik_decisions_agree_with_transformers(env, balanced, tmp_path):
     for rec, ex, lab in pairs:
         assert rec["id"] == ex.id
         prompt = rec["prompt"].replace("{label}", lab)
-        assert prompt == prompts.render_yesno("hoc", ex, lab)
+        assert prompt == prompts.render_yesno(prompts.get_template("hoc-yesno"), ex, lab)
         ctxs.append(tok.encode(prompt))
     lp_yes, lp_no, _ = _hf_yes_no(balanced["hf"], ctxs, yes, no)
     got = np.array([[rec["label_logprobs"][lab]["yes"], rec["label_logprobs"][lab]["no"]] for rec, _, lab in pairs])
@@ -138,6 +138,9 @@ def test_hoc_loglik_decisions_agree_with_transformers(env, balanced, tmp_path):
     assert [lab in rec["prediction"] for rec, _, lab in pairs] == list(lp_yes > lp_no)
     assert 0 < np.sum(lp_yes > lp_no) < len(pairs)
     assert res["decoding"]["normalize"] == "none"
+    # these scores came through the shared-prefix path (one prefill per abstract)
+    assert res["decoding"]["prefix_sharing"].startswith("on")
+    assert any(s[0] == "loglik_prefix" for s in res["compiled_shapes"])
 
 
 @pytest.mark.parametrize("prefer", ["yes", "no"])

@@ -126,9 +126,11 @@ def test_bio_files(tmp_path):
     ex = load_bio(str(tmp_path / "x.bio"))
     assert len(ex) == 3 and ex[1].reference == ["O", "B-treatment", "O", "B-test", "I-test"]
     assert ex[2].reference == ["O", "O"]  # a sentence without entities
-    # bare B/I tags (single-type corpora such as the BC5CDR sample) become type "entity"
+    # bare B/I tags (single-type corpora such as the BC5CDR sample) take the task's type...
     (tmp_path / "bare.tsv").write_text("Aspirin\tB\ntoxicity\tO\n")
-    assert load_bio(str(tmp_path / "bare.tsv"))[0].reference == ["B-entity", "O"]
+    assert load_bio(str(tmp_path / "bare.tsv"), ("chemical",), bare_type="chemical")[0].reference == ["B-chemical", "O"]
+    # ...and are an error for i2b2, whose tags are typed (not silently turned into one made-up type)
+    _raises(load_i2b2, tmp_path / "bare.tsv", 1, "bc5cdr_chem")
     (tmp_path / "bad.bio").write_text("The\tO\npatient\n")
     _raises(load_bio, tmp_path / "bad.bio", 2, "no tag field")
     (tmp_path / "bad2.bio").write_text("The\tO\nchest\tX-problem\n")
@@ -216,21 +218,21 @@ def test_cases(tmp_path):
 def test_every_task_resolves_its_default_file_and_renders_a_prompt(tmp_path):
     paths = F.write_all(str(tmp_path))
     assert set(paths) == set(TASKS)
+    v1 = prompts.load_prompt_set("mellama-v1")
     for name, spec in TASKS.items():
         path = resolve_path(spec, str(tmp_path), None)
         assert path == paths[name]
         exs = spec.load(path)
-        text = prompts.render(name, exs[0], exs[1:2])
+        text = prompts.render(v1.get(name), exs[0], exs[1:2])
         assert text.startswith("\n***TASK***\n") and text.endswith("\nOutput:\n")
         assert text.count("\nInput: ") == 2  # one demonstration + the example
-        assert "{" not in prompts.get_template(name).full_text().replace("{examples}", "").split("***EXAMPLES***")[0] \
-            or name in ("i2b2", "mtsamples")
+        assert "{" not in text.split("***EXAMPLES***")[0]
     with pytest.raises(FileNotFoundError, match="task_paths.hoc"):
         resolve_path(get_task("hoc"), str(tmp_path / "nowhere"), None)
 
 
 def test_pubmed_template_reproduces_the_released_query(tmp_path):
-    """Me-LLaMA's PubMed summarization release carries its query; our template must rebuild it exactly."""
+    """Me-LLaMA's PubMed summarization release carries its query; both prompt sets rebuild it exactly."""
     article = "mast cells ( mcs ) belong to the innate - compartment of the immune system . "
     query = ("\n***TASK***\nthe task is to summarize an input biomedical literature in six sentences\n\n"
              "***INPUT***\nthe input is a biomedical literature\n\n***OUTPUT***\nthe output is the summary of "
@@ -238,4 +240,5 @@ def test_pubmed_template_reproduces_the_released_query(tmp_path):
              f"Input: {article}\nOutput:\n")
     (tmp_path / "r.jsonl").write_text(json.dumps({"query": query, "answer": "s", "text": article, "id": "pubmed0"}) + "\n")
     ex = load_pubmed_sum(str(tmp_path / "r.jsonl"))[0]
-    assert prompts.render("pubmedsum", ex) == query
+    for name in ("mellama-v1", "mellama-release"):
+        assert prompts.render(prompts.get_template("pubmedsum", name), ex) == query

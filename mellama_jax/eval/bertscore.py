@@ -1,27 +1,25 @@
-"""BERTScore F1 (Zhang et al. 2020: greedy cosine matching of contextual token embeddings) with a
-local encoder; no idf weighting, no baseline rescaling. Only used when config.bertscore_model
-points to a model directory; nothing is downloaded."""
+"""BERTScore F1 (Zhang et al. 2020) through the maintained `bert-score` package, with a local encoder
+directory (nothing is downloaded): no idf weighting, no baseline rescaling, the hidden layer chosen
+by config.bertscore_layer (an index into the encoder's hidden states: -1 = the last layer, as
+`bert_score`'s num_layers counts them). Only used when config.bertscore_model is set.
+
+`pair_scores` is the greedy-matching definition itself, kept for the test that pins the package's
+numbers to it."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
 
-__all__ = ["bertscore_f1", "pair_scores"]
+__all__ = ["bertscore_f1", "pair_scores", "implementation"]
 
 
-def _embed(texts, model, tok, layer: int):
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for t in texts:
-            enc = tok(t, return_tensors="pt", truncation=True, return_special_tokens_mask=True)
-            special = enc.pop("special_tokens_mask")[0].bool()
-            hidden = model(**enc, output_hidden_states=True).hidden_states[layer][0]
-            e = hidden[~special].float().numpy()
-            out.append(e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12))
-    return out
+def implementation() -> str:
+    try:
+        import bert_score
+    except ImportError:
+        return "bert-score not installed (pip install -r requirements.txt)"
+    return f"bert-score {getattr(bert_score, '__version__', '?')} (BERTScorer, idf=False, no baseline rescaling)"
 
 
 def pair_scores(cand: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
@@ -33,11 +31,24 @@ def pair_scores(cand: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]
     return p, r, (2 * p * r / (p + r) if p + r > 0 else 0.0)
 
 
-def bertscore_f1(preds: Sequence[str], refs: Sequence[str], model_dir: str, layer: int = -1) -> float:
-    from transformers import AutoModel, AutoTokenizer
+def _num_layers(model_dir: str, layer: int) -> int:
+    from transformers import AutoConfig
 
-    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
-    ce, re_ = _embed(preds, model, tok, layer), _embed(refs, model, tok, layer)
-    f = [pair_scores(c, r)[2] for c, r in zip(ce, re_)]
-    return float(np.mean(f)) if f else 0.0
+    n = int(AutoConfig.from_pretrained(model_dir, local_files_only=True).num_hidden_layers)
+    k = n + 1 + layer if layer < 0 else layer
+    if not 0 < k <= n:
+        raise ValueError(f"config.bertscore_layer={layer}: {model_dir} has hidden states 1..{n} (or -1..-{n})")
+    return k
+
+
+def bertscore_f1(preds: Sequence[str], refs: Sequence[str], model_dir: str, layer: int = -1,
+                 batch_size: int = 16) -> float:
+    """Mean BERTScore F1 of (prediction, reference) pairs with the encoder in `model_dir`."""
+    if not preds:
+        return 0.0
+    from bert_score import BERTScorer
+
+    scorer = BERTScorer(model_type=model_dir, num_layers=_num_layers(model_dir, layer), idf=False,
+                        rescale_with_baseline=False, batch_size=batch_size, device="cpu")
+    _, _, f1 = scorer.score(list(preds), list(refs))
+    return float(f1.mean())

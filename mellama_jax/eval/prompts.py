@@ -1,171 +1,206 @@
-"""Me-LLaMA's zero-/few-shot prompt templates, each with a stable id whose full text goes into results.json.
+"""Prompt sets: the instruction text of every task, kept as data (mellama_jax/eval/prompt_sets/<name>.json).
 
-Me-LLaMA's evaluation data carries a `query` built from one structured instruction format (the
-PubMed summarization release shows it verbatim):
+A prompt set maps task -> {template, demo?, answer, choices?, transforms?, source?}:
+- `template`: the whole prompt, str.format placeholders naming the example's input fields
+  (Example.inputs: {question}, {options}, {text}, ...) and optionally {examples}, where few-shot
+  demonstrations go (each written with `demo`, whose {target} is the demonstration's answer). A
+  template without {examples} gets its demonstrations before it, each one the template filled
+  with the demonstration followed by its answer and a blank line.
+- `answer`: "text" (choice text is the answer) or "letter" (option letters are the choices and the
+  gold, as Me-LLaMA's MedQA/MedMCQA evaluation sets do).
+- `choices`: the answer choices in the set's order (Me-LLaMA's parse takes the first choice found,
+  so order is part of the protocol); every gold label of the file must be among them.
+- `transforms`: field -> a named transformation applied before formatting (e.g. Me-LLaMA appends "?"
+  to MedQA questions that end with neither "?" nor ".").
+A set may name a `fallback` set for tasks it has no prompt for; results.json records which set
+and the exact template text each task used.
 
-    \n***TASK***\n<task>\n\n***INPUT***\n<input>\n\n***OUTPUT***\n<output>\n\n***DOCUMENTATION***\n<doc>
-    \n\n***EXAMPLES***\n[demonstrations]\nInput: <text>\nOutput:\n   (<doc> empty: one blank line)
-
-The per-task TASK/INPUT/OUTPUT wording below follows that release's style; the PubMed one reproduces
-the released query byte for byte (tested). Demonstrations (few-shot) go in the EXAMPLES section as
-"\nInput: ..\nOutput:\n<answer>\n" blocks. Bump a template's version when its text changes, so
-results.json files with the same id are comparable.
+Two sets ship: `mellama-release` (Me-LLaMA's released instructions, byte for byte; the default for
+the generate protocol) and `mellama-v1` (this project's first wording; the default for loglik,
+because it has the HoC per-label yes/no question the release lacks).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import re
+import string
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Callable, Mapping, Sequence
 
 from mellama_jax.eval.tasks.common import Example
 
-__all__ = ["Template", "TEMPLATES", "get_template", "render", "render_yesno", "FORMAT"]
+__all__ = ["PromptSet", "Template", "PROMPT_SET_DIR", "DEFAULT_SET", "load_prompt_set", "available_sets",
+           "get_template", "render", "render_yesno", "answer_view", "release_fields", "default_set"]
 
-FORMAT = ("\n***TASK***\n{task}\n\n***INPUT***\n{input}\n\n***OUTPUT***\n{output}\n\n"
-          "***DOCUMENTATION***\n{documentation}***EXAMPLES***\n{examples}\nInput: {text}\nOutput:\n")
+PROMPT_SET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompt_sets")
+DEFAULT_SET = {"generate": "mellama-release", "loglik": "mellama-v1"}
 
 
-def _doc_block(doc: str) -> str:
-    # The released queries have "***DOCUMENTATION***\n\n***EXAMPLES***" when there is no documentation.
-    return f"{doc}\n\n" if doc else "\n"
+def _end_with_question_mark(s: str) -> str:
+    # Me-LLaMA's MedQA/MedMCQA fetch_data: question += '?' unless it ends with '?' or '.'.
+    return s if s.endswith("?") or s.endswith(".") else s + "?"
+
+
+TRANSFORMS: dict[str, Callable[[str], str]] = {"end_with_question_mark": _end_with_question_mark}
 
 
 @dataclass(frozen=True)
 class Template:
-    id: str
+    """One task's prompt within a set."""
+
+    set_name: str
     task: str
-    input: str
-    output: str
-    documentation: str
-    text: str  # how an example's fields become the "Input:" text (str.format over Example.inputs)
+    template: str
+    demo: str = ""
+    answer: str = "text"
+    choices: tuple[str, ...] = ()
+    transforms: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.set_name}/{self.task}"
 
     def full_text(self) -> str:
-        """The whole template with its placeholders, as recorded in results.json."""
-        return FORMAT.format(task=self.task, input=self.input, output=self.output,
-                             documentation=_doc_block(self.documentation), examples="{examples}", text=self.text)
+        """The template with its placeholders, as recorded in results.json."""
+        return self.template
+
+    def fields(self) -> list[str]:
+        return [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
 
 
-_HOC_DOC = ("the hallmarks of cancer are: sustaining proliferative signaling, evading growth "
-            "suppressors, resisting cell death, enabling replicative immortality, inducing angiogenesis, "
-            "activating invasion and metastasis, genomic instability and mutation, tumor promoting "
-            "inflammation, cellular energetics, avoiding immune destruction")
-_DDI_DOC = ("DDI-effect: the sentence states an effect or a pharmacodynamic mechanism of the interaction; "
-            "DDI-mechanism: a pharmacokinetic mechanism; DDI-advise: a recommendation or advice about "
-            "the concomitant use; DDI-int: an interaction without further information; DDI-false: no "
-            "interaction between the two drugs")
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    description: str
+    tasks: Mapping[str, Template]
+    fallback: str = ""
+    path: str = ""
 
-TEMPLATES: dict[str, Template] = {t.id.split("/")[1]: t for t in [
-    Template("mellama-v1/pubmedqa",
-             "the task is to answer a biomedical research question with yes, no or maybe based on the "
-             "abstract",
-             "the input is a biomedical research question and the abstract of the paper",
-             "the output is the answer to the question: yes, no or maybe", "",
-             "Question: {question}\nAbstract: {context}"),
-    Template("mellama-v1/medqa",
-             "the task is to answer a multiple-choice question from the United States Medical Licensing "
-             "Examination",
-             "the input is a medical question and its answer options",
-             "the output is the text of the correct answer option", "",
-             "{question}\nOptions:\n{options}"),
-    Template("mellama-v1/medmcqa",
-             "the task is to answer a multiple-choice question from an Indian medical entrance examination",
-             "the input is a medical question and its four answer options",
-             "the output is the text of the correct answer option", "",
-             "{question}\nOptions:\n{options}"),
-    Template("mellama-v1/emrqa",
-             "the task is to answer a question about a clinical note by extracting the answer from the note",
-             "the input is a clinical note and a question about it",
-             "the output is the exact text span of the note that answers the question", "",
-             "Note: {context}\nQuestion: {question}"),
-    Template("mellama-v1/i2b2",
-             "the task is to recognize the clinical entities ({entity_types}) in a sentence from a "
-             "clinical note",
-             "the input is a sentence from a clinical note",
-             "the output is the input sentence with each entity wrapped in an HTML span whose class is "
-             "the entity type, for example <span class=\"problem\">chest pain</span>", "",
-             "{sentence}"),
-    Template("mellama-v1/ddi",
-             "the task is to classify the interaction between the two drugs masked as @DRUG$ in a "
-             "sentence from a drug label or a biomedical paper",
-             "the input is a sentence in which the two drugs are replaced by @DRUG$",
-             "the output is one of: DDI-false, DDI-effect, DDI-mechanism, DDI-advise, DDI-int", _DDI_DOC,
-             "{sentence}"),
-    Template("mellama-v1/hoc",
-             "the task is to identify which hallmarks of cancer a biomedical abstract discusses",
-             "the input is a biomedical abstract",
-             "the output is the list of hallmarks of cancer the abstract discusses, separated by "
-             "semicolons, or none", _HOC_DOC, "{text}"),
-    # The log-likelihood protocol's per-label question (one prompt per example and hallmark; the
-    # answer scored is "yes" or "no"). Its key is not a task name: get_template("hoc-yesno").
-    Template("mellama-v1/hoc-yesno",
-             "the task is to decide whether a biomedical abstract discusses one given hallmark of cancer",
-             "the input is a biomedical abstract and one hallmark of cancer",
-             "the output is yes if the abstract discusses the hallmark, otherwise no", _HOC_DOC,
-             "{text}\nHallmark: {label}"),
-    Template("mellama-v1/mtsamples",
-             "the task is to classify a medical transcription into its medical specialty",
-             "the input is a medical transcription",
-             "the output is the medical specialty of the transcription, one of: {choices}", "",
-             "{text}"),
-    Template("mellama-v1/pubmedsum",
-             "the task is to summarize an input biomedical literature in six sentences",
-             "the input is a biomedical literature",
-             "the output is the summary of an input biomedical literature in six sentences", "",
-             "{text}"),
-    Template("mellama-v1/mimiccxr",
-             "the task is to summarize the findings of a chest X-ray radiology report into its impression",
-             "the input is the findings section of a chest X-ray radiology report",
-             "the output is the impression section of the report", "",
-             "{text}"),
-    Template("mellama-v1/bionli",
-             "the task is to decide whether a hypothesis is entailed by or contradicts a biomedical premise",
-             "the input is a premise from a biomedical abstract and a hypothesis",
-             "the output is the relation of the hypothesis to the premise: entailment or contradiction", "",
-             "Premise: {premise}\nHypothesis: {hypothesis}"),
-    Template("mellama-v1/mednli",
-             "the task is to decide whether a hypothesis is entailed by, contradicts or is neutral to a "
-             "premise from a clinical note",
-             "the input is a premise from a clinical note and a hypothesis",
-             "the output is the relation of the hypothesis to the premise: entailment, contradiction or "
-             "neutral", "",
-             "Premise: {premise}\nHypothesis: {hypothesis}"),
-    Template("mellama-v1/diagnosis",
-             "the task is to diagnose a complex clinical case",
-             "the input is the description of a clinical case",
-             "the output is a ranked differential diagnosis: the five most likely diagnoses, most likely "
-             "first, one per line, numbered 1. to 5.", "",
-             "{case}"),
-]}
+    def get(self, task: str) -> Template:
+        if task in self.tasks:
+            return self.tasks[task]
+        if self.fallback:
+            return load_prompt_set(self.fallback).get(task)
+        raise ValueError(f"prompt set {self.name!r} ({self.path}) has no prompt for task {task!r} and no "
+                         f"fallback; it covers {sorted(self.tasks)}")
 
 
-def get_template(task: str) -> Template:
-    if task not in TEMPLATES:
-        raise ValueError(f"no prompt template for task {task!r}; known: {sorted(TEMPLATES)}")
-    return TEMPLATES[task]
+def available_sets() -> list[str]:
+    return sorted(f[:-5] for f in os.listdir(PROMPT_SET_DIR) if f.endswith(".json"))
 
 
-def _fields(example: Example) -> Mapping[str, str]:
+def default_set(protocol: str) -> str:
+    return DEFAULT_SET.get(protocol, DEFAULT_SET["generate"])
+
+
+@lru_cache(maxsize=None)
+def load_prompt_set(name_or_path: str) -> PromptSet:
+    """A prompt set by name (a file in prompt_sets/) or by path to a JSON file of the same shape."""
+    path = name_or_path if name_or_path.endswith(".json") else os.path.join(PROMPT_SET_DIR, f"{name_or_path}.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"config.prompt_set={name_or_path!r}: no such prompt set (known: {available_sets()}, "
+                         "or a path to a .json prompt set)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    name = data.get("name") or os.path.basename(path)[:-5]
+    tasks = {}
+    for task, t in (data.get("tasks") or {}).items():
+        if "template" not in t:
+            raise ValueError(f"{path}: task {task!r} has no 'template'")
+        if t.get("answer", "text") not in ("text", "letter"):
+            raise ValueError(f"{path}: task {task!r}: answer must be 'text' or 'letter'")
+        for field_name, tr in (t.get("transforms") or {}).items():
+            if tr not in TRANSFORMS:
+                raise ValueError(f"{path}: task {task!r}: unknown transform {tr!r} (known: {sorted(TRANSFORMS)})")
+        tasks[task] = Template(name, task, t["template"], t.get("demo", ""), t.get("answer", "text"),
+                               tuple(t.get("choices") or ()), dict(t.get("transforms") or {}), t.get("source", ""))
+    return PromptSet(name, data.get("description", ""), tasks, data.get("fallback", ""), path)
+
+
+def get_template(task: str, prompt_set: str = "mellama-v1") -> Template:
+    return load_prompt_set(prompt_set).get(task)
+
+
+def _fields(t: Template, example: Example, **extra) -> dict[str, Any]:
     fields = dict(example.inputs)
     fields.setdefault("choices", ", ".join(example.choices))
+    fields.update(extra)
+    for name, tr in t.transforms.items():
+        if name in fields:
+            fields[name] = TRANSFORMS[tr](str(fields[name]))
     return fields
 
 
-def render(task: str, example: Example, demos: Sequence[Example] = ()) -> str:
+def _fill(t: Template, fields: Mapping[str, Any], examples: str = "") -> str:
+    try:
+        return t.template.format(examples=examples, **fields)
+    except KeyError as e:
+        raise ValueError(f"prompt {t.id}: the example has no field {e.args[0]!r} (has {sorted(fields)})") from None
+
+
+def _render(t: Template, example: Example, demos: Sequence[Example], target_of: Callable[[Example], str],
+            **extra) -> str:
+    fields = _fields(t, example, **extra)
+    if "{examples}" in t.template:
+        demo = t.demo or "{target}\n"
+        examples = "".join(demo.format(target=target_of(d), **_fields(t, d, **extra)) for d in demos)
+        return _fill(t, fields, examples)
+    prefix = "".join(_fill(t, _fields(t, d, **extra)) + target_of(d) + "\n\n" for d in demos)
+    return prefix + _fill(t, fields)
+
+
+def render(t: Template, example: Example, demos: Sequence[Example] = ()) -> str:
     """The prompt for `example`; `demos` (few-shot) are written with their target answers."""
-    t = get_template(task)
-    fields = _fields(example)
-    examples = "".join(f"\nInput: {t.text.format(**_fields(d))}\nOutput:\n{d.target_text}\n" for d in demos)
-    return FORMAT.format(task=t.task.format(**fields), input=t.input, output=t.output.format(**fields),
-                         documentation=_doc_block(t.documentation), examples=examples, text=t.text.format(**fields))
+    return _render(t, example, demos, lambda d: d.target_text)
 
 
-def render_yesno(task: str, example: Example, label: str, demos: Sequence[Example] = ()) -> str:
-    """The `<task>-yesno` prompt asking whether `example` has `label` (multi-label log-likelihood
-    protocol). Demonstrations are asked about the same label and answered yes/no from their references.
-    The label is the last field of the Input, so left truncation never cuts the question."""
-    t = get_template(f"{task}-yesno")
-    fields = dict(_fields(example), label=label)
-    examples = "".join(
-        f"\nInput: {t.text.format(**dict(_fields(d), label=label))}\nOutput:\n"
-        f"{'yes' if label in d.reference else 'no'}\n" for d in demos)
-    return FORMAT.format(task=t.task.format(**fields), input=t.input, output=t.output.format(**fields),
-                         documentation=_doc_block(t.documentation), examples=examples, text=t.text.format(**fields))
+def render_yesno(t: Template, example: Example, label: str, demos: Sequence[Example] = ()) -> str:
+    """The per-label prompt asking whether `example` has `label` (multi-label log-likelihood protocol).
+    Demonstrations are asked about the same label and answered yes/no from their references."""
+    return _render(t, example, demos, lambda d: "yes" if label in d.reference else "no", label=label)
+
+
+def answer_view(t: Template, examples: Sequence[Example], path: str = "") -> list[Example]:
+    """The examples as this prompt scores them: option letters as choices and gold ("letter"), and
+    the set's choice order. Raises when a gold label is not among the set's choices."""
+    out = []
+    for ex in examples:
+        if t.answer == "letter":
+            letters = tuple(ex.meta.get("option_letters") or ())
+            if not letters or len(letters) != len(ex.choices):
+                raise ValueError(f"prompt {t.id} scores option letters, but task {t.task!r} examples carry none")
+            gold = letters[ex.choices.index(ex.reference)]
+            ex = dataclasses.replace(ex, choices=letters, reference=gold, target_text=gold,
+                                     meta={**ex.meta, "option_texts": list(ex.choices)})
+        if t.choices:
+            golds = ex.reference if isinstance(ex.reference, list) else [ex.reference]
+            unknown = [g for g in golds if g not in t.choices]
+            if unknown:
+                raise ValueError(f"{path or t.task}: example {ex.id}: gold {unknown} is not among prompt "
+                                 f"{t.id}'s choices {list(t.choices)}")
+            ex = dataclasses.replace(ex, choices=t.choices)
+        out.append(ex)
+    return out
+
+
+def release_fields(t: Template, query: str) -> dict[str, str] | None:
+    """Recover the input fields from a `query` that this template produced (Me-LLaMA's evaluation
+    sets carry only the filled prompt): the template's literal text must match exactly."""
+    parts, names = [], []
+    for literal, name, _, _ in string.Formatter().parse(t.template):
+        parts.append(re.escape(literal))
+        if name and name != "examples":
+            if name in names:
+                parts.append(f"(?P={name})")
+            else:
+                names.append(name)
+                parts.append(f"(?P<{name}>.*?)")
+    m = re.fullmatch("".join(parts), query, flags=re.S)
+    return None if m is None else m.groupdict()

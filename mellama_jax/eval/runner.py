@@ -14,22 +14,29 @@ import logging
 import os
 import time
 import zlib
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from mellama_jax.data.sources.report import DataError
 from mellama_jax.eval import loglik as ll
 from mellama_jax.eval import metrics as M
 from mellama_jax.eval import parsing, prompts, provenance, report
-from mellama_jax.eval.tasks import (CHOICE, DIAGNOSIS, EXTRACTIVE, MULTILABEL, NER, SUMMARIZATION, TASKS,
-                                    TaskSpec, get_task, resolve_path)
-from mellama_jax.eval.tasks.common import Example
+from mellama_jax.eval.tasks import (CHOICE, DIAGNOSIS, EXTRACTIVE, MULTILABEL, NER, SUMMARIZATION, TaskSpec,
+                                    cards, get_task, resolve_path)
+from mellama_jax.eval.tasks.common import Example, FormatError, LoadReport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "metrics_from_records", "PROTOCOLS"]
+__all__ = ["run", "metrics_from_records", "prepare_task", "load_task_file", "prompt_set_name", "PROTOCOLS",
+           "MELLAMA_TASKS"]
 
 PROTOCOLS = ("generate", "loglik")
+# "all": the twelve benchmarks of Me-LLaMA's evaluation (BC5CDR, NCBI-disease and the clinical cases
+# are selected by name).
+MELLAMA_TASKS = ("pubmedqa", "medqa", "medmcqa", "emrqa", "i2b2", "ddi", "hoc", "mtsamples", "pubmedsum",
+                 "mimiccxr", "bionli", "mednli")
 
 
 def _task_list(config) -> list[str]:
@@ -38,7 +45,7 @@ def _task_list(config) -> list[str]:
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     tasks = list(tasks)
     if tasks == ["all"]:
-        tasks = [t for t in TASKS if t != "diagnosis"]
+        tasks = list(MELLAMA_TASKS)
     if not tasks:
         raise ValueError("config.tasks is empty; e.g. --config.tasks=pubmedqa,medqa (or 'all')")
     for t in tasks:
@@ -57,7 +64,15 @@ def _validate(config) -> None:
         raise ValueError(f"config.max_new_tokens={config.max_new_tokens}: expected >= 1")
     if config.few_shot < 0:
         raise ValueError(f"config.few_shot={config.few_shot}: expected >= 0")
+    if not 0.0 <= float(config.get("max_bad_fraction", 0.0)) <= 1.0:
+        raise ValueError(f"config.max_bad_fraction={config.max_bad_fraction}: expected a fraction in [0, 1]")
     ll.normalized_scores([0.0], [1], ["x"], config.loglik_normalize)
+    prompts.load_prompt_set(prompt_set_name(config))
+
+
+def prompt_set_name(config) -> str:
+    """config.prompt_set, or the protocol's default (generate: mellama-release, loglik: mellama-v1)."""
+    return config.get("prompt_set") or prompts.default_set(config.protocol)
 
 
 def _override(config, group: str, task: str) -> str:
@@ -65,13 +80,33 @@ def _override(config, group: str, task: str) -> str:
     return (sub.get(task) or "") if sub is not None else ""
 
 
-def _load(spec: TaskSpec, path: str, config) -> list[Example]:
+def _load(spec: TaskSpec, path: str, config, report: LoadReport | None = None) -> list[Example]:
     if spec.name == "medmcqa":
-        return spec.load(path, cop_base=str(config.medmcqa_cop_base))
+        return spec.load(path, cop_base=str(config.medmcqa_cop_base), report=report)
     if spec.name == "i2b2":
         types = tuple(t.strip().lower() for t in config.ner_types.split(",") if t.strip())
-        return spec.load(path, types)
-    return spec.load(path)
+        return spec.load(path, types, report=report)
+    return spec.load(path, report=report)
+
+
+def load_task_file(spec: TaskSpec, path: str, config) -> tuple[list[Example], LoadReport]:
+    """All usable examples of a task file and its read report; bad records are counted (reason,
+    file:line) and the load fails only when more than config.max_bad_fraction of them are bad, or
+    when nothing usable is left."""
+    report = LoadReport(source=spec.name, strict=False)
+    try:
+        examples = _load(spec, path, config, report)
+    except (FormatError, DataError) as e:
+        raise ValueError(f"task {spec.name}: {e}") from None
+    report.good = len(examples)
+    try:
+        report.check(float(config.get("max_bad_fraction", 0.0)))
+    except DataError as e:
+        raise ValueError(f"task {spec.name}: {path}: {e}".replace("data.max_bad_fraction", "config.max_bad_fraction")
+                         ) from None
+    if report.num_bad:
+        log.warning("%s: %s", path, report.summary())
+    return examples, report
 
 
 def _chat(prompt: str, config) -> str:
@@ -86,11 +121,12 @@ def _chat(prompt: str, config) -> str:
                                     add_generation_prompt=True)
 
 
-def _demos(spec: TaskSpec, config, k: int) -> tuple[list[Example], dict]:
+def _demos(spec: TaskSpec, config, k: int, template: prompts.Template) -> tuple[list[Example], dict]:
     if k == 0:
         return [], {"k": 0}
     path = resolve_path(spec, config.data_dir, _override(config, "train_paths", spec.name), split="train")
-    pool = _load(spec, path, config)
+    pool, _ = load_task_file(spec, path, config)
+    pool = prompts.answer_view(template, pool, path)
     if len(pool) < k:
         raise ValueError(f"{spec.name}: few_shot={k} but the training split {path} has {len(pool)} examples")
     rng = np.random.default_rng([int(config.seed), zlib.crc32(spec.name.encode())])
@@ -99,6 +135,47 @@ def _demos(spec: TaskSpec, config, k: int) -> tuple[list[Example], dict]:
     return demos, {"k": k, "train_path": os.path.abspath(path), "train_sha256": provenance.data_fingerprint(path),
                    "demo_ids": [d.id for d in demos], "selection": "numpy default_rng([seed, crc32(task)]) "
                    "choice without replacement; the same demonstrations for every example"}
+
+
+@dataclass
+class PreparedTask:
+    """A task validated and ready for the model: its examples as the prompt set scores them, the
+    rendered prompts, and everything results.json says about the data and the prompt."""
+
+    spec: TaskSpec
+    path: str
+    examples: list[Example]
+    n_file: int
+    report: LoadReport
+    template: prompts.Template
+    demos: list[Example]
+    few_shot: dict
+    use_loglik: bool
+    yesno: bool
+    texts: list[str]
+    size: dict
+
+
+def prepare_task(spec: TaskSpec, config) -> PreparedTask:
+    """Find, read and validate a task's file and render its prompts (no model needed)."""
+    path = resolve_path(spec, config.data_dir, _override(config, "task_paths", spec.name))
+    examples, report = load_task_file(spec, path, config)
+    size = cards.size_warning(spec.name, examples)
+    n_file = len(examples)
+    if config.max_examples > 0:
+        examples = examples[:config.max_examples]
+    use_loglik = config.protocol == "loglik" and spec.family in (CHOICE, MULTILABEL)
+    yesno = use_loglik and spec.family == MULTILABEL
+    pset = prompts.load_prompt_set(prompt_set_name(config))
+    template = pset.get(f"{spec.name}-yesno" if yesno else spec.name)
+    examples = prompts.answer_view(template, examples, path)
+    demos, few_shot = _demos(spec, config, int(config.few_shot), template)
+    if yesno:
+        texts = [_chat(prompts.render_yesno(template, ex, LABEL_SLOT, demos), config) for ex in examples]
+    else:
+        texts = [_chat(prompts.render(template, ex, demos), config) for ex in examples]
+    return PreparedTask(spec, path, examples, n_file, report, template, demos, few_shot, use_loglik, yesno,
+                        texts, size)
 
 
 def metrics_from_records(spec: TaskSpec, records: Sequence[dict], choices: Sequence[str] = (),
@@ -144,23 +221,23 @@ def _parse(spec: TaskSpec, ex: Example, generation: str, config) -> Any:
 LABEL_SLOT = "{label}"
 
 
-def _multilabel_loglik(engine, spec: TaskSpec, examples: list[Example], demos: list[Example], config,
-                       ) -> tuple[list[dict], dict, int]:
+def _multilabel_loglik(engine, t: PreparedTask, config) -> tuple[list[dict], dict, int]:
     """HoC under the log-likelihood protocol: for every example and label, score "yes" and "no" after
     the per-label prompt; the label is predicted iff log p(yes) > log p(no) (unnormalised, see
-    loglik.py). Returns (records, decoding description, number of examples with a truncated prompt)."""
+    loglik.py). The 20 requests of one abstract share its prompt prefix (one prefill). Returns
+    (records, decoding description, number of examples with a truncated prompt)."""
     tok = engine.tokenizer
     reqs, owners = [], []
-    for i, ex in enumerate(examples):
+    for i, ex in enumerate(t.examples):
         for lab in ex.choices:
-            ids = tok.encode(_chat(prompts.render_yesno(spec.name, ex, lab, demos), config))
+            ids = tok.encode(_chat(prompts.render_yesno(t.template, ex, lab, t.demos), config))
             reqs.extend(ll.binary_requests(tok, ids))
             owners.extend([i, i])
-    sums, cut = engine.loglik(reqs, label=spec.name)
+    sums, cut = engine.loglik(reqs, label=t.spec.name, groups=owners, share_prefix=bool(config.share_prefix))
     n_trunc = len({owners[j] for j, c in enumerate(cut) if c})
     answer_tokens = [len(c) for _, c in reqs[:2]]
     records, pos = [], 0
-    for i, ex in enumerate(examples):
+    for i, ex in enumerate(t.examples):
         scores, pred = {}, []
         for lab in ex.choices:
             yes, no = sums[pos], sums[pos + 1]
@@ -168,9 +245,8 @@ def _multilabel_loglik(engine, spec: TaskSpec, examples: list[Example], demos: l
             scores[lab] = {"yes": float(yes), "no": float(no)}
             if ll.binary_decision(yes, no):
                 pred.append(lab)
-        records.append({"id": ex.id, "prompt": _chat(prompts.render_yesno(spec.name, ex, LABEL_SLOT, demos), config),
-                        "generation": None, "prediction": pred, "reference": ex.reference,
-                        "label_logprobs": scores})
+        records.append({"id": ex.id, "prompt": t.texts[i], "generation": None, "prediction": pred,
+                        "reference": ex.reference, "label_logprobs": scores})
     decoding = {"protocol": "loglik", "normalize": "none",
                 "normalize_note": ("binary yes/no decision per label: both answers are the same fixed strings "
                                    "for every label, so length normalisation would only add a constant bias; "
@@ -180,36 +256,33 @@ def _multilabel_loglik(engine, spec: TaskSpec, examples: list[Example], demos: l
                 "answers": list(ll.BINARY_ANSWERS), "answer_tokens": answer_tokens,
                 "continuation": "each answer encoded without BOS after the per-label prompt",
                 "per_label_prompt": f"the record's prompt with every {LABEL_SLOT} replaced by the label",
-                "requests_per_example": 2 * len(examples[0].choices) if examples else 0}
+                "prefix_sharing": _sharing_note(config, "the per-label prompts of one example"),
+                "requests_per_example": 2 * len(t.examples[0].choices) if t.examples else 0}
     return records, decoding, n_trunc
 
 
-def _evaluate_task(engine, spec: TaskSpec, config) -> tuple[dict, list[dict]]:
-    t0 = time.time()
-    path = resolve_path(spec, config.data_dir, _override(config, "task_paths", spec.name))
-    examples = _load(spec, path, config)
-    n_file = len(examples)
-    if config.max_examples > 0:
-        examples = examples[:config.max_examples]
-    demos, few_shot = _demos(spec, config, int(config.few_shot))
-    use_loglik = config.protocol == "loglik" and spec.family in (CHOICE, MULTILABEL)
-    yesno = use_loglik and spec.family == MULTILABEL
-    template = prompts.get_template(f"{spec.name}-yesno" if yesno else spec.name)
-    tok = engine.tokenizer
-    if not yesno:
-        texts = [_chat(prompts.render(spec.name, ex, demos), config) for ex in examples]
-        ids = [tok.encode(t) for t in texts]
+def _sharing_note(config, what: str) -> str:
+    if not config.share_prefix:
+        return "off (config.share_prefix=False): every request computed in full"
+    return (f"on: {what} share their longest common token prefix, whose KV cache is computed once; "
+            "each request's remaining tokens are scored from it")
 
+
+def _evaluate_task(engine, t: PreparedTask, config) -> tuple[dict, list[dict]]:
+    t0 = time.time()
+    spec, examples, texts = t.spec, t.examples, t.texts
+    tok = engine.tokenizer
     records = []
-    if yesno:
-        records, decoding, n_trunc = _multilabel_loglik(engine, spec, examples, demos, config)
-    elif use_loglik:
+    if t.yesno:
+        records, decoding, n_trunc = _multilabel_loglik(engine, t, config)
+    elif t.use_loglik:
+        ids = [tok.encode(x) for x in texts]
         reqs, owners = [], []
         for i, ex in enumerate(examples):
             for r in ll.choice_requests(tok, ids[i], ex.choices):
                 reqs.append(r)
                 owners.append(i)
-        sums, cut = engine.loglik(reqs, label=spec.name)
+        sums, cut = engine.loglik(reqs, label=spec.name, groups=owners, share_prefix=bool(config.share_prefix))
         n_trunc = len({owners[j] for j, c in enumerate(cut) if c})
         pos = 0
         for i, ex in enumerate(examples):
@@ -221,46 +294,72 @@ def _evaluate_task(engine, spec: TaskSpec, config) -> tuple[dict, list[dict]]:
                             "prediction": ex.choices[ll.pick(scores)], "reference": ex.reference,
                             "choice_logprobs": [float(x) for x in s], "choice_tokens": lens})
         decoding = {"protocol": "loglik", "normalize": config.loglik_normalize,
-                    "continuation": "each choice encoded without BOS after the prompt"}
+                    "continuation": "each choice encoded without BOS after the prompt",
+                    "prefix_sharing": _sharing_note(config, "the choices of one example")}
     else:
+        ids = [tok.encode(x) for x in texts]
         gens, _, n_trunc = engine.generate(ids, int(config.max_new_tokens), label=spec.name)
         for i, ex in enumerate(examples):
             records.append({"id": ex.id, "prompt": texts[i], "generation": gens[i],
                             "prediction": _parse(spec, ex, gens[i], config), "reference": ex.reference})
         decoding = {"protocol": "generate", "strategy": "greedy", "temperature": 0.0,
-                    "max_new_tokens": int(config.max_new_tokens), "stop": "eos",
-                    "max_context": int(engine.max_len)}
+                    "max_new_tokens": int(config.max_new_tokens), "stop": "eos, or max_new_tokens; a batch "
+                    "stops as soon as every row has ended", "max_context": int(engine.max_len),
+                    "batching": "prompts sorted by token length, batches of config.batch_size rows padded "
+                                "on the left to a power-of-two length bucket (see compiled_shapes)"}
     choices = examples[0].choices if examples else ()
     shared_choices = all(ex.choices == choices for ex in examples)
     if spec.family == CHOICE and not shared_choices:
         for rec, ex in zip(records, examples):
             rec["choices"] = list(ex.choices)
+    if t.template.answer == "letter":
+        for rec, ex in zip(records, examples):
+            rec["option_texts"] = ex.meta.get("option_texts")
     metrics = metrics_from_records(spec, records, choices, rouge_stemmer=bool(config.rouge_stemmer))
     if spec.family == SUMMARIZATION:
         metrics.update(_bertscore(records, config))
-    protocol = "loglik" if use_loglik else "generate"
+    protocol = "loglik" if t.use_loglik else "generate"
+    warnings = []
+    if "warning" in t.size:
+        warnings.append(t.size["warning"])
+    if t.report.num_bad:
+        warnings.append(f"{t.report.num_bad} bad record(s) skipped: {dict(t.report.bad)} (see data.read)")
+    if n_trunc:
+        warnings.append(f"{n_trunc} prompt(s) cut from the left to fit the context window")
     result = {
         "task": spec.name, "display_name": spec.display, "family": spec.family,
-        "metrics": metrics, "num_examples": len(records), "num_examples_in_file": n_file,
+        "metrics": metrics, "num_examples": len(records), "num_examples_in_file": t.n_file,
         "protocol": protocol,
         "protocol_note": ("" if protocol == config.protocol else
                           f"{config.protocol} protocol does not apply to {spec.family} tasks; generated"),
-        "prompt_template_id": template.id, "prompt_template": template.full_text(),
+        "prompt_set": t.template.set_name, "prompt_set_requested": prompt_set_name(config),
+        "prompt_template_id": t.template.id, "prompt_template": t.template.full_text(),
+        "prompt_demo_format": t.template.demo, "prompt_source": t.template.source,
+        "answer_format": t.template.answer,
         "parse_rule": ({"rule": "first choice (in choice order) contained in the stripped generation",
                         "lower_case": spec.lower_case or config.parse_lower_case == "always",
                         "unique_choice": spec.unique_choice}
                        if spec.family in (CHOICE, MULTILABEL) and protocol == "generate" else {}),
         "choices": list(choices) if shared_choices else "per example (in predictions)",
         "headline_metric": spec.headline,
-        "decoding": decoding, "few_shot": few_shot,
+        "decoding": decoding, "few_shot": t.few_shot,
         "chat_template": config.chat_template or "none",
-        "data": {"path": os.path.abspath(path), "sha256": provenance.data_fingerprint(path)},
+        "data": {"path": os.path.abspath(t.path), "sha256": provenance.data_fingerprint(t.path),
+                 "read": t.report.to_dict(), "official_test_size": t.size},
+        "warnings": warnings,
         "example_order": "file order" + (f", first {config.max_examples}" if config.max_examples > 0 else ""),
         "example_ids_sha256": provenance.ids_sha256([r["id"] for r in records]),
         "truncated_prompts": int(n_trunc),
+        "compiled_shapes": engine.take_task_shapes(),
         "seconds": round(time.time() - t0, 3),
     }
     return result, records
+
+
+def _bertscore_impl(config) -> str:
+    from mellama_jax.eval.bertscore import implementation
+
+    return implementation()
 
 
 def _bertscore(records: list[dict], config) -> dict:
@@ -279,17 +378,32 @@ def write_predictions(path: str, records: list[dict]) -> None:
 
 
 def run(config, workdir: str) -> dict:
-    """Evaluate config.checkpoint on config.tasks; returns the results dict also written to results.json."""
+    """Evaluate config.checkpoint on config.tasks; returns the results dict also written to results.json.
+
+    Every task's file is read, validated and its prompts rendered before the model is loaded, so a
+    wrong or partial download fails in seconds, not after hours of model time."""
     from mellama_jax.eval.engine import load_engine
 
+    harness = config.get("harness", "builtin")
+    if harness == "lm_eval":  # lm-evaluation-harness tasks through the mellama_jax adapter
+        from mellama_jax.eval.lm_eval_harness import run as run_lm_eval
+
+        return run_lm_eval(config, workdir)
+    if harness != "builtin":
+        raise ValueError(f"config.harness={harness!r}: expected 'builtin' or 'lm_eval'")
     _validate(config)
     tasks = _task_list(config)
+    prepared = {}
+    for name in tasks:
+        prepared[name] = prepare_task(get_task(name), config)
+        log.info("%s: %d examples from %s", name, len(prepared[name].examples), prepared[name].path)
     os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
     mesh_cfg = config.get("mesh") if config.get("use_mesh", True) else None
     rules = config.sharding.rules if config.get("sharding") is not None else None
     engine = load_engine(config.checkpoint, config.tokenizer_path, batch_size=int(config.batch_size),
                          mesh_config=mesh_cfg, rules=rules, dtype=config.dtype,
                          show_progress=bool(config.show_progress))
+    main = jax_process_index() == 0
     results = {
         "checkpoint": provenance.checkpoint_fingerprint(config.checkpoint, bool(config.hash_weights)),
         "model_config": engine.model_config.to_dict(),
@@ -299,20 +413,37 @@ def run(config, workdir: str) -> dict:
         "packages": provenance.package_versions(),
         "seed": int(config.seed),
         "protocol": config.protocol,
+        "prompt_set": prompt_set_name(config),
+        "max_bad_fraction": float(config.get("max_bad_fraction", 0.0)),
         "mesh": None if engine.mesh is None else dict(engine.mesh.shape),
+        "processes": jax_process_count(),
         "batch_size": int(config.batch_size),
-        "bertscore": ({"model": config.bertscore_model, "layer": int(config.bertscore_layer)}
+        "bertscore": ({"model": config.bertscore_model, "layer": int(config.bertscore_layer),
+                       "implementation": _bertscore_impl(config)}
                       if config.bertscore_model else "not computed: set config.bertscore_model to a local "
                                                      "model directory"),
         "tasks": {},
     }
     for name in tasks:
-        spec = get_task(name)
         log.info("evaluating %s", name)
-        result, records = _evaluate_task(engine, spec, config)
-        write_predictions(os.path.join(workdir, "predictions", f"{name}.jsonl"), records)
+        result, records = _evaluate_task(engine, prepared[name], config)
         results["tasks"][name] = result
-        report.write_results(workdir, results)  # after every task, so a crash keeps what finished
+        if main:  # every process computes the same records; one writes them
+            write_predictions(os.path.join(workdir, "predictions", f"{name}.jsonl"), records)
+            report.write_results(workdir, results)  # after every task, so a crash keeps what finished
     results["compiled_shapes"] = sorted([list(s) for s in engine.stats["compiled_shapes"]], key=str)
-    report.write_results(workdir, results)
+    if main:
+        report.write_results(workdir, results)
     return results
+
+
+def jax_process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+def jax_process_count() -> int:
+    import jax
+
+    return jax.process_count()

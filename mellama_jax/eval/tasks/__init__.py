@@ -1,4 +1,5 @@
-"""The benchmark registry: task name -> family, loader, default file names and Me-LLaMA parse rule."""
+"""The benchmark registry: task name -> family, loader, default file names, Me-LLaMA parse rule and
+data card (tasks/cards.py)."""
 from __future__ import annotations
 
 import os
@@ -6,15 +7,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mellama_jax.eval.tasks.classification import load_hoc, load_mtsamples
-from mellama_jax.eval.tasks.common import Example, FormatError, sha256_file
+from mellama_jax.eval.tasks.cards import CARDS, DataCard
+from mellama_jax.eval.tasks.common import Example, FormatError, LoadReport, sha256_file
 from mellama_jax.eval.tasks.diagnosis import load_cases
-from mellama_jax.eval.tasks.ner import load_i2b2
+from mellama_jax.eval.tasks.ner import load_i2b2, load_ner
 from mellama_jax.eval.tasks.nli import load_bionli, load_mednli
 from mellama_jax.eval.tasks.qa import load_emrqa, load_medmcqa, load_medqa, load_pubmedqa
 from mellama_jax.eval.tasks.relation import load_ddi
 from mellama_jax.eval.tasks.summarization import load_mimic_cxr, load_pubmed_sum
 
-__all__ = ["TaskSpec", "TASKS", "get_task", "resolve_path", "Example", "FormatError", "sha256_file"]
+__all__ = ["TaskSpec", "TASKS", "get_task", "resolve_path", "Example", "FormatError", "LoadReport", "sha256_file",
+           "CARDS", "DataCard", "NER_TYPES"]
 
 # family -> how the runner scores it
 CHOICE, MULTILABEL, EXTRACTIVE, NER, SUMMARIZATION, DIAGNOSIS = (
@@ -40,31 +43,51 @@ class TaskSpec:
     unique_choice: bool = False
     headline: str = ""  # the metric results.md shows first
 
+    @property
+    def card(self) -> DataCard:
+        return CARDS[self.name]
+
+
+def _single_type(etype: str):
+    """Loader of a single-type biomedical NER corpus (bare B/I tags are `etype`)."""
+    return lambda path, report=None: load_ner(path, (etype,), report, bare_type=etype)
+
+
+# The entity types each NER task scores (i2b2's come from config.ner_types).
+NER_TYPES = {"bc5cdr_chem": ("chemical",), "bc5cdr_disease": ("disease",), "ncbi_disease": ("disease",)}
+_TABLE_EXTS = ("parquet", "jsonl", "json", "tsv", "csv")
+
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in [
-    TaskSpec("pubmedqa", "PubMedQA", CHOICE, load_pubmedqa, ("pubmedqa",), ("tsv", "json"),
+    TaskSpec("pubmedqa", "PubMedQA", CHOICE, load_pubmedqa, ("pubmedqa",), ("tsv", "json", "parquet", "jsonl"),
              headline="accuracy"),
-    TaskSpec("medqa", "MedQA", CHOICE, load_medqa, ("medqa", "medqa_usmle"), ("jsonl",),
+    TaskSpec("medqa", "MedQA", CHOICE, load_medqa, ("medqa", "medqa_usmle"), ("jsonl", "parquet", "json"),
              lower_case=False, headline="accuracy"),
-    TaskSpec("medmcqa", "MedMCQA", CHOICE, load_medmcqa, ("medmcqa",), ("jsonl", "json"),
+    TaskSpec("medmcqa", "MedMCQA", CHOICE, load_medmcqa, ("medmcqa",), ("jsonl", "json", "parquet"),
              lower_case=False, headline="accuracy"),
-    TaskSpec("emrqa", "EmrQA", EXTRACTIVE, load_emrqa, ("emrqa",), ("json", "jsonl"), headline="f1"),
+    TaskSpec("emrqa", "EmrQA", EXTRACTIVE, load_emrqa, ("emrqa",), ("json", "jsonl", "parquet"), headline="f1"),
     TaskSpec("i2b2", "i2b2 2012", NER, load_i2b2, ("i2b2", "i2b2_2012"), ("bio", "tsv", "txt", "xml", ""),
              headline="f1"),
-    TaskSpec("ddi", "DDI 2013", CHOICE, load_ddi, ("ddi", "ddi2013"), ("tsv", "xml", ""),
+    TaskSpec("bc5cdr_chem", "BC5CDR-chem", NER, _single_type("chemical"), ("bc5cdr_chem", "BC5CDR-chem"),
+             ("tsv", "bio", "txt", "conll", "parquet", "jsonl"), headline="f1"),
+    TaskSpec("bc5cdr_disease", "BC5CDR-disease", NER, _single_type("disease"), ("bc5cdr_disease", "BC5CDR-disease"),
+             ("tsv", "bio", "txt", "conll", "parquet", "jsonl"), headline="f1"),
+    TaskSpec("ncbi_disease", "NCBI-disease", NER, _single_type("disease"), ("ncbi_disease", "NCBI-disease"),
+             ("tsv", "bio", "txt", "conll", "parquet", "jsonl"), headline="f1"),
+    TaskSpec("ddi", "DDI 2013", CHOICE, load_ddi, ("ddi", "ddi2013"), ("tsv", "xml", "parquet", "jsonl", ""),
              lower_case=False, unique_choice=True, headline="macro_f1"),
-    TaskSpec("hoc", "HoC", MULTILABEL, load_hoc, ("hoc",), ("tsv",), lower_case=False,
+    TaskSpec("hoc", "HoC", MULTILABEL, load_hoc, ("hoc",), ("tsv", "parquet", "jsonl"), lower_case=False,
              headline="macro_f1"),
-    TaskSpec("mtsamples", "MTSamples", CHOICE, load_mtsamples, ("mtsamples",), ("csv",),
+    TaskSpec("mtsamples", "MTSamples", CHOICE, load_mtsamples, ("mtsamples",), ("csv", "parquet", "jsonl"),
              headline="macro_f1"),
     TaskSpec("pubmedsum", "PubMed", SUMMARIZATION, load_pubmed_sum, ("pubmedsum", "pubmed_summarization"),
              ("jsonl", "parquet"), headline="rougeL"),
     TaskSpec("mimiccxr", "MIMIC-CXR", SUMMARIZATION, load_mimic_cxr, ("mimiccxr", "mimic_cxr"),
              ("jsonl", "parquet"), headline="rougeL"),
-    TaskSpec("bionli", "BioNLI", CHOICE, load_bionli, ("bionli",), ("jsonl",), headline="macro_f1"),
-    TaskSpec("mednli", "MedNLI", CHOICE, load_mednli, ("mednli",), ("jsonl",), headline="macro_f1"),
+    TaskSpec("bionli", "BioNLI", CHOICE, load_bionli, ("bionli",), ("jsonl", "parquet"), headline="macro_f1"),
+    TaskSpec("mednli", "MedNLI", CHOICE, load_mednli, ("mednli",), ("jsonl", "parquet"), headline="macro_f1"),
     TaskSpec("diagnosis", "Clinical cases", DIAGNOSIS, load_cases, ("diagnosis", "clinical_cases"),
-             ("jsonl",), headline="top1"),
+             ("jsonl", "parquet"), headline="top1"),
 ]}
 
 
@@ -89,6 +112,8 @@ def resolve_path(spec: TaskSpec, data_dir: str | None, override: str | None, spl
             suffix = f".{ext}" if ext else ""
             names = ([f"{stem}/{split}{suffix}", f"{stem}_{split}{suffix}"]
                      + ([f"{stem}{suffix}"] if split == "test" else []))
+            if ext:
+                names += [n + ".gz" for n in names]
             for name in names:
                 p = os.path.join(data_dir, name)
                 tried.append(p)

@@ -1,6 +1,7 @@
-"""Clinical NER (i2b2 2012): the original XML (TEXT + EVENT spans) or token-per-line BIO files.
+"""NER: i2b2 2012 (clinical; original XML with TEXT + EVENT spans, or BIO) and the biomedical corpora
+BC5CDR (chemical, disease) and NCBI-disease (BIO text, or token/tag records from HF exports).
 
-Both become sentence examples of whitespace tokens with gold BIO tags; the model marks entities
+All become sentence examples of whitespace tokens with gold BIO tags; the model marks entities
 in its output and parsing maps them back onto the same tokens, so seqeval scores equal-length
 tag sequences.
 """
@@ -11,9 +12,10 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
-from mellama_jax.eval.tasks.common import Example, FormatError
+from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, base_ext, first_of, open_text,
+                                           read_records, strict_report)
 
-__all__ = ["load_i2b2", "load_i2b2_xml", "load_bio", "DEFAULT_ENTITY_TYPES", "markup"]
+__all__ = ["load_i2b2", "load_i2b2_xml", "load_bio", "load_ner", "load_ner_records", "DEFAULT_ENTITY_TYPES", "markup"]
 
 # Me-LLaMA scored problems, treatments and tests (the clinically meaningful i2b2 2012 EVENT types).
 DEFAULT_ENTITY_TYPES = ("problem", "treatment", "test")
@@ -44,23 +46,44 @@ def _example(ex_id: str, tokens: list[str], tags: list[str], types: tuple[str, .
                    meta={"tokens": list(tokens)})
 
 
-def load_bio(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES) -> list[Example]:
-    """Token-per-line BIO (token, whitespace, tag; blank line between sentences).
+def _norm_tag(tag: str, types: tuple[str, ...], bare_type: str | None, path, where) -> str:
+    if not _TAG.match(tag):
+        raise FormatError(path, where, f"tag {tag!r} is not O, B[-type] or I[-type]", "bad_tag")
+    if tag == "O":
+        return tag
+    if len(tag) == 1 and bare_type is None:
+        raise FormatError(path, where, f"untyped tag {tag!r}: this task needs typed tags (B-problem, ...); "
+                                       "single-type corpora are tasks of their own (bc5cdr_chem, bc5cdr_disease, "
+                                       "ncbi_disease)", "bad_tag")
+    etype = tag[2:].lower() if len(tag) > 1 else bare_type
+    return f"{tag[0]}-{etype}" if (etype in types or etype == bare_type) else "O"
 
-    Bare "B"/"I" tags (single-type corpora) are kept as type "entity"; typed tags whose type is not
-    in `types` become "O" so gold and prediction share one label set.
+
+def load_bio(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES, report: LoadReport | None = None,
+             bare_type: str | None = "entity") -> list[Example]:
+    """Token-per-line BIO (token, whitespace, tag; blank line between sentences; gzip ok).
+
+    Bare "B"/"I" tags (single-type corpora such as BLURB's BC5CDR-chem/-disease and NCBI-disease) get
+    type `bare_type`; typed tags whose type is not in `types` become "O" so gold and prediction share
+    one label set. A line without a tag or with an invalid tag makes its sentence a bad record.
     """
+    report = strict_report(report)
     out, tokens, tags = [], [], []
-    start = 1
+    start, error = 1, None
     base = os.path.basename(path)
 
     def flush():
-        if tokens:
+        nonlocal error
+        if error is not None:
+            with report.record():
+                raise error
+        elif tokens:
             out.append(_example(f"{base}:{start}", tokens[:], tags[:], types))
         tokens.clear()
         tags.clear()
+        error = None
 
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n").rstrip("\r")
             if not line.strip():
@@ -69,19 +92,53 @@ def load_bio(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES) -> list[E
                 continue
             if line.startswith("-DOCSTART-"):
                 continue
+            if error is not None:
+                continue
             parts = line.split("\t") if "\t" in line else line.split()
-            if len(parts) < 2 or not parts[0].strip():
-                raise FormatError(path, lineno, "expected 'token<TAB>tag', found no tag field")
-            token, tag = parts[0].strip(), parts[-1].strip()
-            if not _TAG.match(tag):
-                raise FormatError(path, lineno, f"tag {tag!r} is not O, B[-type] or I[-type]")
-            if tag != "O":
-                etype = tag[2:].lower() if len(tag) > 1 else "entity"
-                tag = f"{tag[0]}-{etype}" if (etype in types or etype == "entity") else "O"
-            tokens.append(token)
+            try:
+                if len(parts) < 2 or not parts[0].strip():
+                    raise FormatError(path, lineno, "expected 'token<TAB>tag', found no tag field", "no_tag")
+                tag = _norm_tag(parts[-1].strip(), types, bare_type, path, lineno)
+            except FormatError as e:
+                error = e
+                continue
+            tokens.append(parts[0].strip())
             tags.append(tag)
     flush()
     return out
+
+
+def _class_names(report: LoadReport, column: str) -> list[str] | None:
+    return (report.notes.get("class_labels") or {}).get(column)
+
+
+def load_ner_records(path: str, types: tuple[str, ...], report: LoadReport | None = None,
+                     bare_type: str | None = "entity") -> list[Example]:
+    """Sentence records with `tokens` and string tags (`ner_tags`/`tags`): HF `datasets` parquet
+    (ClassLabel ids decoded with the label names stored in the file) or JSON lines with string tags."""
+    report = strict_report(report)
+    out = []
+    for where, rec in read_records(path, ("tokens", "ner_tags"), report=report):
+        with report.record():
+            tokens = first_of(rec, ("tokens", "words"), path, where)
+            tags = first_of(rec, ("ner_tags", "tags", "labels"), path, where, "ner_tags")
+            if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags):
+                raise FormatError(path, where, "tokens and ner_tags must be lists of equal length", "bad_value")
+            if any(not isinstance(t, str) for t in tags):
+                raise FormatError(path, where, "integer tags without label names (write string tags, or the "
+                                               "HF parquet export that stores the ClassLabel names)", "bad_tag")
+            norm = [_norm_tag(t, types, bare_type, path, where) for t in tags]
+            ex_id = str(rec.get("id", f"{os.path.basename(path)}:{where}"))
+            out.append(_example(ex_id, [str(t) for t in tokens], norm, types))
+    return out
+
+
+def load_ner(path: str, types: tuple[str, ...], report: LoadReport | None = None,
+             bare_type: str | None = "entity") -> list[Example]:
+    """A biomedical NER test set: BIO text (.tsv/.bio/.txt/.conll, gzip ok) or token/tag records."""
+    if base_ext(path) in ("parquet", "jsonl", "json"):
+        return load_ner_records(path, types, report, bare_type)
+    return load_bio(path, types, report, bare_type)
 
 
 def load_i2b2_xml(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES) -> list[Example]:
@@ -139,7 +196,8 @@ def load_i2b2_xml(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES) -> l
     return out
 
 
-def load_i2b2(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES) -> list[Example]:
+def load_i2b2(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES, report: LoadReport | None = None,
+              ) -> list[Example]:
     """i2b2 2012 from a directory of XML files, one .xml file, or a BIO (.bio/.tsv/.txt/.conll) file."""
     if os.path.isdir(path):
         files = sorted(glob.glob(os.path.join(path, "*.xml")))
@@ -148,4 +206,4 @@ def load_i2b2(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES) -> list[
         return [ex for f in files for ex in load_i2b2_xml(f, types)]
     if path.endswith(".xml"):
         return load_i2b2_xml(path, types)
-    return load_bio(path, types)
+    return load_ner(path, types, report, bare_type=None)

@@ -5,7 +5,8 @@ import glob
 import os
 import xml.etree.ElementTree as ET
 
-from mellama_jax.eval.tasks.common import Example, FormatError, read_tsv
+from mellama_jax.eval.tasks.common import Example, FormatError, LoadReport, first_of, read_records, strict_report
+from mellama_jax.eval.tasks.release import is_release_record, release_inputs, release_label
 
 __all__ = ["load_ddi", "DDI_CHOICES"]
 
@@ -17,16 +18,35 @@ def _example(ex_id: str, sentence: str, label: str) -> Example:
                    target_text=label)
 
 
-def _load_tsv(path: str) -> list[Example]:
+PAIR_MENTION = "@DRUG-DRUG$"  # both drugs of the pair are one mention (BLUE/BLURB DDI TSVs)
+
+
+def _load_table(path: str, report: LoadReport) -> list[Example]:
+    """Masked rows (index, sentence, label): BLUE/BLURB TSV with or without header, HF exports, or
+    Me-LLaMA's query/answer/choices/gold set.
+
+    A sentence must hold the masked pair: two @DRUG$ masks, or one @DRUG-DRUG$ mask where both drugs
+    of the pair are one mention (the corpus annotates such pairs; the benchmark's own evaluation
+    keeps and classifies them like any other pair, and so do we; results.json counts them)."""
     out = []
-    for lineno, row in read_tsv(path, ("sentence", "label")):
-        label = row["label"].strip()
-        if label not in DDI_CHOICES:
-            raise FormatError(path, lineno, f"label {label!r} is not one of {DDI_CHOICES}")
-        if "@DRUG$" not in row["sentence"]:
-            raise FormatError(path, lineno, "sentence has no @DRUG$ mask (expected the masked drug pair)")
-        ex_id = row.get("index") or f"{os.path.basename(path)}:{lineno}"
-        out.append(_example(ex_id, row["sentence"], label))
+    for where, row in read_records(path, ("sentence", "label"), layouts=(("index", "sentence", "label"),),
+                                   report=report):
+        with report.record():
+            if is_release_record(row):
+                sentence = release_inputs("ddi", row, path, where)["sentence"]
+                label = str(release_label(row, path, where)).strip()
+            else:
+                sentence = str(first_of(row, ("sentence", "text"), path, where))
+                label = str(first_of(row, ("label", "labels"), path, where)).strip()
+            if label not in DDI_CHOICES:
+                raise FormatError(path, where, f"label {label!r} is not one of {DDI_CHOICES}", "bad_label")
+            if PAIR_MENTION in sentence:
+                report.count("pair_mention_@DRUG-DRUG$")
+            elif sentence.count("@DRUG$") < 1:
+                raise FormatError(path, where, "sentence has no @DRUG$ mask (expected the masked drug pair)",
+                                  "no_drug_mask")
+            ex_id = str(row.get("index") or row.get("id") or f"{os.path.basename(path)}:{where}")
+            out.append(_example(ex_id, sentence, label))
     return out
 
 
@@ -77,8 +97,10 @@ def _load_xml(path: str) -> list[Example]:
     return out
 
 
-def load_ddi(path: str) -> list[Example]:
-    """DDI 2013 from the masked TSV (index, sentence, label), one corpus XML file, or a directory of them."""
+def load_ddi(path: str, report: LoadReport | None = None) -> list[Example]:
+    """DDI 2013 from the masked TSV (index, sentence, label; headed or not), HF/Me-LLaMA exports, one
+    corpus XML file, or a directory of them."""
+    report = strict_report(report)
     if os.path.isdir(path):
         files = sorted(glob.glob(os.path.join(path, "**", "*.xml"), recursive=True))
         if not files:
@@ -86,4 +108,4 @@ def load_ddi(path: str) -> list[Example]:
         return [ex for f in files for ex in _load_xml(f)]
     if path.endswith(".xml"):
         return _load_xml(path)
-    return _load_tsv(path)
+    return _load_table(path, report)

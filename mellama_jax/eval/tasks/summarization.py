@@ -3,55 +3,60 @@ from __future__ import annotations
 
 import os
 
-from mellama_jax.eval.tasks.common import Example, FormatError, read_jsonl
+from mellama_jax.eval.tasks.common import Example, FormatError, LoadReport, read_records, strict_report
+from mellama_jax.eval.tasks.release import is_release_record
 
 __all__ = ["load_pubmed_sum", "load_mimic_cxr"]
 
 
-def _records(path: str):
-    """(line or row number, dict) from JSON lines or parquet (pyarrow, imported only when needed)."""
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for a bad file
-            raise FormatError(path, None, f"not a readable parquet file ({e})") from None
-        for i, rec in enumerate(table.to_pylist()):
-            yield f"row {i}", rec
-    else:
-        yield from read_jsonl(path)
+def _text(value, path, where, name) -> str:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " ".join(value)  # sentence lists (Me-LLaMA's MIMIC preprocessing joins them with spaces)
+    if not isinstance(value, str):
+        raise FormatError(path, where, f"{name} must be a string", "bad_value")
+    return value
 
 
-def load_pubmed_sum(path: str) -> list[Example]:
-    """PubMed summarization: {article, abstract} (source corpus) or {text, answer[, query, id]} (Me-LLaMA
-    release, where `text` is the article and `answer` the abstract)."""
+def load_pubmed_sum(path: str, report: LoadReport | None = None) -> list[Example]:
+    """PubMed summarization: {article, abstract} (source corpus / HF ccdv export), {src, tgt}, or
+    {text, answer[, query, id]} (Me-LLaMA release, where `text` is the article and `answer` the abstract)."""
+    report = strict_report(report)
     out = []
-    for where, rec in _records(path):
-        if "article" in rec and "abstract" in rec:
-            article, abstract = rec["article"], rec["abstract"]
-        elif "text" in rec and "answer" in rec:
-            article, abstract = rec["text"], rec["answer"]
-        else:
-            missing = "abstract" if "article" in rec else ("answer" if "text" in rec else "article")
-            raise FormatError(path, where, f"missing field {missing!r} (expected article+abstract or "
-                                           f"text+answer; has: {sorted(rec)})")
-        if not isinstance(article, str) or not isinstance(abstract, str):
-            raise FormatError(path, where, "article and abstract must be strings")
-        ex_id = str(rec.get("id", rec.get("article_id", f"{os.path.basename(path)}:{where}")))
-        out.append(Example(id=ex_id, inputs={"text": article}, reference=abstract, target_text=abstract,
-                           meta={"query": rec.get("query")}))
+    for where, rec in read_records(path, ("article", "abstract"), report=report):
+        with report.record():
+            for a, b in (("article", "abstract"), ("src", "tgt"), ("text", "answer")):
+                if a in rec and b in rec:
+                    article, abstract = rec[a], rec[b]
+                    break
+            else:
+                missing = "abstract" if "article" in rec else ("answer" if "text" in rec else "article")
+                raise FormatError(path, where, f"missing field {missing!r} (expected article+abstract, src+tgt or "
+                                               f"text+answer; has: {sorted(rec)})", "missing_field")
+            article, abstract = _text(article, path, where, "article"), _text(abstract, path, where, "abstract")
+            ex_id = str(rec.get("id", rec.get("article_id", f"{os.path.basename(path)}:{where}")))
+            out.append(Example(id=ex_id, inputs={"text": article}, reference=abstract, target_text=abstract,
+                               meta={"query": rec.get("query")}))
     return out
 
 
-def load_mimic_cxr(path: str) -> list[Example]:
-    """MIMIC-CXR report pairs as JSON lines: findings, impression[, id/study_id]."""
+def load_mimic_cxr(path: str, report: LoadReport | None = None) -> list[Example]:
+    """MIMIC-CXR report pairs: findings, impression (strings or sentence lists)[, id/study_id]; or
+    Me-LLaMA's query/answer set."""
+    report = strict_report(report)
     out = []
-    for where, rec in _records(path):
-        for name in ("findings", "impression"):
-            if not isinstance(rec.get(name), str):
-                raise FormatError(path, where, f"missing field {name!r} (has: {sorted(rec)})")
-        ex_id = str(rec.get("id", rec.get("study_id", f"{os.path.basename(path)}:{where}")))
-        out.append(Example(id=ex_id, inputs={"text": rec["findings"]}, reference=rec["impression"],
-                           target_text=rec["impression"]))
+    for where, rec in read_records(path, ("findings", "impression"), report=report):
+        with report.record():
+            if is_release_record(rec) and "findings" not in rec:
+                from mellama_jax.eval.tasks.release import release_inputs
+
+                findings, impression = release_inputs("mimiccxr", rec, path, where)["text"], rec["answer"]
+            else:
+                for name in ("findings", "impression"):
+                    if rec.get(name) is None:
+                        raise FormatError(path, where, f"missing field {name!r} (has: {sorted(rec)})", "missing_field")
+                findings, impression = rec["findings"], rec["impression"]
+            findings = _text(findings, path, where, "findings")
+            impression = _text(impression, path, where, "impression")
+            ex_id = str(rec.get("id", rec.get("study_id", f"{os.path.basename(path)}:{where}")))
+            out.append(Example(id=ex_id, inputs={"text": findings}, reference=impression, target_text=impression))
     return out
