@@ -162,6 +162,29 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: Iterable[Any],
     return jax.tree.unflatten(treedef, shardings)
 
 
+def mesh_context(mesh: Mesh | None, rules: Iterable[Any] | None = None):
+    """The one way this project makes `mesh` (and optional Flax logical-axis `rules`) current.
+
+    Uses the pinned JAX's API for a current mesh (`jax.set_mesh`, else `jax.sharding.use_mesh`, else the
+    legacy `with mesh:`), so callers never touch a deprecated spelling; `mesh=None` is a no-op context.
+    """
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    if mesh is not None:
+        if hasattr(jax, "set_mesh"):
+            stack.enter_context(jax.set_mesh(mesh))
+        elif hasattr(jax.sharding, "use_mesh"):  # pragma: no cover - older JAX
+            stack.enter_context(jax.sharding.use_mesh(mesh))
+        else:  # pragma: no cover - oldest JAX
+            stack.enter_context(mesh)
+    if rules is not None:
+        import flax.linen as nn
+
+        stack.enter_context(nn.logical_axis_rules(rules_as_tuple(rules)))
+    return stack
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of a [batch, ...] array: batch over ("data", "fsdp"), the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES))
