@@ -4,7 +4,8 @@
 
 Order matters: (1) parse and validate the config (a typo or a wrong type fails here, before any
 device, compile or data read), (2) jax.distributed.initialize when asked or detected (SLURM,
-multi-host TPU, JAX_COORDINATOR_ADDRESS), (3) save the resolved config into the workdir,
+multi-host TPU, JAX_COORDINATOR_ADDRESS), (3) save the resolved config into the workdir
+(experiment_config.json),
 (4) dispatch on config.task.
 """
 from __future__ import annotations
@@ -63,7 +64,7 @@ def validate(config) -> None:
     if config.task != "pretrain":
         return
     from mellama_jax.model.presets import PRESETS
-    from mellama_jax.train.loop import model_overrides
+    from mellama_jax.checkpoint.model_spec import model_overrides
     if config.model.preset not in PRESETS:
         raise ConfigError(f"config.model.preset={config.model.preset!r}: expected one of "
                           f"{sorted(PRESETS)}")
@@ -82,11 +83,26 @@ def validate(config) -> None:
                           "vocab_parallel or dense")
     if config.model.init_from and not os.path.exists(os.path.expanduser(config.model.init_from)):
         raise ConfigError(f"config.model.init_from={config.model.init_from!r}: no such path")
+    _validate_model_source(config)
+
+
+def _validate_model_source(config) -> None:
+    """init_from must resolve to a model artifact, and a real-data run needs a tokenizer from
+    config.data.tokenizer_path or from that artifact (checked here, before any device or data)."""
+    from mellama_jax.checkpoint.model_spec import init_artifact, training_tokenizer_file
+    try:
+        init_artifact(config.model)
+        if not config.data.get("synthetic", False):
+            training_tokenizer_file(config)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from err
 
 
 def save_config(config, workdir: str) -> str:
+    """<workdir>/experiment_config.json; never config.json, the file name of a Hugging Face model."""
+    from mellama_jax.checkpoint.artifact import EXPERIMENT_CONFIG
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
+    path = os.path.join(workdir, EXPERIMENT_CONFIG)
     with open(path + ".tmp", "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     os.replace(path + ".tmp", path)

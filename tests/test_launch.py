@@ -46,7 +46,7 @@ def test_tiny_run_writes_config_metrics_tensorboard(tmp_path):
                "--config.hardware.peak_tflops=1.0")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "step 6/6" in r.stdout
-    saved = json.loads((w / "config.json").read_text())
+    saved = json.loads((w / "experiment_config.json").read_text())
     assert saved["train"]["steps"] == 6 and saved["model"]["num_hidden_layers"] == 1
     model_cfg = json.loads((w / "checkpoints" / "model_config.json").read_text())
     assert model_cfg["num_hidden_layers"] == 1

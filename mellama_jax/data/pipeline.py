@@ -417,7 +417,8 @@ def mixture_choices(seed: int, host: int, rows: np.ndarray, cum_weights: np.ndar
 class TrainPipeline:
     """Host-local batches of the weighted source mixture, a pure function of (seed, step, host)."""
 
-    def __init__(self, data_config, *, global_batch_size: int, process_index: int, process_count: int):
+    def __init__(self, data_config, *, global_batch_size: int, process_index: int, process_count: int,
+                 tokenizer: Tokenizer | None = None):
         if global_batch_size % process_count:
             raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
                              f"process_count={process_count}")
@@ -429,7 +430,14 @@ class TrainPipeline:
         self.packing = str(data_config.packing)
         if self.packing not in ("concat", "pack"):
             raise ValueError(f"data.packing={self.packing!r}: expected 'concat' or 'pack'")
-        self.tokenizer = Tokenizer(os.path.expanduser(data_config.tokenizer_path))
+        # The train loop passes the tokenizer it chose (config.data.tokenizer_path, else the one of
+        # config.model.init_from) after checking it against the model.
+        if tokenizer is None:
+            if not data_config.get("tokenizer_path", ""):
+                raise DataError("data.tokenizer_path is empty: name a tokenizer.model (the train loop fills "
+                                "it in from config.model.init_from)")
+            tokenizer = Tokenizer(os.path.expanduser(data_config.tokenizer_path))
+        self.tokenizer = tokenizer
         self.vocab_size = self.tokenizer.vocab_size
 
         mixture = {k: float(v) for k, v in dict(data_config.mixture).items()}
@@ -561,6 +569,17 @@ class TrainPipeline:
                 "sources": self.source_names,
                 "rows": {n: int(r.num_rows) for n, r in zip(self.source_names, self._rows)}}
 
+    def fingerprint(self) -> dict:
+        """What this run's data is (for checkpoint provenance): per-source config + file stats
+        hashes, mixture, layout and tokenizer."""
+        sources = {}
+        for name in self.source_names:
+            src = self.config.sources[name]
+            sources[name] = _fingerprint(name, src.to_dict() if hasattr(src, "to_dict") else dict(src))
+        return {"sources": sources, "mixture": dict(zip(self.source_names, map(float, self.weights))),
+                "seq_len": self.seq_len, "packing": self.packing, "seed": self.seed,
+                "tokenizer_sha256": self.tokenizer.sha256()}
+
     def restore(self, state: dict) -> None:
         """Check that a resumed run reads the same data the same way (else batches would differ)."""
         mine = self.state()
@@ -590,6 +609,6 @@ class TrainPipeline:
 
 
 def build_train_pipeline(data_config, *, global_batch_size: int, process_index: int = 0,
-                         process_count: int = 1) -> TrainPipeline:
+                         process_count: int = 1, tokenizer: Tokenizer | None = None) -> TrainPipeline:
     return TrainPipeline(data_config, global_batch_size=global_batch_size, process_index=process_index,
-                         process_count=process_count)
+                         process_count=process_count, tokenizer=tokenizer)

@@ -18,9 +18,11 @@ import jax
 import numpy as np
 
 from mellama_jax import sharding as shd
+# Model-config resolution and checkpoint layouts live in mellama_jax.checkpoint (one definition of a
+# model artifact for training, data, eval and convert); NUMERIC_FIELDS/model_overrides re-exported.
+from mellama_jax.checkpoint.model_spec import NUMERIC_FIELDS, model_overrides  # noqa: F401
 from mellama_jax.model.config import LlamaConfig
 from mellama_jax.model.llama import init_params, param_logical_axes, param_shapes
-from mellama_jax.model.presets import get_preset
 from mellama_jax.train import metrics as metrics_lib
 from mellama_jax.train import optim
 from mellama_jax.train import state as state_lib
@@ -29,11 +31,6 @@ from mellama_jax.train.checkpointing import Checkpointer, write_model_config
 
 log = logging.getLogger(__name__)
 
-# LlamaConfig fields that describe numerics / kernels rather than shapes: these come from
-# config.model even when the shapes come from a pretrained checkpoint.
-NUMERIC_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat_policy")
-
-
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -41,53 +38,14 @@ class NonFiniteLossError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Building blocks (also used by the benchmark and the tests)
 # --------------------------------------------------------------------------------------------
-def model_overrides(model_cfg: Any) -> dict:
-    from_cfg = {}
-    for name in LlamaConfig.__dataclass_fields__:
-        if name in model_cfg and model_cfg[name] is not None:
-            from_cfg[name] = model_cfg[name]
-    return from_cfg
-
-
-def _is_orbax_checkpoint(path: str) -> bool:
-    from mellama_jax.checkpoint.hf_dir import is_hf_dir
-    from mellama_jax.checkpoint.orbax_io import MODEL_CONFIG
-    return not is_hf_dir(path) or os.path.isfile(os.path.join(path, MODEL_CONFIG))
-
-
 def resolve_model_config(config: Any, data_vocab_size: int | None = None) -> LlamaConfig:
     """LlamaConfig from config.model: the preset (or the init_from checkpoint's shapes) + overrides."""
-    overrides = model_overrides(config.model)
-    init_from = os.path.expanduser(config.model.init_from or "")
-    if init_from:
-        if not os.path.exists(init_from):
-            raise FileNotFoundError(f"config.model.init_from={init_from!r}: no such directory")
-        if _is_orbax_checkpoint(init_from):
-            from mellama_jax.checkpoint.load import resolve_checkpoint
-            from mellama_jax.checkpoint.orbax_io import read_model_config
-            base = read_model_config(resolve_checkpoint(init_from)[0])
-        else:
-            from mellama_jax.checkpoint.hf_dir import read_hf_config
-            base = read_hf_config(init_from)
-        shape_keys = sorted(set(overrides) - set(NUMERIC_FIELDS))
-        changed = [k for k in shape_keys if overrides[k] != getattr(base, k)]
-        if changed:
-            raise ValueError(f"config.model.{changed[0]} is set, but shapes come from "
-                             f"config.model.init_from={init_from!r}; unset config.model.{changed}")
-        numerics = {k: overrides[k] for k in NUMERIC_FIELDS if k in overrides}
-        numerics.setdefault("param_dtype", "float32")  # float32 master weights for training
-        model_config = base.replace(**numerics)
-    else:
-        if data_vocab_size and "vocab_size" not in overrides:
-            overrides["vocab_size"] = int(data_vocab_size)
-        model_config = get_preset(config.model.preset).replace(**overrides)
-    if data_vocab_size and data_vocab_size > model_config.vocab_size:
-        raise ValueError(f"tokenizer has {data_vocab_size} tokens but the model's vocab_size is "
-                         f"{model_config.vocab_size} (config.model.vocab_size / preset)")
-    return model_config
+    from mellama_jax.checkpoint.model_spec import resolve_model_config as resolve
+
+    return resolve(config.model, data_vocab_size)
 
 
-def build_pipeline(config: Any, vocab_size: int | None) -> Any:
+def build_pipeline(config: Any, vocab_size: int | None, tokenizer: Any = None) -> Any:
     """The real train pipeline, or the synthetic one when config.data.synthetic is set."""
     data = config.data
     gbs = int(config.train.global_batch_size)
@@ -102,7 +60,46 @@ def build_pipeline(config: Any, vocab_size: int | None) -> Any:
             seed=int(data.seed), source_names=names, mixture=weights)
     from mellama_jax.data.pipeline import build_train_pipeline
     return build_train_pipeline(data, global_batch_size=gbs, process_index=jax.process_index(),
-                                process_count=jax.process_count())
+                                process_count=jax.process_count(), tokenizer=tokenizer)
+
+
+def _init_tokenizer_file(config: Any) -> str | None:
+    """Synthetic runs encode nothing; their checkpoints still carry init_from's tokenizer, if any."""
+    from mellama_jax.checkpoint.model_spec import init_artifact
+    artifact = init_artifact(config.model)
+    return artifact.tokenizer_file if artifact is not None else None
+
+
+def write_artifact(directory: str, config: Any, model_config: LlamaConfig, tokenizer_file: str | None,
+                   pipeline: Any) -> None:
+    """Make <workdir>/checkpoints a model artifact: model config, tokenizer files, provenance.
+
+    A resumed run must encode with the tokenizer its checkpoints were trained with.
+    """
+    from mellama_jax.checkpoint.artifact import write_artifact_files
+    from mellama_jax.checkpoint.model_spec import init_artifact
+    from mellama_jax.data.tokenizer import file_sha256
+    if jax.process_index() != 0:
+        return
+    saved = os.path.join(directory, "tokenizer.model")
+    if tokenizer_file and os.path.isfile(saved) and file_sha256(saved) != file_sha256(tokenizer_file):
+        raise ValueError(f"{saved}: this run's checkpoints were trained with a different tokenizer than "
+                         f"{tokenizer_file}; resume with the same tokenizer or use a new workdir")
+    artifact = init_artifact(config.model)
+    source = ({"init_from": artifact.path, "kind": artifact.kind, "step": artifact.step,
+               "provenance": artifact.provenance} if artifact is not None
+              else {"init_from": "", "preset": config.model.preset})
+    data = (pipeline.fingerprint() if hasattr(pipeline, "fingerprint")
+            else {"synthetic": True, "seed": int(config.data.seed), "seq_len": int(config.data.seq_len)})
+    provenance = {"created_by": "mellama_jax.train.loop", "task": config.get("task", "pretrain"),
+                  "source": source, "tokenizer": tokenizer_file,
+                  "tokenizer_sha256": file_sha256(tokenizer_file) if tokenizer_file else None,
+                  "data_fingerprint": data}
+    # An instruction-tuning pipeline names the template it trained with; else init_from's travels on.
+    chat_template = getattr(pipeline, "chat_template_jinja", None) or (
+        artifact.chat_template if artifact is not None else None)
+    write_artifact_files(directory, model_config, tokenizer_file=tokenizer_file, provenance=provenance,
+                         chat_template=chat_template)
 
 
 def validate_batch_layout(config: Any, mesh: jax.sharding.Mesh) -> None:
@@ -150,15 +147,15 @@ class Trainer:
 
     def init_state(self, seed: int) -> state_lib.TrainState:
         init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
-        init_from = os.path.expanduser(self.config.model.init_from or "")
-        if not init_from:
+        from mellama_jax.checkpoint.model_spec import init_artifact
+        artifact = init_artifact(self.config.model)
+        if artifact is None:
             return state_lib.create_state(lambda: init_params(self.model_config, init_key),
                                           self.optimizer, state_key, self.shardings)
-        from mellama_jax.checkpoint.load import load_pretrained
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             self.abstract_params, self.param_shardings)
-        _, params = load_pretrained(init_from, target)
+        params = artifact.load_params(target)
         params = jax.tree.map(lambda p, t: p.astype(t.dtype), params, target)
         return state_lib.state_from_params(params, self.optimizer, state_key, self.shardings)
 
@@ -239,10 +236,18 @@ def run(config: Any, workdir: str) -> dict:
     synthetic = bool(config.data.get("synthetic", False))
     if synthetic:
         model_config = resolve_model_config(config)
+        tokenizer_file = _init_tokenizer_file(config)
         pipeline = build_pipeline(config, model_config.vocab_size)
     else:
-        pipeline = build_pipeline(config, None)
-        model_config = resolve_model_config(config, pipeline.vocab_size)
+        # The tokenizer (config.data.tokenizer_path, else init_from's) is checked against the model
+        # before any data is read.
+        from mellama_jax.checkpoint.model_spec import check_training_tokenizer, training_tokenizer_file
+        from mellama_jax.data.tokenizer import Tokenizer
+        tokenizer_file = os.path.abspath(training_tokenizer_file(config))
+        tokenizer = Tokenizer(tokenizer_file)
+        model_config = resolve_model_config(config, tokenizer.vocab_size)
+        check_training_tokenizer(config, tokenizer, tokenizer_file, model_config)
+        pipeline = build_pipeline(config, None, tokenizer)
     seq_len = int(config.data.seq_len)
     _say(f"model: {model_config.num_params() / 1e6:.2f}M params, vocab {model_config.vocab_size}, "
          f"dtype {model_config.dtype}, attention {model_config.attention_impl}")
@@ -250,7 +255,7 @@ def run(config: Any, workdir: str) -> dict:
     trainer = Trainer(config, model_config, mesh)
     ckpt = Checkpointer(workdir, keep=int(config.train.keep_checkpoints),
                         async_save=bool(config.train.async_checkpointing))
-    write_model_config(ckpt.directory, model_config)
+    write_artifact(ckpt.directory, config, model_config, tokenizer_file, pipeline)
     writer = metrics_lib.MetricsWriter(workdir)
 
     latest = ckpt.latest_step()
