@@ -161,7 +161,7 @@ def test_prepare_cli_end_to_end(tmp_path, capsys):
             if len(value) >= 6:
                 assert value not in captured.out + captured.err
     files = sorted(os.listdir(out))
-    assert files == ["PREPARED.json", "notes-00000-of-00003.jsonl.gz", "notes-00001-of-00003.jsonl.gz",
+    assert files == [".mellama_output.json", "PREPARED.json", "notes-00000-of-00003.jsonl.gz", "notes-00001-of-00003.jsonl.gz",
                      "notes-00002-of-00003.jsonl.gz", "report.json"]
     report = json.load(open(os.path.join(out, "report.json")))
     assert report["documents_in"] == 1500 + 30 + 1
@@ -184,7 +184,7 @@ def test_prepare_cli_end_to_end(tmp_path, capsys):
     assert phi_total == sum(w["text"].count("[") for w in written)
     # A second run refuses to overwrite without --overwrite.
     assert prepare_clinical.main(["--in", src, "--out", out]) == 2
-    assert "already prepared" in capsys.readouterr().err
+    assert "already holds output of mellama_jax.data.prepare_clinical" in capsys.readouterr().err
 
 
 def test_prepare_rejects_too_many_bad_rows(tmp_path, capsys):

@@ -111,7 +111,7 @@ def test_mimic4_note_csv_and_bad_header(tmp_path):
     assert docs == [{"id": "10-DS-1", "text": "Name:  ___\nDischarge, stable.", "note_type": "DS",
                      "subject_id": "10"}]
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(DataError, match=r"other.csv:1: header .* MIMIC"):
+    with pytest.raises(DataError, match=r"other.csv:1: first row .* MIMIC"):
         _read(tmp_path / "other.csv", "mimic_csv")
 
 

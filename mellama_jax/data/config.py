@@ -65,6 +65,7 @@ def source_config(paths: Iterable[str], fmt: str, *, eval_fraction: float = 0.01
     c.require_prepared = False
     c.dedup = "none"
     c.exclude_ids = ""
+    c.allow_truncated = False  # keep what was read of a cut-short/corrupt gzip (default: fail)
     for k, v in extra.items():
         setattr(c, k, v)
     return c
@@ -75,7 +76,7 @@ def split_globs(value: str | Iterable[str]) -> tuple[str, ...]:
     comma-separated string ('a,b'); the one normalisation every reader of `paths` uses."""
     if isinstance(value, str):
         text = value.strip()
-        if text[:1] in "([":
+        if text[:1] in ("(", "["):
             try:
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError) as err:

@@ -26,6 +26,7 @@ from mellama_jax.data.clinical.mimic import normalize_mimic
 from mellama_jax.data.clinical.names import read_name_list
 from mellama_jax.data.clinical.phi import PhiScrubber, ScrubConfig
 from mellama_jax.data.clinical.quality import QualityConfig, check_quality
+from mellama_jax.output_dir import OutputDirError, StagedOutput
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class PrepareConfig:
     batch_size: int = 512
     max_bad_fraction: float = 0.01
     limit: int | None = None
+    allow_truncated: bool = False  # keep what was read of a truncated/corrupt gzip input
 
 
 # ------------------------------------------------------------------ per-note work (runs in workers)
@@ -93,17 +95,44 @@ def _peak_rss_mb() -> float:
 # ------------------------------------------------------------------ driver
 def prepare(inputs: Sequence[str], out_dir: str, fmt: str = "auto", config: PrepareConfig = PrepareConfig(),
             overwrite: bool = False, log=sys.stderr) -> dict:
-    """Runs the whole preparation; returns the report (also written to out_dir/report.json)."""
-    if os.path.exists(os.path.join(out_dir, MARKER)) and not overwrite:
-        raise FileExistsError(f"{out_dir}: already prepared ({MARKER} exists); pass --overwrite to redo")
+    """Runs the whole preparation; returns the report (also written to out_dir/report.json).
+
+    `out_dir` must be new, empty, or an earlier output of this tool (replaced only with
+    `overwrite`, or without it when that earlier run failed and left only its report). Everything is
+    written to a temporary sibling that becomes `out_dir` at the end: nothing of the user's is
+    deleted, and an interrupted run leaves the old output (or nothing) in place.
+    """
     for p in inputs:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"--in {p}: no such file")
-    os.makedirs(out_dir, exist_ok=True)
-    for name in os.listdir(out_dir):  # a previous run's output must not mix with this one
-        if name.startswith("notes-") or name in (MARKER, REPORT):
-            os.remove(os.path.join(out_dir, name))
+    staged = StagedOutput(out_dir, TOOL_NAME, overwrite, legacy_manifest=_legacy_manifest,
+                          is_complete=lambda d: os.path.exists(os.path.join(d, MARKER)))
+    try:
+        staged.check()
+    except OutputDirError as e:
+        raise FileExistsError(str(e)) from None
+    failure: str | None = None
+    with staged as staging:
+        report = _prepare_into(inputs, staging, fmt, config, log)
+        failure = report.pop("_failure", None)
+    if failure:
+        raise ValueError(failure.replace(staging, out_dir))
+    return report
 
+
+def _legacy_manifest(path: str) -> list[str] | None:
+    """Outputs written before owner files existed: recognised by their PREPARED.json."""
+    try:
+        with open(os.path.join(path, MARKER), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("tool") != TOOL_NAME:
+        return None
+    return [s for s in meta.get("shards", []) if isinstance(s, str)] + [MARKER, REPORT]
+
+
+def _prepare_into(inputs: Sequence[str], out_dir: str, fmt: str, config: PrepareConfig, log) -> dict:
     start = time.time()
     dedup = Deduplicator(config.dedup) if (config.dedup.exact or config.dedup.near) else None
     writer = ShardedWriter(out_dir, config.notes_per_shard)
@@ -182,6 +211,7 @@ def prepare(inputs: Sequence[str], out_dir: str, fmt: str = "auto", config: Prep
 
     rows = sum(s.rows for s in stats_list)
     bad = sum(sum(s.bad_rows.values()) for s in stats_list)
+    truncated = [s for s in stats_list if s.truncated]
     report = {
         "documents_in": docs_in,
         "documents_out": writer.count,
@@ -193,6 +223,7 @@ def prepare(inputs: Sequence[str], out_dir: str, fmt: str = "auto", config: Prep
         "rows_read": rows,
         "bad_rows": bad,
         "inputs": [s.to_dict() for s in stats_list],
+        "truncated_inputs": len(truncated),
         "dedup_index": dedup.stats() if dedup else None,
         "seconds": round(seconds, 2),
         "notes_per_second": round(docs_in / seconds, 1) if seconds > 0 else None,
@@ -200,18 +231,29 @@ def prepare(inputs: Sequence[str], out_dir: str, fmt: str = "auto", config: Prep
         "workers": config.workers,
     }
     _write_json(os.path.join(out_dir, REPORT), report)
-    if rows and bad / rows > config.max_bad_fraction:
+    failure = None
+    if truncated and not config.allow_truncated:
+        failure = ("truncated or corrupt input: " + "; ".join(s.truncation_message() for s in truncated)
+                   + f". Pass --allow-truncated to keep what was read; see {out_dir}/{REPORT}. "
+                   f"Not marking {out_dir} as prepared.")
+    elif rows and bad / rows > config.max_bad_fraction:
         locs = [loc for s in stats_list for loc in s.bad_locations][:5]
-        raise ValueError(f"{bad} of {rows} rows were bad ({bad / rows:.2%} > max_bad_fraction "
-                         f"{config.max_bad_fraction}); first: {locs}; see {out_dir}/{REPORT}. "
-                         f"Not marking {out_dir} as prepared.")
+        failure = (f"{bad} of {rows} rows were bad ({bad / rows:.2%} > max_bad_fraction "
+                   f"{config.max_bad_fraction}); first: {locs}; see {out_dir}/{REPORT}. "
+                   f"Not marking {out_dir} as prepared.")
+    if failure:
+        # The report stays (the output is marked incomplete: a rerun replaces it without
+        # --overwrite); the shards of a rejected corpus do not.
+        for name in shards:
+            os.remove(os.path.join(out_dir, name))
+        return {**report, "_failure": failure}
     marker = {
         "tool": TOOL_NAME,
         "format_version": FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "inputs": [{"path": os.path.abspath(s.path), "format": s.format, "size_bytes": s.size_bytes,
                     "sha256": s.sha256} for s in stats_list],
-        "complete_inputs": config.limit is None or docs_in < config.limit,
+        "complete_inputs": (config.limit is None or docs_in < config.limit) and not truncated,
         "scrubber": config.scrub.to_dict(),
         "quality": config.quality.to_dict(),
         "dedup": config.dedup.to_dict(),
@@ -251,12 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-bad-fraction", type=float, default=0.01)
     p.add_argument("--limit", type=int, default=None, help="stop after this many notes (for trials)")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="keep the notes read before a truncated or corrupt gzip input ends (default: fail)")
     p.add_argument("--overwrite", action="store_true")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, value, ok, want in (
+            ("--workers", args.workers, args.workers >= 1, ">= 1"),
+            ("--notes-per-shard", args.notes_per_shard, args.notes_per_shard >= 1, ">= 1"),
+            ("--max-bad-fraction", args.max_bad_fraction, 0.0 <= args.max_bad_fraction <= 1.0, "in [0, 1]"),
+            ("--near-dup-threshold", args.near_dup_threshold, 0.0 < args.near_dup_threshold <= 1.0, "in (0, 1]"),
+            ("--min-words", args.min_words, args.min_words >= 0, ">= 0"),
+            ("--max-chars", args.max_chars, args.max_chars >= 1, ">= 1"),
+            ("--limit", args.limit, args.limit is None or args.limit >= 1, ">= 1")):
+        if not ok:
+            parser.error(f"{flag}={value}: must be {want}")
     extra = read_name_list(args.names_file) if args.names_file else frozenset()
     config = PrepareConfig(
         scrub=ScrubConfig(use_name_lexicon=not args.no_name_lexicon, extra_names=extra,
@@ -266,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dedup=DedupConfig(exact=not args.no_dedup, near=not (args.no_dedup or args.no_near_dedup),
                           threshold=args.near_dup_threshold),
         keep_error_notes=args.keep_error_notes, notes_per_shard=args.notes_per_shard, workers=args.workers,
-        max_bad_fraction=args.max_bad_fraction, limit=args.limit,
+        max_bad_fraction=args.max_bad_fraction, limit=args.limit, allow_truncated=args.allow_truncated,
     )
     inputs = [p for p in args.inputs.split(",") if p]
     try:

@@ -111,12 +111,34 @@ class MetricsWriter:
                 log.info("tensorboardX not installed; writing metrics.jsonl only")
 
     def truncate_after(self, step: int) -> None:
+        """Keeps the records of steps <= ``step`` (the restored checkpoint; 0 for a fresh start).
+
+        A line that is not a complete JSON record (the torn last line of a killed run, or any
+        unreadable line) is dropped with a warning naming its line number, never a reason to stop.
+        """
         if not self.enabled or not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        keep, torn = [], []
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    record_step = int(record["step"])
+                except (ValueError, KeyError, TypeError, RecursionError):
+                    torn.append(lineno)
+                    continue
+                if not line.endswith("\n"):
+                    torn.append(lineno)  # cut mid-write: even if it parses, it is not complete
+                    continue
+                if record_step <= step:
+                    keep.append(line)
+        if torn:
+            log.warning("%s: dropped %d incomplete line(s) (line %s)", self.path, len(torn),
+                        ", ".join(map(str, torn[:5])))
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(keep)
         os.replace(tmp, self.path)
 

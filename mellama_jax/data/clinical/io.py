@@ -18,6 +18,7 @@ import io
 import json
 import os
 import sys
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -60,16 +61,35 @@ class InputStats:
     rows: int = 0
     bad_rows: Counter = field(default_factory=Counter)
     bad_locations: list[str] = field(default_factory=list)
+    truncated: dict | None = None  # {"reason", "bytes_read", "file_bytes", "unread_fraction"}
 
     def bad(self, location: str, reason: str, keep: int = 20) -> None:
         self.bad_rows[reason] += 1
         if len(self.bad_locations) < keep:
             self.bad_locations.append(f"{location}: {reason}")
 
+    def truncation_message(self) -> str:
+        t = self.truncated or {}
+        if not t:
+            return ""
+        if t["bytes_read"] >= t["file_bytes"]:
+            where = (f"all {t['file_bytes']} bytes were read and the stream has no end marker, so the "
+                     "end of the original file is missing (how much cannot be known)")
+        else:
+            where = (f"at byte ~{t['bytes_read']} of {t['file_bytes']}: {t['unread_fraction']:.1%} of the "
+                     "file unread")
+        return f"{self.path}: {t['reason']}; {where}; {self.rows} rows were read before it"
+
     def to_dict(self) -> dict:
         return {"path": self.path, "format": self.format, "size_bytes": self.size_bytes,
                 "sha256": self.sha256, "rows": self.rows, "bad_rows": dict(self.bad_rows),
-                "bad_row_locations": self.bad_locations}
+                "bad_row_locations": self.bad_locations, "truncated": self.truncated}
+
+
+# Decompression / stream errors: the rest of the file cannot be read (RuntimeError: zlib's
+# "Compressed file ended before the end-of-stream marker" surfaces as EOFError; garbage as
+# BadGzipFile/zlib.error, both OSError or zlib.error).
+_STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
 
 
 class _HashingReader(io.RawIOBase):
@@ -111,7 +131,13 @@ def detect_format(path: str) -> str:
         return "jsonl"
     text, raw = _open_text(path)
     try:
+        csv.field_size_limit(sys.maxsize)
         header = [h.strip().lower() for h in next(csv.reader(text), [])]
+    except _STREAM_ERRORS as e:
+        raise ValueError(f"{path}: cannot read the first line ({type(e).__name__}: corrupt or truncated "
+                         f"gzip?)") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}:1: malformed CSV header ({e.__class__.__name__})") from None
     finally:
         text.close()
     if "row_id" in header and "text" in header and "category" in header:
@@ -120,7 +146,9 @@ def detect_format(path: str) -> str:
         return "mimic4"
     if any(h in header for h in _COLUMNS["csv"]["text"]):
         return "csv"
-    raise ValueError(f"{path}: cannot tell the format from the CSV header {header[:12]}; expected MIMIC-III "
+    # Never echo the row: without a header it is the first note (PHI). Count and shape only.
+    raise ValueError(f"{path}: cannot tell the format from the first CSV row ({len(header)} fields, none "
+                     f"named like a note column: is the header row missing?); expected MIMIC-III "
                      f"NOTEEVENTS (ROW_ID..TEXT), MIMIC-IV-Note (note_id..text) or a 'text' column; "
                      f"or pass --format")
 
@@ -134,10 +162,20 @@ def iter_notes(path: str, fmt: str = "auto", stats: InputStats | None = None) ->
     stats.format = fmt
     text, raw = _open_text(path)
     try:
-        if fmt == "jsonl":
-            yield from _iter_jsonl(path, text, stats)
-        else:
-            yield from _iter_csv(path, text, fmt, stats)
+        try:
+            if fmt == "jsonl":
+                yield from _iter_jsonl(path, text, stats)
+            else:
+                yield from _iter_csv(path, text, fmt, stats)
+        except _STREAM_ERRORS as e:
+            # The rest of the file is unreadable: recorded (with the share unread), not raised here;
+            # prepare() fails the run unless truncated inputs are allowed explicitly.
+            file_bytes = os.path.getsize(path)
+            reason = ("compressed stream ends early (file cut short)" if isinstance(e, EOFError)
+                      else f"unreadable compressed data ({type(e).__name__})")
+            stats.truncated = {"reason": reason, "bytes_read": raw.size, "file_bytes": file_bytes,
+                               "unread_fraction": round(max(0.0, 1.0 - raw.size / max(file_bytes, 1)), 4)}
+            return
         # Drain what the parser did not read so the hash covers the whole file.
         while raw.read(1 << 20):
             pass
@@ -197,6 +235,9 @@ def _iter_jsonl(path: str, text, stats: InputStats) -> Iterator[RawNote]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             stats.bad(location, f"invalid JSON at column {e.colno}")
+            continue
+        except RecursionError:
+            stats.bad(location, "JSON nested too deeply")
             continue
         if not isinstance(obj, dict):
             stats.bad(location, "expected a JSON object")

@@ -29,7 +29,26 @@ __all__ = ["FORMATS", "format_from_name", "expand_paths", "read_file", "iter_doc
 
 Doc = dict[str, Any]
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by surrogateescape
-_TRUNCATION_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+# EOFError: a gzip cut short; BadGzipFile / zlib.error / OSError: garbage inside the stream.
+_TRUNCATION_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
+
+
+def _record_truncation(report: BadInputReport, path: str, line: int | None, f: Any, err: BaseException) -> None:
+    """Counted, located and measured: how far into the (compressed) file the reader got."""
+    raw = f
+    for attr in ("buffer", "fileobj", "raw"):  # TextIOWrapper -> GzipFile -> file
+        while getattr(raw, attr, None) is not None:
+            raw = getattr(raw, attr)
+    try:
+        pos = raw.tell()
+    except (OSError, ValueError, AttributeError):
+        pos = 0
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = 0
+    kind = "gzip stream ends early" if isinstance(err, EOFError) else f"unreadable data ({type(err).__name__})"
+    report.truncated(path, line, kind, min(pos, size) if size else pos, size)
 
 
 def open_binary(path: str) -> io.BufferedIOBase:
@@ -82,7 +101,7 @@ def read_pubmed_xml(path: str, report: BadInputReport, **_: Any) -> Iterator[Doc
         line = e.position[0] if getattr(e, "position", None) else None
         report.skip("malformed_xml", path, line, str(e))
     except _TRUNCATION_ERRORS as e:
-        report.skip("truncated_gzip", path, None, f"{type(e).__name__}: {e}")
+        _record_truncation(report, path, None, f, e)
     finally:
         f.close()
 
@@ -105,7 +124,7 @@ def _iter_lines(path: str, report: BadInputReport) -> Iterator[tuple[int, str]]:
                 continue
             yield lineno, line
     except _TRUNCATION_ERRORS as e:
-        report.skip("truncated_gzip", path, lineno + 1, f"{type(e).__name__}: {e}")
+        _record_truncation(report, path, lineno + 1, f, e)
     finally:
         f.close()
 
@@ -118,6 +137,9 @@ def _iter_json_objects(path: str, report: BadInputReport) -> Iterator[tuple[int,
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             report.skip("malformed_json", path, lineno, f"{e.msg} at column {e.colno}")
+            continue
+        except RecursionError:
+            report.skip("malformed_json", path, lineno, "nested too deeply")
             continue
         if not isinstance(obj, dict):
             report.skip("malformed_json", path, lineno, f"expected a JSON object, got {type(obj).__name__}")
@@ -211,7 +233,8 @@ def _detect_mimic(header: list[str], path: str) -> dict[str, str]:
     for cols in _MIMIC_COLUMNS.values():
         if all(c in header for c in cols.values()):
             return cols
-    raise DataError(f"{path}:1: header {header[:12]} matches neither MIMIC-III NOTEEVENTS "
+    # The header is not echoed: without one, the first row is a note (PHI).
+    raise DataError(f"{path}:1: first row ({len(header)} fields; is the header missing?) matches neither MIMIC-III NOTEEVENTS "
                     f"({list(_MIMIC_COLUMNS['mimic3'].values())}) nor MIMIC-IV-Note "
                     f"({list(_MIMIC_COLUMNS['mimic4'].values())}) columns")
 
@@ -259,7 +282,7 @@ def read_mimic_csv(path: str, report: BadInputReport, scrub: Callable[[str], str
             yield {"id": row[idx["id"]], "text": text, "note_type": row[idx["note_type"]],
                    "subject_id": row[idx["subject_id"]]}
     except _TRUNCATION_ERRORS as e:
-        report.skip("truncated_gzip", path, line, f"{type(e).__name__}: {e}")
+        _record_truncation(report, path, line, f, e)
     finally:
         f.close()
 
@@ -379,6 +402,7 @@ def iter_documents(source: str, src_cfg: Any, report: BadInputReport) -> Iterato
 
     files = expand_paths(source, list(source_paths(src_cfg)), src_cfg["format"])
     scrub = _scrubber(source, src_cfg)
+    report.allow_truncated = bool(src_cfg.get("allow_truncated", False))
     docs = (doc for path in files for doc in read_file(source, src_cfg, path, report, scrub))
     # exclude_ids / dedup (mellama_jax.data.doc_filters); a no-op unless the source sets them
     yield from filter_documents(source, src_cfg, docs, report)

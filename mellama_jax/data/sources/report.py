@@ -28,6 +28,10 @@ class BadInputReport:
     examples: list = dataclasses.field(default_factory=list)
     # Good documents left out on purpose (duplicates, excluded ids): not bad input, counted apart.
     dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # Files whose stream ended early or became unreadable: {"path", "line", "detail",
+    # "bytes_read", "file_bytes", "unread_fraction"}. Any makes check() fail unless allowed.
+    truncations: list = dataclasses.field(default_factory=list)
+    allow_truncated: bool = False
 
     def ok(self, n: int = 1) -> None:
         self.good += n
@@ -44,6 +48,22 @@ class BadInputReport:
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1
 
+    def truncated(self, path: str, line: int | None, detail: str, bytes_read: int, file_bytes: int) -> None:
+        """A file whose remainder cannot be read (cut-short or corrupt gzip): counted as one bad
+        item AND recorded with the share of the file left unread, so check() can refuse it."""
+        unread = max(0.0, 1.0 - bytes_read / file_bytes) if file_bytes else 0.0
+        self.truncations.append({"path": path, "line": line, "detail": detail, "bytes_read": int(bytes_read),
+                                 "file_bytes": int(file_bytes), "unread_fraction": round(unread, 4)})
+        if bytes_read >= file_bytes:
+            share = "file cut short: every byte was read and the compressed stream has no end marker"
+        else:
+            share = f"{unread:.1%} of the file unread (byte ~{bytes_read} of {file_bytes})"
+        self.skip("truncated_gzip", path, line, f"{detail}; {share}")
+
+    def truncation_summary(self) -> str:
+        return "; ".join(f"{t['path']}: {t['detail']} ({t['unread_fraction']:.1%} unread)"
+                         for t in self.truncations[:5])
+
     @property
     def num_bad(self) -> int:
         return sum(self.bad.values())
@@ -56,11 +76,17 @@ class BadInputReport:
     def merge(self, other: "BadInputReport") -> None:
         self.good += other.good
         self.bad.update(other.bad)
+        self.truncations.extend(other.truncations)
         self.dropped.update(other.dropped)
         self.examples.extend(other.examples[: max(0, self.max_examples - len(self.examples))])
 
     def check(self, max_bad_fraction: float) -> None:
         """Fail when more than `max_bad_fraction` of the source was bad, or nothing was good."""
+        if self.truncations and not self.allow_truncated:
+            raise DataError(
+                f"source {self.source!r}: {len(self.truncations)} truncated or corrupt file(s): "
+                f"{self.truncation_summary()}; the rest of each was not read. Set "
+                f"data.sources.{self.source}.allow_truncated=True to keep what was read")
         if self.good == 0:
             raise DataError(f"source {self.source!r}: no usable documents were read "
                             f"(bad: {dict(self.bad) or 'none'}; first problems: {self.examples[:5]})")
@@ -73,7 +99,8 @@ class BadInputReport:
     def to_dict(self) -> dict:
         return {"source": self.source, "good": self.good, "bad": dict(self.bad),
                 "bad_fraction": self.bad_fraction, "examples": list(self.examples),
-                "dropped": dict(self.dropped)}
+                "dropped": dict(self.dropped), "truncations": list(self.truncations),
+                "allow_truncated": self.allow_truncated}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BadInputReport":
@@ -82,6 +109,8 @@ class BadInputReport:
         r.bad.update(d.get("bad", {}))
         r.examples = list(d.get("examples", []))
         r.dropped.update(d.get("dropped", {}))
+        r.truncations = list(d.get("truncations", []))
+        r.allow_truncated = bool(d.get("allow_truncated", False))
         return r
 
     def summary(self) -> str:

@@ -1,0 +1,231 @@
+"""Range checks for every numeric config value, run before any device, compile or data read.
+
+ml_collections type-checks overrides (``--config.train.steps=abc`` fails) but accepts any value of
+the right type, so ``optim.learning_rate=-3e-4`` or ``data.seq_len=0`` used to train silently.
+Ranges are data: ``RULES`` maps dotted-key patterns (fnmatch, first match wins) to a ``Range``;
+keys no explicit pattern names fall back to rules by their last component (``*_fraction``,
+``*dropout``...), so configs added later (SFT, sweeps) are covered by name.
+``uncovered_numeric_keys(config)`` lists numeric keys that no rule covers; the tests require it to
+be empty for every shipped config.
+
+Works on any nested mapping (ml_collections.ConfigDict, dict); imports neither jax nor
+ml_collections.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+__all__ = ["ConfigRangeError", "Range", "RULES", "validate_config", "numeric_items",
+           "uncovered_numeric_keys", "rule_for"]
+
+
+class ConfigRangeError(ValueError):
+    """A config value outside its range; the message names the key, the value and the range."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """lo/hi bounds (None = unbounded), open or closed; `special` values are allowed besides."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+    special: tuple = ()
+    why: str = ""
+
+    def contains(self, v: float) -> bool:
+        if v in self.special:
+            return True
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if self.integer and float(v) != int(v):
+            return False
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            return False
+        if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
+            return False
+        return True
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            text = f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            text = f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        elif self.hi is not None:
+            text = f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        else:
+            text = "finite"
+        if self.special:
+            text += " or " + " or ".join(repr(s) for s in self.special)
+        return text + (f" ({self.why})" if self.why else "")
+
+
+POSITIVE_INT = Range(lo=1, integer=True)
+NON_NEGATIVE_INT = Range(lo=0, integer=True)
+NON_NEGATIVE = Range(lo=0.0)
+POSITIVE = Range(lo=0.0, lo_open=True)
+FRACTION = Range(lo=0.0, hi=1.0)
+ANY_FINITE = Range()
+MESH_AXIS = Range(lo=1, integer=True, special=(-1,), why="-1 = all remaining devices")
+
+# Explicit keys first (first match wins), then name-based fallbacks for keys added later.
+RULES: tuple[tuple[str, Range], ...] = (
+    ("seed", NON_NEGATIVE_INT),
+    ("*.seed", NON_NEGATIVE_INT),
+    # model overrides (None = from the preset; checked only when set)
+    ("model.rms_norm_eps", POSITIVE),
+    ("model.rope_theta", POSITIVE),
+    ("model.*", POSITIVE_INT),
+    # optimizer
+    ("optim.learning_rate", POSITIVE),
+    ("optim.b1", Range(lo=0.0, hi=1.0, hi_open=True)),
+    ("optim.b2", Range(lo=0.0, hi=1.0, hi_open=True)),
+    ("optim.eps", NON_NEGATIVE),
+    ("optim.weight_decay", NON_NEGATIVE),
+    ("optim.warmup_fraction", FRACTION),
+    ("optim.warmup_steps", Range(lo=0, integer=True, special=(-1,), why="-1 = use warmup_fraction")),
+    ("optim.min_lr_ratio", FRACTION),
+    ("optim.grad_clip_norm", Range(lo=0.0, why="0 = no clipping")),
+    # training loop
+    ("train.steps", POSITIVE_INT),
+    ("train.global_batch_size", POSITIVE_INT),
+    ("train.micro_batches", POSITIVE_INT),
+    ("train.z_loss", NON_NEGATIVE),
+    ("train.log_every", POSITIVE_INT),
+    ("train.eval_every", Range(lo=0, integer=True, why="0 = only at the end")),
+    ("train.eval_batches", POSITIVE_INT),
+    ("train.checkpoint_every", Range(lo=0, integer=True, why="0 = only at the end")),
+    ("train.keep_checkpoints", Range(lo=1, integer=True, why="at least the newest checkpoint is kept")),
+    ("train.debug_step_delay_s", NON_NEGATIVE),
+    # data
+    ("data.seq_len", Range(lo=2, integer=True, why="next-token targets need 2 tokens")),
+    ("data.max_bad_fraction", FRACTION),
+    ("data.tokenize_threads", NON_NEGATIVE_INT),
+    ("data.max_docs_per_source", Range(lo=0, integer=True, why="0 = all")),
+    ("data.sources.*.eval_fraction", Range(lo=0.0, hi=1.0, hi_open=True)),
+    ("data.mixture.*", NON_NEGATIVE),
+    # mesh / distributed / hardware
+    ("mesh.*", MESH_AXIS),
+    ("distributed.num_processes", Range(lo=1, integer=True, special=(-1,), why="-1 = auto")),
+    ("distributed.process_id", Range(lo=0, integer=True, special=(-1,), why="-1 = auto")),
+    ("hardware.peak_tflops", Range(lo=0.0, why="0 = from the chip table")),
+    # evaluation (configs/eval.py)
+    ("max_examples", Range(lo=0, integer=True, why="0 = all")),
+    ("max_new_tokens", POSITIVE_INT),
+    ("batch_size", POSITIVE_INT),
+    ("few_shot", NON_NEGATIVE_INT),
+    ("bertscore_layer", Range(integer=True, why="-1 = last layer")),
+    # name-based fallbacks (any depth)
+    ("*learning_rate", POSITIVE),
+    ("*.lr", POSITIVE),
+    ("*dropout", Range(lo=0.0, hi=1.0, hi_open=True)),
+    ("*_fraction", FRACTION),
+    ("*_ratio", FRACTION),
+    ("*_prob", FRACTION),
+    ("*.rank", POSITIVE_INT),
+    ("*.alpha", POSITIVE),
+    ("*weight_decay", NON_NEGATIVE),
+    ("*warmup_steps", Range(lo=0, integer=True, special=(-1,), why="-1 = use the fraction")),
+    ("*.steps", POSITIVE_INT),
+    ("train.epochs", Range(lo=0.0, why="0 = train for train.steps (SFT)")),
+    ("*.epochs", POSITIVE),
+    ("*batch_size", POSITIVE_INT),
+    ("*seq_len", Range(lo=2, integer=True)),
+    ("*max_len*", POSITIVE_INT),
+    ("*_every", NON_NEGATIVE_INT),
+    ("*num_*", POSITIVE_INT),
+    ("*max_*", NON_NEGATIVE),
+    ("*min_*", NON_NEGATIVE),
+    ("*_s", NON_NEGATIVE),
+    ("*weight", NON_NEGATIVE),
+    ("*.weights.*", NON_NEGATIVE),
+)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _children(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, Mapping):
+        yield from node.items()
+    elif hasattr(node, "items") and callable(node.items):  # ConfigDict
+        yield from node.items()
+
+
+def numeric_items(config: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """(dotted key, value) for every int/float leaf (bools and None skipped); lists by index."""
+    for key, value in _children(config):
+        path = f"{prefix}{key}"
+        if _is_number(value):
+            yield path, value
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                if _is_number(item):
+                    yield f"{path}.{i}", item
+                else:
+                    yield from numeric_items(item, f"{path}.{i}.")
+        else:
+            yield from numeric_items(value, f"{path}.")
+
+
+def rule_for(key: str) -> Range | None:
+    for pattern, rng in RULES:
+        if fnmatch.fnmatchcase(key, pattern):
+            return rng
+    return None
+
+
+def uncovered_numeric_keys(config: Any) -> list[str]:
+    """Numeric keys of `config` that no rule covers (should be empty: add a rule)."""
+    return [k for k, _ in numeric_items(config) if rule_for(k) is None]
+
+
+def _get(config: Any, dotted: str, default: Any = None) -> Any:
+    node = config
+    for part in dotted.split("."):
+        try:
+            node = node[part]
+        except (KeyError, TypeError, AttributeError, IndexError):
+            return default
+    return node
+
+
+def validate_config(config: Any) -> None:
+    """Raises ConfigRangeError naming the first key whose value is out of range.
+
+    Unknown numeric keys are not errors here (``uncovered_numeric_keys`` is the test-time check);
+    non-finite floats are refused everywhere.
+    """
+    for key, value in numeric_items(config):
+        rng = rule_for(key)
+        if rng is None:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigRangeError(f"config.{key}={value!r}: must be finite")
+            continue
+        if not rng.contains(value):
+            raise ConfigRangeError(f"config.{key}={value!r}: must be {rng.describe()}")
+    _cross_checks(config)
+
+
+def _cross_checks(config: Any) -> None:
+    """Relations between keys that single ranges cannot express."""
+    steps = _get(config, "train.steps")
+    warm = _get(config, "optim.warmup_steps")
+    if _is_number(steps) and _is_number(warm) and warm > steps:
+        raise ConfigRangeError(f"config.optim.warmup_steps={warm} exceeds config.train.steps={steps}: the "
+                               "peak learning rate would never be reached")
+    gbs, k = _get(config, "train.global_batch_size"), _get(config, "train.micro_batches")
+    if _is_number(gbs) and _is_number(k) and k >= 1 and gbs % k:
+        raise ConfigRangeError(f"config.train.global_batch_size={gbs} is not divisible by "
+                               f"config.train.micro_batches={k}")
+    mixture = _get(config, "data.mixture")
+    if mixture is not None and hasattr(mixture, "items"):
+        weights = [v for _, v in mixture.items() if _is_number(v)]
+        if weights and sum(weights) <= 0:
+            raise ConfigRangeError(f"config.data.mixture={dict(mixture.items())}: at least one weight must be > 0")
