@@ -72,6 +72,16 @@ def extend_proto(base: sp_pb2.ModelProto, domain: sp_pb2.ModelProto, add: int,
     candidates = [p.piece for p in domain.pieces if p.type == _NORMAL and p.piece not in present
                   and p.piece.strip("\u2581")]
     added: list[str] = []
+    # Characters first: sentencepiece merges an out-of-vocabulary character like any other, but a
+    # tokenizer.json BPE only merges symbols in its vocab (it byte-falls-back the rest), so a piece
+    # with a character the vocab lacks would encode differently in transformers.
+    for piece in [c for c in candidates if len(c) == 1][:add]:
+        score -= 1.0
+        new = out.pieces.add()
+        new.piece, new.score, new.type = piece, score, _NORMAL
+        added.append(piece)
+        present.add(piece)
+    candidates = [c for c in candidates if len(c) > 1 and all(ch in present for ch in c)]
     for _ in range(max_passes):  # a piece whose parts were added later gets another chance
         checker = _processor(out, dummy_prefix=False)
         progress, waiting = False, []
