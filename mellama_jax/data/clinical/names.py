@@ -74,6 +74,9 @@ _CLINICAL_NOT_NAMES = frozenset(
 )
 
 
+CLINICAL_NOT_NAMES = _CLINICAL_NOT_NAMES
+
+
 def _philter_set_path() -> str | None:
     # find_spec does not execute the package (which would import NLTK); we only want its data.
     spec = importlib.util.find_spec("philter_lite")
@@ -101,6 +104,30 @@ def load_name_lexicon() -> NameLexicon | None:
         not_names=frozenset(w for w in nonames if w) | _CLINICAL_NOT_NAMES,
         source="philter-lite",
     )
+
+
+# Equivalents of philter-lite's first-name context patterns, used when the package is missing.
+_RIGHT_OF_FIRST = r"(?<!\,)(?<!\.)(?<!:)(?<![ ][A-Z])(?<![ ][A-Z]\.)([ ]+\b[A-Z][a-zA-Z]+\b([ ]+)?)"
+_LEFT_OF_FIRST = r"(?<!\,)[ ]+\b[A-Z][a-zA-Z]+\b\,[ ]+"
+
+
+@functools.lru_cache(maxsize=1)
+def first_name_context_patterns() -> tuple[re.Pattern, re.Pattern]:
+    """(right, left): philter-lite's `names_regex_context3` (a capitalised word after a first name;
+    match at the first name's end) and `names_regex_context1` ("Word, " before a first name; match
+    at the space before the word), read from its regex_context.toml so the rules stay Philter's."""
+    right, left = _RIGHT_OF_FIRST, _LEFT_OF_FIRST
+    path = _philter_set_path()
+    if path is not None:
+        ctx = os.path.join(os.path.dirname(path), "regex_context.toml")
+        try:
+            with open(ctx, "rb") as f:
+                patterns = tomllib.load(f).get("regex_context", {})
+            right = patterns.get("names_regex_context3", right)
+            left = patterns.get("names_regex_context1", left)
+        except (OSError, tomllib.TOMLDecodeError):
+            pass
+    return re.compile(right), re.compile(left)
 
 
 def read_name_list(path: str) -> frozenset[str]:

@@ -20,7 +20,7 @@ from mellama_jax.data.clinical import names as names_mod
 from mellama_jax.data.clinical.mimic import normalize_mimic as _normalize_mimic
 from mellama_jax.data.clinical.types import PLACEHOLDER_RE, placeholder
 
-SCRUBBER_VERSION = "1"
+SCRUBBER_VERSION = "2"  # 2: patient-context and first-name-context surname rules (issue 14)
 
 
 @dataclass(frozen=True)
@@ -319,6 +319,10 @@ _NAME_RULES: tuple[tuple[str, re.Pattern], ...] = (
         rf"(?i:\b(?:(?:his|her|their|the[ \t]+patient's|patient's|pt's|pt|my|a)[ \t]+)?){_RELATIVES}[ \t]*,?[ \t]+"
         rf"(?:\(?(?:named[ \t]+)?)({NAME_SEQ})")),
     ("name_with", _c(rf"(?i:\b(?:spoke|spoken|discussed|met|talked|called|consulted)[ \t]+(?:with|to))[ \t]+({NAME_SEQ})")),
+    # "Patient Qorvath reports", "The patient, Qorvath, denies": a name after the patient word
+    # (issue 14: surnames in no lexicon). Ordinary/clinical words are trimmed off the match, so
+    # "Patient Active Problem List" and "Patient Education" stay.
+    ("name_patient", _c(rf"(?i:\b(?:patient|pt|client))\.?[ \t]*,?[ \t]+(?:(?:Mr|Mrs|Ms|Miss)\.?[ \t]+)?({NAME_SEQ})")),
     ("name_role", _c(rf"\b(?:PCP|HCP|NOK|POA|(?i:attending|resident|intern|fellow|interpreter|chaplain|"
                      rf"nurse|pharmacist|therapist|social[ \t]+worker|case[ \t]+manager|translator))[ \t]+(?:is[ \t]+)?(?:Dr\.?[ \t]+)?({NAME_SEQ})")),
     ("name_by", _c(
@@ -336,7 +340,7 @@ _NAME_RULES: tuple[tuple[str, re.Pattern], ...] = (
 # lets it skip positions that cannot start a match (2x faster on keyword-led rules).
 _KEYWORD_LED = {"id_keyword", "phone_context", "pager_context", "date_m_d_context", "date_m_yy_compared",
                 "date_month_only", "zip_keyword", "age_label", "name_label", "name_relative", "name_with",
-                "name_by", "name_role", "name_title"}
+                "name_by", "name_role", "name_title", "name_patient"}
 _CAP_LED = {"hospital", "city_state", "city_state_zip", "name_credential", "name_relation_after", "name_is_a"}
 
 
@@ -355,6 +359,7 @@ _RULES = tuple(_Rule(r.name, r.type, r.priority, _anchored(r.name, r.pattern), r
 _NAME_RULES = tuple((n, _anchored(n, p)) for n, p in _NAME_RULES)
 
 _CAP_TOKEN = _c(rf"\b{CAP}\b")
+_FIRST_NAME_RIGHT, _FIRST_NAME_LEFT = names_mod.first_name_context_patterns()
 # Eponyms are not PHI: "Graves disease", "Bell's palsy", "Whipple procedure", "Foley catheter".
 _EPONYM_AFTER = _c(
     r"(?:'s)?[ \t\-]+(?i:disease|syndrome|palsy|sign|signs|procedure|operation|lymphoma|sarcoma|tumou?r|"
@@ -388,9 +393,14 @@ class PhiScrubber:
             return False
         return self.lexicon.is_common_word(low) and not self.lexicon.is_name(low)
 
-    def _trim_name(self, text: str, start: int, end: int, strict: bool = True) -> tuple[int, int] | None:
-        """Drops leading/trailing tokens of a context match that are ordinary (or header) words."""
+    def _trim_name(self, text: str, start: int, end: int, strict: bool = True,
+                   clinical: bool = False) -> tuple[int, int] | None:
+        """Drops leading/trailing tokens of a context match that are ordinary (or header) words;
+        `clinical`: also clinical words that are names too ("patient Foley removed")."""
         common = self._common if strict else (lambda w: w in _HEADER_WORDS)
+        if clinical:
+            plain = common
+            common = lambda w: plain(w) or w in names_mod.CLINICAL_NOT_NAMES  # noqa: E731
         toks = [(m.start() + start, m.end() + start) for m in _TOKEN_IN_SPAN.finditer(text[start:end])]
         while toks and common(text[toks[0][0]:toks[0][1]].rstrip(".").lower()):
             toks.pop(0)
@@ -413,6 +423,14 @@ class PhiScrubber:
         low = tok.lower()
         return low in self.extra or bool(self.lexicon and self.lexicon.is_name(low))
 
+    def _is_first_name(self, tok: str) -> bool:
+        return bool(self.lexicon) and tok.lower() in self.lexicon.first
+
+    def _unknown_cap(self, tok: str) -> bool:
+        """A capitalised token that is in no word list: after a first name, a surname."""
+        low = tok.lower()
+        return not self._common(low) and low not in _HEADER_WORDS and not _EPONYM_AFTER.match(tok)
+
     def _name_spans(self, text: str) -> list[Span]:
         spans: list[Span] = []
         for rule, pat in _NAME_RULES:
@@ -420,7 +438,7 @@ class PhiScrubber:
                 # "FILBERT BRIGHT, M.D.": upper-case words before a credential are a name even if
                 # they are also ordinary words; only header words are trimmed there.
                 strict = not (rule == "name_credential" and m.group(1).isupper())
-                trimmed = self._trim_name(text, m.start(1), m.end(1), strict)
+                trimmed = self._trim_name(text, m.start(1), m.end(1), strict, clinical=rule == "name_patient")
                 if trimmed:
                     spans.append(Span(trimmed[0], trimmed[1], "NAME", rule, 50))
         if self.lexicon is None and not self.extra:
@@ -438,6 +456,19 @@ class PhiScrubber:
             k = i
             while k + 1 < len(toks) and _adjacent(text, toks[k].end(), toks[k + 1].start()) and self._is_name_like(toks[k + 1].group()):
                 k += 1
+            # philter-lite's first-name context patterns (regex_context.toml: a capitalised word
+            # right after a first name, or "Word, " right before one, is a name): extends the
+            # span over a surname that no list knows. Ordinary and clinical words never qualify.
+            if self._is_first_name(toks[k].group()) and k + 1 < len(toks) \
+                    and _FIRST_NAME_RIGHT.match(text, toks[k].end()) \
+                    and _adjacent(text, toks[k].end(), toks[k + 1].start()) \
+                    and self._unknown_cap(toks[k + 1].group()) \
+                    and not _EPONYM_AFTER.match(text, toks[k + 1].end()):
+                k += 1
+            if self._is_first_name(toks[j].group()) and j > 0 and self._unknown_cap(toks[j - 1].group()):
+                # "Qorvath, Mary" (the pattern's leading space stands for any word boundary)
+                if _FIRST_NAME_LEFT.fullmatch(" " + text[toks[j - 1].start():toks[j].start()]):
+                    j -= 1
             if not _EPONYM_AFTER.match(text, toks[k].end()):
                 spans.append(Span(toks[j].start(), toks[k].end(), "NAME", "name_lexicon", 45))
             i = k + 1
