@@ -1,0 +1,171 @@
+"""Data-mixture sweeps: `run(config, workdir)` is what launch.py calls for config.task == "sweep".
+
+Each grid point is its own launch.py process in `<workdir>/points/<name>`: the same code and the
+same command a user would run for that experiment, a fresh JAX runtime per point (no compile caches,
+device memory or XLA flags leak between points, a crash ends one point, not the sweep), and exactly
+what `emit=slurm` writes into each job script. Points run one after another; a point whose final
+evaluation is already in its metrics.jsonl is skipped, and an interrupted one resumes from its last
+checkpoint (launch.py's own resume), so rerunning the sweep command continues it. The table
+(sweep.csv, sweep.md) and plot (sweep.png) are rebuilt from the points' files every time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+from mellama_jax.sweep import commands, slurm
+from mellama_jax.sweep.grid import Point, parse_grid
+from mellama_jax.sweep.table import is_finished, point_row, write_table
+
+__all__ = ["run", "plan", "Point"]
+
+EMIT = ("run", "slurm")
+EXPERIMENT_CONFIGS = ("experiment_config.json", "config.json")  # new name first, older workdirs after
+
+
+def _eval_tasks(config: Any) -> list[str]:
+    tasks = str(config.eval.get("tasks", "") or "")
+    return [t.strip() for t in tasks.split(",") if t.strip()]
+
+
+def plan(config: Any, workdir: str) -> dict:
+    """Points, their commands and directories, all checked before anything runs."""
+    if config.emit not in EMIT:
+        raise ValueError(f"config.emit={config.emit!r}: expected one of {EMIT}")
+    points = parse_grid(config.grid, config.base)
+    for p in points:  # every point must have something to train on
+        weights = {k: float(v) for k, v in config.base.data.mixture.items()}
+        weights.update({k.split(".", 2)[2]: float(v) for k, v, _ in p.values if k.startswith("data.mixture.")})
+        if not any(w > 0 for w in weights.values()):
+            raise ValueError(f"config.grid point {p.name}: every data.mixture weight is 0")
+    base_overrides = commands.config_overrides(config.base, commands.load_config_file(config.base_config))
+    tasks = _eval_tasks(config)
+    eval_overrides = []
+    if tasks:
+        eval_reference = commands.load_config_file(os.path.join(commands.REPO_ROOT, "configs", "eval.py"))
+        eval_overrides = commands.config_overrides(config.eval, eval_reference, skip=("checkpoint",))
+    python = str(config.python or "")
+    out = []
+    for p in points:
+        pdir = os.path.join(workdir, "points", p.name)
+        out.append({
+            "point": p, "workdir": pdir,
+            "train": commands.train_command(python, config.base_config, base_overrides, p, pdir),
+            "eval": (commands.eval_command(python, eval_overrides, pdir, os.path.join(pdir, "eval"))
+                     if tasks else None),
+        })
+    return {"points": out, "base_overrides": base_overrides, "eval_tasks": tasks}
+
+
+def _experiment_config(pdir: str) -> dict | None:
+    for name in EXPERIMENT_CONFIGS:
+        path = os.path.join(pdir, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+    return None
+
+
+def _check_same_point(entry: dict, steps: int) -> None:
+    """A finished point must have been run with this point's values (else its numbers would be
+    reported under the wrong settings)."""
+    saved = _experiment_config(entry["workdir"])
+    if saved is None:
+        raise RuntimeError(f"{entry['workdir']}: metrics but no experiment config; not a sweep point")
+    for key, value, _ in entry["point"].values:
+        node = saved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node != value and not (isinstance(value, float) and isinstance(node, (int, float))
+                                  and float(node) == value):
+            raise RuntimeError(f"{entry['workdir']} was run with {key}={node!r}, not {value!r}; "
+                               "use a new --workdir for a different grid")
+    if int(saved.get("train", {}).get("steps", steps)) != steps:
+        raise RuntimeError(f"{entry['workdir']} was run with train.steps={saved['train']['steps']}, "
+                           f"not {steps}; use a new --workdir")
+
+
+def _run_logged(argv: list[str], log_path: str, tag: str) -> int:
+    """Run one launch.py process; all its output goes to log_path, progress lines also here."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {commands.shell_line(argv)}\n")
+        log.flush()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=commands.REPO_ROOT)
+        for line in proc.stdout:
+            log.write(line)
+            if line.startswith(("step ", "eval @", "resumed", "launch.py:")):
+                print(f"[{tag}] {line.rstrip()}", flush=True)
+        return proc.wait()
+
+
+def _rows(config: Any, entries: list[dict], tasks: list[str], steps: int) -> list[dict]:
+    rows = []
+    for e in entries:
+        if not is_finished(e["workdir"], steps, tasks):
+            continue
+        saved = _experiment_config(e["workdir"]) or {}
+        weights = {k: float(v) for k, v in saved.get("data", {}).get("mixture", {}).items()}
+        grid = {k: v for k, v, _ in e["point"].values}
+        rows.append(point_row(e["point"].name, grid, weights, e["workdir"], steps, tasks))
+    return rows
+
+
+def run(config: Any, workdir: str) -> dict:
+    """Runs (or, with emit=slurm, writes job scripts for) every point, then writes the table."""
+    workdir = os.path.abspath(workdir)
+    p = plan(config, workdir)
+    entries, tasks = p["points"], p["eval_tasks"]
+    steps = int(config.base.train.steps)
+    os.makedirs(os.path.join(workdir, "points"), exist_ok=True)
+    manifest = {"grid": config.grid, "base_config": config.base_config, "base_overrides": p["base_overrides"],
+                "eval_tasks": tasks, "steps": steps,
+                "points": [{"name": e["point"].name, "values": e["point"].as_dict(), "workdir": e["workdir"],
+                            "train_command": commands.shell_line(e["train"]),
+                            "eval_command": commands.shell_line(e["eval"]) if e["eval"] else None}
+                           for e in entries]}
+    with open(os.path.join(workdir, "sweep.json.tmp"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(os.path.join(workdir, "sweep.json.tmp"), os.path.join(workdir, "sweep.json"))
+
+    if config.emit == "slurm":
+        scripts = slurm.write_scripts(config.slurm, entries, workdir)
+        print(f"sweep: wrote {len(scripts)} job scripts; submit them with: bash {slurm.submit_all(workdir, scripts)}"
+              f"\nthen rerun this command to collect the table (finished points are skipped)", flush=True)
+    else:
+        for i, e in enumerate(entries, 1):
+            name = e["point"].name
+            if is_finished(e["workdir"], steps, tasks):
+                _check_same_point(e, steps)
+                print(f"sweep: point {i}/{len(entries)} {name}: finished, skipped", flush=True)
+                continue
+            print(f"sweep: point {i}/{len(entries)} {name}", flush=True)
+            if not is_finished(e["workdir"], steps, []):
+                rc = _run_logged(e["train"], os.path.join(e["workdir"], "launch.log"), name)
+                if rc != 0:
+                    raise RuntimeError(f"sweep point {name}: training exited with {rc}; see "
+                                       f"{os.path.join(e['workdir'], 'launch.log')} (rerun the sweep to resume)")
+            _check_same_point(e, steps)
+            if e["eval"] is not None:
+                rc = _run_logged(e["eval"], os.path.join(e["workdir"], "eval", "launch.log"), name)
+                if rc != 0:
+                    raise RuntimeError(f"sweep point {name}: evaluation exited with {rc}; see "
+                                       f"{os.path.join(e['workdir'], 'eval', 'launch.log')}")
+            if not is_finished(e["workdir"], steps, tasks):
+                raise RuntimeError(f"sweep point {name}: finished without its final evaluation at step "
+                                   f"{steps} in {e['workdir']}/metrics.jsonl")
+
+    rows = _rows(config, entries, tasks, steps)
+    out = {"rows": rows, "table_csv": None, "table_md": None, "plot": None}
+    if rows:
+        out["table_csv"], out["table_md"] = os.path.join(workdir, "sweep.csv"), os.path.join(workdir, "sweep.md")
+        write_table(rows, out["table_csv"], out["table_md"])
+        grid_keys = [k for k, _, _ in entries[0]["point"].values]
+        if config.plot:
+            from mellama_jax.sweep.plot import plot_sweep
+            out["plot"] = plot_sweep(rows, grid_keys, os.path.join(workdir, "sweep.png"))
+        print(f"sweep: {len(rows)}/{len(entries)} points in {out['table_md']}", flush=True)
+    return out

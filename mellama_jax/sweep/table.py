@@ -1,0 +1,113 @@
+"""The sweep table: one row per finished point, read back from what the point wrote (its
+metrics.jsonl and, when benchmarks ran, eval/results.json), written as CSV and Markdown."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any, Sequence
+
+__all__ = ["read_metrics", "point_row", "is_finished", "write_table", "table_columns"]
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                out.append(json.loads(line))
+    return out
+
+
+def _final(records: list[dict], prefix: str, steps: int) -> dict:
+    """The record at `steps` holding keys that start with `prefix` (the last one written)."""
+    found = {}
+    for r in records:
+        if r.get("step") == steps and any(k.startswith(prefix) for k in r):
+            found = r
+    return found
+
+
+def is_finished(workdir: str, steps: int, eval_tasks: Sequence[str]) -> bool:
+    """Trained to `steps` with its final held-out evaluation logged (and benchmarks, if any)."""
+    if not _final(read_metrics(workdir), "eval/", steps):
+        return False
+    if eval_tasks:
+        results = os.path.join(workdir, "eval", "results.json")
+        if not os.path.isfile(results):
+            return False
+        with open(results, encoding="utf-8") as f:
+            done = json.load(f).get("tasks", {})
+        return all(t in done for t in eval_tasks)
+    return True
+
+
+def point_row(name: str, grid: dict[str, Any], weights: dict[str, float], workdir: str, steps: int,
+              eval_tasks: Sequence[str]) -> dict[str, Any]:
+    """Everything the table shows for one point, each value copied from the point's own outputs."""
+    records = read_metrics(workdir)
+    ev = _final(records, "eval/", steps)
+    train = _final(records, "loss", steps)
+    total = sum(weights.values()) or 1.0
+    row: dict[str, Any] = {"point": name, **grid}
+    for s, w in weights.items():
+        row[f"weight/{s}"] = w / total
+    row["step"] = steps
+    row["train_loss"] = train.get("loss")
+    for key in sorted(ev):
+        if key.startswith("eval/"):
+            row[key] = ev[key]
+    for key in sorted(train):
+        if key.startswith("data/") and key.endswith("/tokens"):
+            row[key] = train[key]
+    if eval_tasks:
+        with open(os.path.join(workdir, "eval", "results.json"), encoding="utf-8") as f:
+            results = json.load(f)
+        for task in eval_tasks:
+            res = results["tasks"][task]
+            metric = res.get("headline_metric") or sorted(res["metrics"])[0]
+            row[f"bench/{task}/{metric}"] = res["metrics"].get(metric)
+    return row
+
+
+def table_columns(rows: list[dict]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isfinite(v) and v == int(v) and abs(v) < 1e15:
+            return str(int(v))
+        return f"{v:.4f}"
+    return str(v)
+
+
+def write_table(rows: list[dict], csv_path: str, md_path: str) -> list[str]:
+    """CSV with full-precision values (repr) and a Markdown table rounded for reading."""
+    cols = table_columns(rows)
+    tmp = csv_path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow(["" if r.get(c) is None else (repr(r[c]) if isinstance(r.get(c), float) else r[c])
+                        for c in cols])
+    os.replace(tmp, csv_path)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    with open(md_path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(md_path + ".tmp", md_path)
+    return cols
