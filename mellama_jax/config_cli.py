@@ -69,7 +69,7 @@ def expand_cli_specs(config: Any, argv: Sequence[str], name: str = "config") -> 
         if "data" not in node or "sources" not in node.data:
             raise ValueError(f"--{key}.sources_spec: {key} has no sources to replace")
         try:
-            apply_sources_spec(node.data, spec)
+            apply_sources_spec(node.data, spec, task=node.get("task"))
         except ValueError as err:
             raise ValueError(f"--{key}.sources_spec={spec!r}: {err}") from None
 

@@ -168,21 +168,39 @@ def sources_spec_applied(data_cfg: Any) -> bool:
     return sorted(names) == sorted(data_cfg.sources.keys()) and sorted(names) == sorted(data_cfg.mixture.keys())
 
 
+# Source entries of other tasks: task -> (module, its formats, its source factory), imported on use
+# so that pretraining never imports the instruction-tuning package.
+SOURCE_KINDS = {"sft": ("mellama_jax.sft.data", "SFT_FORMATS", "sft_source_config")}
+
+
+def source_kind(task: str | None) -> tuple[Sequence[str], Callable[..., ml_collections.ConfigDict]]:
+    """(format names, source factory) of a task's `data.sources` entries."""
+    if task in SOURCE_KINDS:
+        import importlib
+
+        module, formats, factory = SOURCE_KINDS[task]
+        mod = importlib.import_module(module)
+        return tuple(getattr(mod, formats)), getattr(mod, factory)
+    return FORMAT_NAMES, source_config
+
+
 def apply_sources_spec(data_cfg: ml_collections.ConfigDict, spec: str | None = None, *,
-                       formats: Sequence[str] = FORMAT_NAMES,
-                       make_source: Callable[..., ml_collections.ConfigDict] | None = None
-                       ) -> ml_collections.ConfigDict:
+                       formats: Sequence[str] | None = None,
+                       make_source: Callable[..., ml_collections.ConfigDict] | None = None,
+                       task: str | None = None) -> ml_collections.ConfigDict:
     """Make `data_cfg.sources` and `data_cfg.mixture` exactly the sources the spec lists (in place).
 
     A listed existing source keeps its other keys (eval_fraction, scrubbing, ...) and weight unless the
     entry sets them; a new one gets `make_source(paths, format)` defaults (raw clinical formats with
     require_prepared=True, as the Me-LLaMA configs have it) and weight 1.0. Unlisted sources are removed.
+    `task` picks the format names and source factory (SOURCE_KINDS; pretraining sources by default).
     """
     spec = str(data_cfg.get("sources_spec", "") if spec is None else spec)
     if not spec.strip():
         return data_cfg
-    make_source = make_source or source_config
-    entries = parse_sources_spec(spec, formats)
+    kind_formats, kind_make = source_kind(task)
+    make_source = make_source or kind_make
+    entries = parse_sources_spec(spec, formats or kind_formats)
     old_sources, old_mixture = data_cfg.sources, data_cfg.get("mixture", ml_collections.ConfigDict())
     sources, mixture = ml_collections.ConfigDict(), ml_collections.ConfigDict()
     for e in entries:
