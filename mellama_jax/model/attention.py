@@ -42,6 +42,36 @@ def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndar
     return out.reshape(b, t, num_heads, d).astype(q.dtype)
 
 
+def cache_rows(x: jnp.ndarray) -> jnp.ndarray:
+    """Keys or values [b, t, kv_heads, d] -> KV-cache rows [b * kv_heads, t, d]."""
+    b, t, kv, d = x.shape
+    return jnp.swapaxes(x, 1, 2).reshape(b * kv, t, d)
+
+
+def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray,
+                     mask: jnp.ndarray) -> jnp.ndarray:
+    """Attention of q [b, t, heads, d] over KV-cache rows [b * kv_heads, S, d]; mask [b, 1, t, S].
+
+    Same maths as `xla_attention`. The cache layout makes both products plain batched matmuls over
+    one batch axis, so XLA reads the cache in place: no transpose of the S slots, and no degenerate
+    batch axis at batch 1 (which XLA would bitcast away, then copy the whole cache to update it).
+    """
+    b, t, num_heads, d = q.shape
+    rows, length = k_cache.shape[0], k_cache.shape[1]
+    num_kv = rows // b
+    group = num_heads // num_kv
+    # [b, t, kv, g, d] -> [b * kv, g * t, d]
+    q = jnp.transpose(q.reshape(b, t, num_kv, group, d), (0, 2, 3, 1, 4)).reshape(rows, group * t, d)
+    scores = jnp.einsum("nqd,nsd->nqs", q, k_cache, preferred_element_type=jnp.float32) * (d ** -0.5)
+    mask = jnp.broadcast_to(mask[:, :, None], (b, num_kv, group, t, length)).reshape(rows, group * t, length)
+    scores = jnp.where(mask, scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+    out = jnp.einsum("nqs,nsd->nqd", probs, v_cache, preferred_element_type=jnp.float32)
+    # [b * kv, g * t, d] -> [b, t, kv * g, d]
+    out = jnp.transpose(out.reshape(b, num_kv, group, t, d), (0, 3, 1, 2, 4))
+    return out.reshape(b, t, num_heads, d).astype(q.dtype)
+
+
 def dot_product_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray,
                           implementation: str | None = None) -> jnp.ndarray:
     """`jax.nn.dot_product_attention` with an explicit mask (works on every backend)."""

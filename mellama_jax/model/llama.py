@@ -6,8 +6,8 @@ device mesh is a table in the config, never code. Layers are scanned (`nn.scan`)
 does not grow with depth, and rematerialised with a configurable policy.
 
 The optional KV cache is an explicit pytree passed in and returned (never a hidden Flax collection),
-which keeps `generate` a pure function: cache = {"k": [L, b, kv, S, d], "v": [L, b, kv, S, d],
-"segment_ids": [b, S]} (heads-major slots, as attention reads them). Token-by-token decoding runs
+which keeps `generate` a pure function: cache = {"k": [L, b * kv, S, d], "v": [L, b * kv, S, d],
+"segment_ids": [b, S]} (one row per sequence and kv head, as attention reads them). Token-by-token decoding runs
 the same layers unrolled over per-layer weights and caches (`mellama_jax.model.decode`).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mellama_jax.model.attention import attention, cached_attention, make_attention_mask
+from mellama_jax.model.attention import attention, cache_rows, cached_attention, make_attention_mask
 from mellama_jax.model.config import LlamaConfig
 from mellama_jax.model.rope import apply_rotary, rotary_tables
 
@@ -108,17 +108,14 @@ class Attention(nn.Module):
             out = attention(q, k, v, mask, cfg.attention_impl, plain_causal=self.plain_causal)
             new_cache = None
         else:
-            # Write this chunk's keys/values at cache_index, then attend over the whole cache. The
-            # cache is laid out [b, kv_heads, S, d] (heads-major) so that reading it needs no
-            # transpose: a decode step then touches each cached byte once.
-            start = (0, 0, cache_index, 0)
-            keys = jax.lax.dynamic_update_slice(cache["k"], jnp.swapaxes(k, 1, 2).astype(cache["k"].dtype), start)
-            values = jax.lax.dynamic_update_slice(cache["v"], jnp.swapaxes(v, 1, 2).astype(cache["v"].dtype), start)
-            # The barrier keeps XLA from fusing the update into both of its readers (the returned
-            # cache and the attention dot), which would copy the whole cache to update it twice.
-            keys, values = jax.lax.optimization_barrier((keys, values))
-            kv_segment_ids = cache["segment_ids"]
-            mask = make_attention_mask(segment_ids, kv_segment_ids, q_offset=cache_index)
+            # The cache holds one row per (sequence, kv head): [b * kv_heads, S, d], the layout the
+            # attention matmuls read, so a decode step reads it in place, never transposed. The
+            # chunk is written at cache_index, then attends over the whole cache; XLA updates the
+            # t slots in place.
+            start = (0, cache_index, 0)
+            keys = jax.lax.dynamic_update_slice(cache["k"], cache_rows(k).astype(cache["k"].dtype), start)
+            values = jax.lax.dynamic_update_slice(cache["v"], cache_rows(v).astype(cache["v"].dtype), start)
+            mask = make_attention_mask(segment_ids, cache["segment_ids"], q_offset=cache_index)
             out = cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
             new_cache = {"k": keys, "v": values}
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
