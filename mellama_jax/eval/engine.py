@@ -74,9 +74,34 @@ def _prefill(params, tokens, mask, *, config, cache_len):
     return cache
 
 
-def _take_rows(cache: dict, rows):
-    """Rows of a cache pytree along its batch axis (k/v: axis 1 of [layers, batch, ...]; segment_ids: axis 0)."""
-    return {k: jnp.take(v, rows, axis=0 if k == "segment_ids" else 1) for k, v in cache.items()}
+def _batch_axes(config, length: int) -> dict:
+    """Per cache leaf: (the axis that carries the batch, how many slots one sequence takes on it),
+    found by comparing init_cache's shapes for batch 1 and 2, so this works whatever layout the
+    model's cache uses ([L, b, kv, S, d], [L, b * kv, S, d], ...), sequence-major on that axis."""
+    from mellama_jax.model.generate import init_cache
+
+    one = jax.eval_shape(lambda: init_cache(config, 1, length))
+    two = jax.eval_shape(lambda: init_cache(config, 2, length))
+    out = {}
+    for key in one:
+        axes = [a for a, (x, y) in enumerate(zip(one[key].shape, two[key].shape)) if y == 2 * x]
+        if len(axes) != 1:
+            raise ValueError(f"cannot tell the batch axis of KV-cache leaf {key!r} {one[key].shape}")
+        out[key] = (axes[0], one[key].shape[axes[0]])
+    return out
+
+
+def _take_rows(cache: dict, rows, config):
+    """The cache of sequences `rows` (an int array) out of a batched cache."""
+    length = cache["segment_ids"].shape[-1]
+    out = {}
+    for key, (axis, per) in _batch_axes(config, length).items():
+        leaf = cache[key]
+        shape = leaf.shape
+        split = leaf.reshape(shape[:axis] + (shape[axis] // per, per) + shape[axis + 1:])
+        taken = jnp.take(split, rows, axis=axis)
+        out[key] = taken.reshape(shape[:axis] + (rows.shape[0] * per,) + shape[axis + 1:])
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -85,7 +110,7 @@ def _continuation_logprobs(params, cache, rows, tokens, positions, cache_index, 
     Each continuation row reads the cached prefix of its group (gathered on device)."""
     from mellama_jax.model.llama import Llama
 
-    own = _take_rows(cache, rows)
+    own = _take_rows(cache, rows, config)
     logits, _ = Llama(config).apply({"params": params}, tokens, positions=positions,
                                     segment_ids=jnp.ones_like(tokens), cache=own, cache_index=cache_index)
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -16,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mellama_jax.model.config import LlamaConfig
 from mellama_jax.model.llama import Llama, lm_head_kernel
-from mellama_jax.sharding import BATCH_AXES, rules_as_tuple
+from mellama_jax.sharding import BATCH_AXES, mesh_context, rules_as_tuple
 from mellama_jax.train import loss as loss_lib
 from mellama_jax.train.state import TrainState
 
@@ -150,7 +149,7 @@ def with_mesh_context(fn: Callable, mesh: Mesh, rules: Any) -> Callable:
     rules = rules_as_tuple(rules)
 
     def wrapped(*args, **kwargs):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        with mesh_context(mesh, rules):
             return fn(*args, **kwargs)
     wrapped.inner = fn
     return wrapped

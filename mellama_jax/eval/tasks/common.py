@@ -180,8 +180,15 @@ def read_json(path: str) -> Any:
 
 
 def _looks_like_jsonl(text: str) -> bool:
+    """Two or more lines, the first of which is a whole JSON object (an indented JSON file's first
+    line is just "{")."""
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    return len(lines) > 1 and lines[0].lstrip().startswith("{") and lines[0].rstrip().endswith("}")
+    if len(lines) < 2 or not lines[0].lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(lines[0]), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _class_labels(schema) -> dict[str, list[str]]:
@@ -368,6 +375,8 @@ def read_records(path: str, columns: Sequence[str] = (), layouts: Sequence[Seque
         data = read_json(path)
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
+        elif isinstance(data, dict):  # one record on one line (a one-row `to_json` export)
+            data = [data]
         if not isinstance(data, list):
             raise FormatError(path, None, "expected a JSON list of records (or JSON lines)", "bad_structure")
         report.note("format", "json")

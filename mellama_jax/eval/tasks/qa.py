@@ -62,7 +62,7 @@ def load_pubmedqa(path: str, report: LoadReport | None = None) -> list[Example]:
     out = []
     if base_ext(path) == "json":
         data = read_json(path) if not _jsonl_named_json(path) else None
-        if isinstance(data, dict) and "data" not in data:
+        if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
             report.note("format", "ori_pqal.json")
             for pid, rec in data.items():
                 where = f"record {pid}"
@@ -247,7 +247,7 @@ def load_emrqa(path: str, report: LoadReport | None = None) -> list[Example]:
                             out.append(_emrqa_example(qa, para["context"], path, f"{where}.qas[{qi}]",
                                                       f"{di}-{pi}-{qi}"))
             return out
-        if isinstance(data, dict) and "data" not in data:
+        if isinstance(data, dict) and "data" not in data and "context" not in data:
             raise FormatError(path, None, "missing field 'data' (SQuAD-style JSON: {\"data\": [{\"paragraphs\": ...}]})")
     for where, rec in read_records(path, ("context", "question", "answers"), report=report):
         with report.record():
