@@ -202,7 +202,15 @@ def validate_config(config: Any) -> None:
     Unknown numeric keys are not errors here (``uncovered_numeric_keys`` is the test-time check);
     non-finite floats are refused everywhere.
     """
+    nested = _nested_experiments(config)
+    for name, sub in nested.items():  # a sweep's base / eval configs: checked as experiments of their own
+        try:
+            validate_config(sub)
+        except ConfigRangeError as err:
+            raise ConfigRangeError(str(err).replace("config.", f"config.{name}.", 1)) from None
     for key, value in numeric_items(config):
+        if key.split(".", 1)[0] in nested:
+            continue
         rng = rule_for(key)
         if rng is None:
             if isinstance(value, float) and not math.isfinite(value):
@@ -211,6 +219,14 @@ def validate_config(config: Any) -> None:
         if not rng.contains(value):
             raise ConfigRangeError(f"config.{key}={value!r}: must be {rng.describe()}")
     _cross_checks(config)
+
+
+def _nested_experiments(config: Any) -> dict[str, Any]:
+    """Sub-configs that are whole experiments (configs/sweep.py: base = a pretrain config, eval = an
+    eval config); their keys are validated without the prefix."""
+    if _get(config, "task") != "sweep":
+        return {}
+    return {k: config[k] for k in ("base", "eval") if _get(config, k) is not None}
 
 
 def _cross_checks(config: Any) -> None:

@@ -143,6 +143,8 @@ def run(config: Any, workdir: str) -> dict:
                 print(f"sweep: point {i}/{len(entries)} {name}: finished, skipped", flush=True)
                 continue
             print(f"sweep: point {i}/{len(entries)} {name}", flush=True)
+            if _experiment_config(e["workdir"]) is not None:  # started before: same settings only
+                _check_same_point(e, steps)
             if not is_finished(e["workdir"], steps, []):
                 rc = _run_logged(e["train"], os.path.join(e["workdir"], "launch.log"), name)
                 if rc != 0:
