@@ -14,15 +14,18 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config, e.g. configs/pretrain.py:demo", lock_config=True)
+from mellama_jax.config_cli import define_config_flag
+
+# DEFINE_config_file plus comma-separated tuples (source paths) and data.sources_spec expansion.
+_CONFIG = define_config_flag("config", "Experiment config, e.g. configs/pretrain.py:demo")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 
 TASKS = {
     "pretrain": ("mellama_jax.train.loop", "run"),
+    "sft": ("mellama_jax.sft.run", "run"),
     "eval": ("mellama_jax.eval.runner", "run"),
+    "sweep": ("mellama_jax.sweep", "run"),
 }
 
 
@@ -61,10 +64,27 @@ def validate(config) -> None:
     """Cheap semantic checks that need no device and no data (raise ConfigError naming the key)."""
     if config.get("task") not in TASKS:
         raise ConfigError(f"config.task={config.get('task')!r}: expected one of {sorted(TASKS)}")
-    if config.task != "pretrain":
+    from mellama_jax.config_validation import ConfigRangeError, validate_config
+    try:
+        validate_config(config)  # every numeric key by range (issue 14), any task
+    except ConfigRangeError as err:
+        raise ConfigError(str(err)) from err
+    if config.task == "eval" and config.get("checkpoint"):
+        _validate_eval_checkpoint(config)
+    if config.task not in ("pretrain", "sft"):
         return
-    from mellama_jax.model.presets import PRESETS
+    if config.task == "sft":
+        from mellama_jax.model.lora import spec_from_config
+        from mellama_jax.sft.chat import template_names
+        if config.data.chat_template not in template_names():
+            raise ConfigError(f"config.data.chat_template={config.data.chat_template!r}: expected one of "
+                              f"{list(template_names())}")
+        try:
+            spec_from_config(config.get("lora"))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
     from mellama_jax.checkpoint.model_spec import model_overrides
+    from mellama_jax.model.presets import PRESETS
     if config.model.preset not in PRESETS:
         raise ConfigError(f"config.model.preset={config.model.preset!r}: expected one of "
                           f"{sorted(PRESETS)}")
@@ -84,6 +104,18 @@ def validate(config) -> None:
     if config.model.init_from and not os.path.exists(os.path.expanduser(config.model.init_from)):
         raise ConfigError(f"config.model.init_from={config.model.init_from!r}: no such path")
     _validate_model_source(config)
+
+
+def _validate_eval_checkpoint(config) -> None:
+    """config.checkpoint must be a model artifact with a tokenizer (its own or config.tokenizer_path)."""
+    from mellama_jax.checkpoint.artifact import resolve_artifact
+    try:
+        artifact = resolve_artifact(config.checkpoint)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"config.checkpoint={config.checkpoint!r}: {err}") from err
+    if not artifact.tokenizer_file and not config.get("tokenizer_path"):
+        raise ConfigError(f"config.checkpoint={config.checkpoint!r}: no tokenizer.model travels with it "
+                          f"({artifact.root}); set config.tokenizer_path")
 
 
 def _validate_model_source(config) -> None:
@@ -132,12 +164,19 @@ def main(argv: list[str]) -> None:
     if "distributed" in config:
         maybe_initialize_distributed(config.distributed)
     import jax
-    if jax.process_index() == 0:
-        logging.info("resolved config saved to %s", save_config(config, workdir))
+    from mellama_jax.train import workdir_lock
+    try:  # one run per workdir, taken before anything is written into it
+        lock = workdir_lock.acquire(workdir, jax.process_index())
+    except workdir_lock.WorkdirLocked as err:
+        print(f"launch.py: {err}", file=sys.stderr)
+        sys.exit(3)
+    with lock:
+        if jax.process_index() == 0:
+            logging.info("resolved config saved to %s", save_config(config, workdir))
 
-    module_name, fn_name = TASKS[config.task]
-    import importlib
-    getattr(importlib.import_module(module_name), fn_name)(config, workdir)
+        module_name, fn_name = TASKS[config.task]
+        import importlib
+        getattr(importlib.import_module(module_name), fn_name)(config, workdir)
 
 
 if __name__ == "__main__":

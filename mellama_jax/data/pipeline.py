@@ -46,6 +46,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from mellama_jax.data.config import parse_mixture_stages, resolved_data_config, source_paths
 from mellama_jax.data.sources.readers import expand_paths, iter_documents
 from mellama_jax.data.sources.report import BadInputReport, DataError
 from mellama_jax.data.sources.splits import split_of
@@ -104,8 +105,11 @@ class TokenizedDocs:
 
 def _fingerprint(name: str, src: dict[str, Any]) -> str:
     """Hash of the source config and its matched files (path, size, mtime)."""
-    files = expand_paths(name, list(src["paths"]), src["format"])
+    files = expand_paths(name, list(source_paths(src)), src["format"])
     stats = [(p, os.path.getsize(p), int(os.path.getmtime(p))) for p in files]
+    if src.get("exclude_ids"):  # the list's content, not only its name, decides what is dropped
+        from mellama_jax.data.doc_filters import exclude_ids_sha256
+        stats.append(("exclude_ids", exclude_ids_sha256(src["exclude_ids"])))
     blob = json.dumps({"v": _PIPELINE_VERSION, "name": name, "src": src, "files": stats}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -440,6 +444,11 @@ class TrainPipeline:
         self.tokenizer = tokenizer
         self.vocab_size = self.tokenizer.vocab_size
 
+        # Spec applied, perplexity text set added as an eval-only source (see data/config.py).
+        try:
+            data_config = self.config = resolved_data_config(data_config)
+        except ValueError as err:
+            raise DataError(str(err)) from None
         mixture = {k: float(v) for k, v in dict(data_config.mixture).items()}
         for name, w in mixture.items():
             if name not in data_config.sources:
@@ -447,38 +456,59 @@ class TrainPipeline:
                                 f"({sorted(data_config.sources.keys())})")
             if w < 0:
                 raise DataError(f"data.mixture.{name}={w}: weights must be >= 0")
-        self.source_names = [n for n, w in mixture.items() if w > 0]
-        if not self.source_names:
+        try:
+            self.stages = parse_mixture_stages(str(data_config.get("mixture_stages", "") or ""), mixture)
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        # Every source with a mixture entry is loaded and evaluated; one whose weight is 0 in every
+        # stage is never drawn for training (eval only: forgetting / held-out measures).
+        self.source_names = list(mixture)
+        if not any(w > 0 for w in mixture.values()):
             raise DataError("data.mixture: every weight is zero; nothing to train on")
+        self._trained = [any(st.weights[n] > 0 for st in self.stages) for n in self.source_names]
         weights = np.array([mixture[n] for n in self.source_names])
-        self.weights = weights / weights.sum()  # target token fractions
+        self.weights = weights / weights.sum()  # target token fractions (of the first stage)
 
         self._reports: dict[str, BadInputReport] = {}
         self._docs: dict[str, dict[str, TokenizedDocs]] = {}
         self._rows, self._eval_rows = [], {}
         self._timings = {}
-        for name in self.source_names:
+        for name, trained in zip(self.source_names, self._trained):
             t0 = time.perf_counter()
-            docs, report = load_source_tokens(name, data_config, self.tokenizer, self.process_index,
-                                              self.process_count)
+            docs, report = self._load_source(name, data_config)
             self._timings[name] = time.perf_counter() - t0
             self._reports[name], self._docs[name] = report, docs
-            if docs["train"].num_docs == 0:
+            if trained and docs["train"].num_docs == 0:
                 raise DataError(
                     f"source {name!r} has mixture weight {mixture[name]} but its train split is empty on "
                     f"host {self.process_index}/{self.process_count} (paths {list(data_config.sources[name].paths)}, "
                     f"{report.good} documents read, eval_fraction {data_config.sources[name].eval_fraction})")
-            self._rows.append(self._make_rows(docs["train"]))
+            self._rows.append(self._make_rows(docs["train"]) if trained
+                              else ConcatRows(np.zeros(0, np.int32), self.seq_len))
             self._eval_rows[name] = self._make_rows(docs["eval"], True) if docs["eval"].num_docs else None
             log.info("data: %s", report.summary())
         # Rows are drawn with probability ~ weight / fill so that *token* fractions match the weights
         # even when packed rows of different sources carry different amounts of padding.
-        row_p = self.weights / np.array([r.fill for r in self._rows])
-        self.row_probs = row_p / row_p.sum()
-        self._cum = np.cumsum(self.row_probs)
-        self._cum[-1] = 1.0
+        fills = np.array([r.fill if r.num_rows else 1.0 for r in self._rows])
+        self._stage_cums = [self._cum_weights(st.weights, fills) for st in self.stages]
+        self.row_probs = np.diff(np.concatenate([[0.0], self._stage_cums[0]]))
+        self._cum = self._stage_cums[0]
         self._count_cache: dict[int, np.ndarray] = {0: np.zeros(len(self.source_names), np.int64)}
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def _cum_weights(self, weights: dict[str, float], fills: np.ndarray) -> np.ndarray:
+        """Cumulative row-draw probabilities of one stage; the last drawable source ends at exactly 1,
+        so a zero-weight source after it is never drawn."""
+        w = np.array([weights[n] for n in self.source_names], np.float64)
+        w = w / w.sum()
+        row_p = w / fills
+        cum = np.cumsum(row_p / row_p.sum())
+        cum[int(np.flatnonzero(w > 0)[-1]):] = 1.0
+        return cum
+
+    def _load_source(self, name: str, data_config) -> tuple[dict[str, TokenizedDocs], BadInputReport]:
+        """Train/eval documents of one source (the SFT pipeline, mellama_jax.sft.data, overrides this)."""
+        return load_source_tokens(name, data_config, self.tokenizer, self.process_index, self.process_count)
 
     def _make_rows(self, docs: TokenizedDocs, for_eval: bool = False):
         if self.packing == "concat":
@@ -486,8 +516,28 @@ class TrainPipeline:
         return pack_rows(docs, self.seq_len)
 
     # --- mixture bookkeeping -------------------------------------------------------------------
+    def stage_of(self, step: int) -> int:
+        """Index of the mixture stage that `step` (0-based) trains in."""
+        return max(i for i, st in enumerate(self.stages) if st.start_step <= step)
+
     def _choices(self, r0: int, r1: int) -> np.ndarray:
-        return mixture_choices(self.seed, self.process_index, np.arange(r0, r1, dtype=np.int64), self._cum)
+        """Source of each host row in [r0, r1): each row drawn with the weights of its step's stage."""
+        b = self.local_batch
+        parts = []
+        for i, st in enumerate(self.stages):
+            end = self.stages[i + 1].start_step * b if i + 1 < len(self.stages) else r1
+            lo, hi = max(r0, st.start_step * b), min(r1, end)
+            if lo < hi:
+                parts.append(mixture_choices(self.seed, self.process_index, np.arange(lo, hi, dtype=np.int64),
+                                             self._stage_cums[i]))
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def stage_row_counts(self, step: int) -> tuple[int, np.ndarray]:
+        """(stage of the last step before `step`, this host's rows per source drawn in that stage up
+        to `step`, then their total): realised stage fractions, a pure function like the batches."""
+        stage = self.stage_of(max(step - 1, 0))
+        counts = self._counts_before(step) - self._counts_before(self.stages[stage].start_step)
+        return stage, np.concatenate([counts, [counts.sum()]]).astype(np.int64)
 
     def _counts_before(self, step: int) -> np.ndarray:
         """How many rows of each source the host drew before `step` (cached every _COUNT_STRIDE steps)."""
@@ -565,9 +615,12 @@ class TrainPipeline:
     # --- bookkeeping ---------------------------------------------------------------------------
     def state(self) -> dict:
         """Nothing to save beyond these checks: batches are a pure function of (seed, step, host)."""
-        return {"kind": "stateless", "seed": self.seed, "packing": self.packing, "seq_len": self.seq_len,
-                "sources": self.source_names,
-                "rows": {n: int(r.num_rows) for n, r in zip(self.source_names, self._rows)}}
+        state = {"kind": "stateless", "seed": self.seed, "packing": self.packing, "seq_len": self.seq_len,
+                 "sources": self.source_names,
+                 "rows": {n: int(r.num_rows) for n, r in zip(self.source_names, self._rows)}}
+        if len(self.stages) > 1:
+            state["stages"] = [[st.start_step, [st.weights[n] for n in self.source_names]] for st in self.stages]
+        return state
 
     def fingerprint(self) -> dict:
         """What this run's data is (for checkpoint provenance): per-source config + file stats

@@ -27,7 +27,7 @@ from mellama_jax.train import metrics as metrics_lib
 from mellama_jax.train import optim
 from mellama_jax.train import state as state_lib
 from mellama_jax.train import step as step_lib
-from mellama_jax.train.checkpointing import Checkpointer, write_model_config
+from mellama_jax.train.checkpointing import Checkpointer, NonFiniteStateError, write_model_config
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ def build_pipeline(config: Any, vocab_size: int | None, tokenizer: Any = None) -
             vocab_size=int(vocab_size), seq_len=int(data.seq_len), global_batch_size=gbs,
             process_index=jax.process_index(), process_count=jax.process_count(),
             seed=int(data.seed), source_names=names, mixture=weights)
+    if config.get("task") == "sft":  # instruction data: prompt-masked examples, same mixture machinery
+        from mellama_jax.sft.data import build_sft_pipeline
+        return build_sft_pipeline(data, global_batch_size=gbs, process_index=jax.process_index(),
+                                  process_count=jax.process_count(), tokenizer=tokenizer)
     from mellama_jax.data.pipeline import build_train_pipeline
     return build_train_pipeline(data, global_batch_size=gbs, process_index=jax.process_index(),
                                 process_count=jax.process_count(), tokenizer=tokenizer)
@@ -128,6 +132,16 @@ class Trainer:
         self.abstract_params = param_shapes(model_config)
         self.param_shardings = shd.logical_to_sharding(
             param_logical_axes(model_config), mesh, self.rules, self.abstract_params)
+        # LoRA (config.lora.enabled): the state's params are the adapters; the base is frozen, an
+        # argument of the step outside the state (no gradient, no optimizer state, never saved again).
+        from mellama_jax.model import lora as lora_lib
+        self.lora = lora_lib.spec_from_config(config.get("lora"))
+        self.frozen_shapes = self.frozen_shardings = self._frozen = None
+        if self.lora is not None:
+            self.frozen_shapes, self.frozen_shardings = self.abstract_params, self.param_shardings
+            self.abstract_params = lora_lib.adapter_shapes(model_config, self.lora)
+            self.param_shardings = shd.logical_to_sharding(
+                lora_lib.adapter_logical_axes(model_config, self.lora), mesh, self.rules, self.abstract_params)
         self.shardings = state_lib.state_shardings(
             self.optimizer, self.abstract_params, self.param_shardings, mesh)
         # Concatenated windows (and synthetic rows) are plain causal: no segment ids needed.
@@ -137,10 +151,36 @@ class Trainer:
                 model_config, self.optimizer, self.schedule, mesh,
                 micro_batches=int(config.train.micro_batches),
                 loss_impl=config.train.loss_impl, z_loss=float(config.train.z_loss),
-                packed_documents=packed),
-            self.shardings, mesh, self.rules)
+                packed_documents=packed, lora=self.lora),
+            self.shardings, mesh, self.rules, self.frozen_shardings)
         self.eval_step = step_lib.make_eval_step(
-            model_config, mesh, self.rules, self.param_shardings, config.train.loss_impl, packed)
+            model_config, mesh, self.rules, self.param_shardings, config.train.loss_impl, packed,
+            lora=self.lora, frozen_shardings=self.frozen_shardings)
+        # The jitted step itself, (state, batch[, frozen LoRA base]) -> (state, metrics): what
+        # mellama_jax.plan lowers and compiles ahead of time for a TPU topology.
+        self.jitted_train_step = self.train_step
+        if self.lora is not None:  # callers keep calling step(state, batch) / eval(params, batch)
+            jitted_train, jitted_eval = self.train_step, self.eval_step
+            self.train_step = lambda state, batch: jitted_train(state, batch, self.frozen_params())
+            self.eval_step = lambda params, batch: jitted_eval(params, batch, self.frozen_params())
+
+    def frozen_params(self) -> Any:
+        """The LoRA base, loaded once onto its shardings: init_from's weights, else a seeded random
+        init (tiny tests), so a resumed run sees the very same base."""
+        if self._frozen is None:
+            from mellama_jax.checkpoint.model_spec import init_artifact
+            artifact = init_artifact(self.config.model)
+            target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  self.frozen_shapes, self.frozen_shardings)
+            if artifact is None:
+                init_key = jax.random.split(jax.random.PRNGKey(int(self.config.seed)))[0]
+                params = jax.jit(lambda: init_params(self.model_config, init_key),
+                                 out_shardings=self.frozen_shardings)()
+            else:
+                params = artifact.load_params(target)
+            self._frozen = jax.tree.map(lambda p, t: jax.device_put(p.astype(t.dtype), t.sharding),
+                                        params, target)
+        return self._frozen
 
     def abstract_state(self) -> state_lib.TrainState:
         return state_lib.abstract_state(self.optimizer, self.abstract_params, self.shardings)
@@ -148,6 +188,11 @@ class Trainer:
     def init_state(self, seed: int) -> state_lib.TrainState:
         init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
         from mellama_jax.checkpoint.model_spec import init_artifact
+        if self.lora is not None:
+            from mellama_jax.model.lora import init_adapters
+            lora_key = jax.random.fold_in(init_key, 0x10A)
+            return state_lib.create_state(lambda: init_adapters(self.model_config, self.lora, lora_key),
+                                          self.optimizer, state_key, self.shardings)
         artifact = init_artifact(self.config.model)
         if artifact is None:
             return state_lib.create_state(lambda: init_params(self.model_config, init_key),
@@ -183,6 +228,21 @@ def global_source_fractions(counts: np.ndarray, names: list[str]) -> dict[str, f
     return {n: float(counts[i]) / total for i, n in enumerate(names)}
 
 
+def global_counts(counts: np.ndarray) -> np.ndarray:
+    """Sum of a per-process count vector over all processes (every process calls it at the same step)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        counts = np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, counts.size).sum(0)
+    return np.asarray(counts, np.int64)
+
+
+def tokens_seen_from_meta(meta: dict | None, names: list[str]) -> np.ndarray:
+    """Loss tokens per source a checkpoint had seen (its meta "source_tokens"; 0 for older ones)."""
+    seen = (meta or {}).get("source_tokens") or {}
+    return np.asarray([int(seen.get(n, 0)) for n in names], np.int64)
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -211,12 +271,26 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def _check_finite(step: int, values: dict) -> None:
+def _check_finite(step: int, values: dict, last_good: Any = None) -> None:
     for key in ("loss", "grad_norm"):
         if key in values and not math.isfinite(float(values[key])):
             raise NonFiniteLossError(
-                f"step {step}: {key} is {values[key]}; stopping. The last checkpoint (saved "
-                f"before this step) is intact; lower config.optim.learning_rate or check the data.")
+                f"step {step}: {key} is {values[key]}; stopping. {last_good() if last_good else ''}"
+                "Lower config.optim.learning_rate or check the data.")
+
+
+def _last_good(ckpt: Checkpointer) -> str:
+    """What is actually on disk, not what should be: the newest committed step and whether its
+    state was checked finite when it was saved (Checkpointer.save records that in meta)."""
+    ckpt.wait()
+    step = ckpt.latest_step()
+    if step is None:
+        return "No checkpoint has been written yet. "
+    meta = ckpt.read_meta(step) or {}
+    verified = (meta.get("integrity") or {}).get("finite") is True
+    return (f"The newest checkpoint is step {step} ({ckpt.directory}/{step}); "
+            + ("its state was checked finite before it was saved. " if verified else
+               "it was written without an integrity record, so its values are not verified. "))
 
 
 def _say(msg: str) -> None:
@@ -225,7 +299,19 @@ def _say(msg: str) -> None:
 
 
 def run(config: Any, workdir: str) -> dict:
-    """Trains per ``config`` in ``workdir``; returns the last logged metrics."""
+    """Trains per ``config`` in ``workdir``; returns the last logged metrics.
+
+    Every numeric config value is range-checked first, and the workdir is locked for this run
+    (a second writer fails at once naming the holder; see workdir_lock).
+    """
+    from mellama_jax.config_validation import validate_config
+    from mellama_jax.train import workdir_lock
+    validate_config(config)
+    with workdir_lock.acquire(workdir):
+        return _run(config, workdir)
+
+
+def _run(config: Any, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     mesh = shd.make_mesh(config.mesh)
@@ -248,30 +334,46 @@ def run(config: Any, workdir: str) -> dict:
         model_config = resolve_model_config(config, tokenizer.vocab_size)
         check_training_tokenizer(config, tokenizer, tokenizer_file, model_config)
         pipeline = build_pipeline(config, None, tokenizer)
+        if hasattr(pipeline, "steps_for_epochs") and float(config.train.get("epochs", 0) or 0) > 0:
+            rows = int(global_counts(np.asarray([pipeline.epoch_rows()], np.int64))[0])
+            config.train.steps = pipeline.steps_for_epochs(float(config.train.epochs), rows)
+            _say(f"{float(config.train.epochs):g} epochs of {rows} rows = {config.train.steps} steps")
     seq_len = int(config.data.seq_len)
     _say(f"model: {model_config.num_params() / 1e6:.2f}M params, vocab {model_config.vocab_size}, "
          f"dtype {model_config.dtype}, attention {model_config.attention_impl}")
 
     trainer = Trainer(config, model_config, mesh)
     ckpt = Checkpointer(workdir, keep=int(config.train.keep_checkpoints),
-                        async_save=bool(config.train.async_checkpointing))
+                        async_save=bool(config.train.async_checkpointing),
+                        params_item="adapters" if trainer.lora is not None else "params")
     write_artifact(ckpt.directory, config, model_config, tokenizer_file, pipeline)
     writer = metrics_lib.MetricsWriter(workdir)
 
-    latest = ckpt.latest_step()
+    # The newest checkpoint that restores and matches its fingerprint; corrupt newer ones are
+    # moved to checkpoints.corrupt/ and named. metrics.jsonl is rewritten from the restored step
+    # (0 for a fresh start: rows of a run killed before its first checkpoint are redone).
+    state, meta, latest, skipped = ckpt.restore_latest(trainer.abstract_state())
+    for msg in skipped:
+        _say(msg)
+    writer.truncate_after(latest or 0)
     if latest is not None:
-        state, meta = ckpt.restore(trainer.abstract_state(), latest)
         if meta.get("data_state") is not None and hasattr(pipeline, "restore"):
             pipeline.restore(meta["data_state"])
-        writer.truncate_after(latest)
         _say(f"resumed from {ckpt.directory}/{latest}")
     else:
+        if skipped:
+            _say(f"no usable checkpoint in {ckpt.directory}; starting from scratch")
         state = trainer.init_state(int(config.seed))
 
     total = int(config.train.steps)
     start = int(jax.device_get(state.step))
     names = list(pipeline.source_names)
     eval_sets = {n: None for n in names}  # filled lazily at the first evaluation
+    # data/<source>/tokens: loss tokens seen since step 0 = the checkpoint's count + this run's
+    # (per process, summed over processes at log and checkpoint steps).
+    seen = {"base": tokens_seen_from_meta(meta if latest is not None else None, names),
+            "local": np.zeros(len(names) + 1, np.int64)}
+    stages = getattr(pipeline, "stages", None) or []
     peak = metrics_lib.resolve_peak_tflops(float(config.hardware.peak_tflops))
     flops_tok = metrics_lib.flops_per_token(model_config, seq_len)
     tokens_per_step = int(config.train.global_batch_size) * seq_len
@@ -281,8 +383,10 @@ def run(config: Any, workdir: str) -> dict:
     delay = float(config.train.get("debug_step_delay_s", 0.0))
 
     def data_meta() -> dict:
+        tokens = seen["base"] + global_counts(seen["local"])[:-1]
         return {"data_state": pipeline.state() if hasattr(pipeline, "state") else None,
-                "mesh": dict(mesh.shape), "process_count": jax.process_count()}
+                "mesh": dict(mesh.shape), "process_count": jax.process_count(),
+                "source_tokens": {n: int(t) for n, t in zip(names, tokens)}}
 
     def evaluate(step: int) -> dict:
         out = {}
@@ -294,8 +398,9 @@ def run(config: Any, workdir: str) -> dict:
                 sums = jax.device_get(trainer.eval_step(state.params, trainer.global_batch(local)))
                 nll, weight = nll + float(sums.nll), weight + float(sums.weight)
             out[f"eval/{n}/loss"] = nll / max(weight, 1.0)
+            out[f"eval/{n}/perplexity"] = math.exp(min(out[f"eval/{n}/loss"], 700.0))
         _say(f"eval @ step {step}: " + ", ".join(f"{k.split('/')[1]} {v:.4f}"
-                                                    for k, v in out.items()))
+                                                    for k, v in out.items() if k.endswith("/loss")))
         return out
 
     preempt = _Preemption()
@@ -307,9 +412,10 @@ def run(config: Any, workdir: str) -> dict:
     def resolve(done: int, device_metrics: dict, source_tokens: np.ndarray, force_log: bool = False) -> None:
         nonlocal last
         values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        _check_finite(done, values)
+        _check_finite(done, values, lambda: _last_good(ckpt))
         window["steps"] += 1
         window["tokens"] += source_tokens
+        seen["local"] += source_tokens
         if not (done % log_every == 0 or done == total or force_log):
             return
         dt = max(timer.lap() - window["excluded"], 1e-9)  # eval / checkpoint time excluded
@@ -326,6 +432,13 @@ def run(config: Any, workdir: str) -> dict:
             record["z_loss"] = values["z_loss"]
         for n, f in global_source_fractions(window["tokens"], names).items():
             record[f"data/{n}/fraction"] = f
+        for n, t in zip(names, seen["base"] + global_counts(seen["local"])[:-1]):
+            record[f"data/{n}/tokens"] = int(t)
+        if len(stages) > 1:  # mixture schedule: the stage and its realised row shares so far
+            stage, rows = pipeline.stage_row_counts(done)
+            record["data/stage"] = stage
+            for n, f in global_source_fractions(rows, names).items():
+                record[f"data/{n}/stage_fraction"] = f
         window["steps"] = 0
         window["tokens"] = np.zeros(len(names) + 1, np.int64)
         writer.write(done, record)
@@ -355,7 +468,13 @@ def run(config: Any, workdir: str) -> dict:
                 writer.write(done, ev)
                 last.update(ev)
             if due_ckpt:
-                ckpt.save(state, data_meta())
+                try:
+                    ckpt.save(state, data_meta())  # checks the updated state finite first
+                except NonFiniteStateError as err:
+                    raise NonFiniteLossError(
+                        f"step {done}: the updated state is not finite ({err}); not saved. "
+                        f"{_last_good(ckpt)}Lower config.optim.learning_rate or check the data."
+                    ) from None
             window["excluded"] += time.perf_counter() - t_aside if (due_eval or due_ckpt) else 0.0
             if preempted:
                 _say(f"SIGTERM: checkpointed step {done} to {ckpt.directory}; exiting")
