@@ -77,6 +77,19 @@ def _generate(params, prompt_tokens, prompt_mask, rng, *, config: LlamaConfig, m
     return jax.lax.while_loop(keep_going, step, state)[3]
 
 
+def _last_column_all_ones(mask: jax.Array) -> bool:
+    """Whether every row's last prompt slot is real; on a multi-process array each process checks the
+    rows it holds (the others are checked by their own processes)."""
+    if mask.is_fully_addressable:
+        return bool(np.all(np.asarray(mask)[:, -1] != 0))
+    last = mask.shape[1] - 1
+    for shard in mask.addressable_shards:
+        columns = range(mask.shape[1])[shard.index[1]]
+        if last in columns and np.any(np.asarray(shard.data)[:, columns.index(last)] == 0):
+            return False
+    return True
+
+
 def generate(config: LlamaConfig, params, prompt_tokens, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, eos_id: int | None = None, rng: jax.Array | None = None,
              prompt_mask=None) -> jnp.ndarray:
@@ -84,7 +97,9 @@ def generate(config: LlamaConfig, params, prompt_tokens, max_new_tokens: int, te
 
     Batches of different prompt lengths are left-padded, with `prompt_mask` (1 = real token) saying
     which tokens are real. Greedy when temperature is 0. After `eos_id` a row emits padding
-    (`config.pad_token_id`, or 0); `eos_id=None` never stops early.
+    (`config.pad_token_id`, or 0); `eos_id=None` never stops early. `params` are the model's params,
+    or `decode.prepare_params(config, params)` computed once for many calls. Inputs may be global
+    arrays sharded over several processes.
     """
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_tokens.ndim != 2:
@@ -94,7 +109,7 @@ def generate(config: LlamaConfig, params, prompt_tokens, max_new_tokens: int, te
     prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
     if prompt_mask.shape != prompt_tokens.shape:
         raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_tokens shape {prompt_tokens.shape}")
-    if np.any(np.asarray(prompt_mask)[:, -1] == 0):
+    if not _last_column_all_ones(prompt_mask):
         raise ValueError("prompts must be left-padded: the last column of prompt_mask must be all ones")
     total = prompt_tokens.shape[1] + max_new_tokens
     if total > config.max_position_embeddings:
