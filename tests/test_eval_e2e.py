@@ -221,7 +221,10 @@ def test_few_shot_truncation_and_max_examples(env, tmp_path):
     fs = r["pubmedqa"]["few_shot"]
     assert fs["k"] == 2 and len(fs["demo_ids"]) == 2 and set(fs["demo_ids"]) <= {str(1000 + i) for i in range(5)}
     recs = _read(tmp_path / "w" / "predictions" / "pubmedqa.jsonl")
-    assert recs[0]["prompt"].count("\nInput: ") == 3
+    # mellama-release's PubMedQA prompt has no examples slot: demonstrations come first, each the filled
+    # prompt and its answer
+    assert recs[0]["prompt"].count("The answer is:\n") == 3
+    assert recs[0]["prompt"].split("The answer is:\n")[1].startswith(("yes\n\n", "no\n\n", "maybe\n\n"))
     assert r["pubmedqa"]["truncated_prompts"] == 2  # 128-token window: every prompt was cut from the left
 
 

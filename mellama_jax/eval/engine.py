@@ -104,15 +104,16 @@ def _take_rows(cache: dict, rows, config):
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _continuation_logprobs(params, cache, rows, tokens, positions, cache_index, *, config):
+@functools.partial(jax.jit, static_argnames=("config", "cache_index"))
+def _continuation_logprobs(params, cache, rows, tokens, positions, *, cache_index, config):
     """log p(tokens[:, t+1] | prefix of row `rows[i]` in `cache`, tokens[:, :t+1]): [b, r-1] float32.
     Each continuation row reads the cached prefix of its group (gathered on device)."""
     from mellama_jax.model.llama import Llama
 
     own = _take_rows(cache, rows, config)
     logits, _ = Llama(config).apply({"params": params}, tokens, positions=positions,
-                                    segment_ids=jnp.ones_like(tokens), cache=own, cache_index=cache_index)
+                                    segment_ids=jnp.ones_like(tokens), cache=own,
+                                    cache_index=jnp.int32(cache_index))
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
@@ -343,7 +344,7 @@ class Engine:
                 self._shape("loglik_continuation", rows, rest)
                 with self._context():
                     lp = _continuation_logprobs(self.params, cache, self._put(owner), self._put(cont),
-                                                self._put(pos), jnp.int32(plen), config=self.model_config)
+                                                self._put(pos), cache_index=int(plen), config=self.model_config)
                 lp = self._get(lp).astype(np.float64)
                 for r, (g, p, i) in enumerate(part):
                     # seq token t+1 (t >= p) is predicted at continuation index t - p
