@@ -1,0 +1,410 @@
+"""lm-evaluation-harness model `mellama_jax`: any lm-eval task on a mellama-jax checkpoint, on a mesh.
+
+    python -m mellama_jax.eval.lm_eval_cli --model mellama_jax \
+        --model_args checkpoint=PATH,mesh_tensor=4 --tasks mmlu_clinical_knowledge --batch_size 16
+
+The adapter follows the request semantics of lm-eval's Hugging Face backend (`--model hf`) token for
+token, so the two give the same numbers for the same weights (tests/test_lm_eval_parity.py):
+  * loglikelihood: context and continuation split as lm-eval's TemplateLM does (encode context +
+    continuation, then the context; trailing context whitespace moves to the continuation; an empty
+    context is the BOS token); the model reads (context + continuation)[:-1], cut from the left to
+    max_length tokens, and the continuation is scored from the last len(continuation) positions;
+    is_greedy says every continuation token is the argmax.
+  * loglikelihood_rolling: lm-eval's own disjoint rolling windows (BOS-prefixed, max_length each).
+  * generate_until: greedy on the project's jitted KV-cache decode loop (Engine.generate), contexts
+    cut from the left to max_length - max_gen_toks, EOS ends a row, the text is cut at the first stop
+    sequence (lm-eval's `until`), exactly as the HF backend post-processes its generations.
+  * strings that contain the tokenizer's special-token text (`<s>`, `</s>`, as chat templates write
+    them) become those ids, as a Hugging Face tokenizer does.
+
+Weights, tokenizer and mesh come from `mellama_jax.eval.engine.load_engine`, so everything the
+project reads (HF directory, Orbax checkpoint, training or instruction-tuning workdir, LoRA adapters)
+works. Requests are sorted by length and run in (batch rows, power-of-two length) buckets so each
+shape compiles once; the batch is split over the mesh's data axes, the weights over its tensor axis.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+from typing import Any, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm import tqdm
+
+from mellama_jax.eval.engine import bucket_length
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MellamaJaxLM", "MODEL_NAME", "TASKS_DIR", "score_continuations"]
+
+MODEL_NAME = "mellama_jax"
+# The project's lm-eval task YAMLs (local data only), e.g. pubmedqa_mellama.
+TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lm_eval_tasks")
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HF backend default
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _target_scores(params, inputs, targets, *, config):
+    """(log p(targets[:, t] | inputs[:, :t+1]), argmax of that distribution) for every t, float32/int32.
+
+    Right padding is harmless: attention is causal and padded positions are never read."""
+    from mellama_jax.model.llama import Llama
+
+    logits = Llama(config).apply({"params": params}, inputs)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    target_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return target_logp, jnp.argmax(logp, axis=-1).astype(jnp.int32)
+
+
+def score_continuations(engine, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int,
+                        progress: Any = None) -> list[tuple[float, bool]]:
+    """(sum of log p(continuation | context), continuation == greedy tokens) for token-id pairs.
+
+    lm-eval's causal-LM protocol: the input is (context + continuation)[-(max_length + 1):][:-1], so a
+    rolling window of exactly max_length + 1 tokens (the last one only a target) needs no cut. Pairs
+    are sorted longest first and batched in `engine`'s (rows, power-of-two length) buckets.
+    """
+    pad = 0 if engine.model_config.pad_token_id is None else int(engine.model_config.pad_token_id)
+    inputs, targets = [], []
+    for ctx, cont in pairs:
+        cont = list(cont)
+        if not cont:
+            raise ValueError("lm-eval request with an empty continuation")
+        if len(cont) > max_length:
+            raise ValueError(f"continuation of {len(cont)} tokens is longer than max_length={max_length}")
+        whole = (list(ctx) + cont)[-(max_length + 1):]
+        if len(whole) < 2:
+            raise ValueError("lm-eval request with no context token (the BOS prefix is missing)")
+        inputs.append(whole[:-1])
+        targets.append(whole[1:])
+    order = sorted(range(len(pairs)), key=lambda i: (-len(inputs[i]), i))
+    rows = engine._rows(len(pairs))
+    out: list[tuple[float, bool] | None] = [None] * len(pairs)
+    for start in range(0, len(order), rows):
+        chunk = order[start:start + rows]
+        length = bucket_length(len(inputs[chunk[0]]), max_length)
+        tok = np.full((rows, length), pad, np.int32)
+        tgt = np.zeros((rows, length), np.int32)
+        for r, i in enumerate(chunk):
+            tok[r, :len(inputs[i])] = inputs[i]
+            tgt[r, :len(targets[i])] = targets[i]
+        engine.stats.setdefault("compiled_shapes", set()).add(("lm_eval_loglik", rows, length))
+        with engine._context():
+            lp, greedy = _target_scores(engine.params, engine._put(tok), engine._put(tgt),
+                                        config=engine.model_config)
+        lp, greedy = engine._get(lp).astype(np.float64), engine._get(greedy)
+        for r, i in enumerate(chunk):
+            n, c = len(targets[i]), len(pairs[i][1])
+            span = slice(n - c, n)
+            out[i] = (float(lp[r, span].sum()), bool(np.all(greedy[r, span] == tgt[r, span])))
+        if progress is not None:
+            progress.update(len(chunk))
+    return out  # type: ignore[return-value]
+
+
+def _mesh_config(data: int, fsdp: int, tensor: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(data=int(data), fsdp=int(fsdp), tensor=int(tensor))
+
+
+@register_model(MODEL_NAME)
+class MellamaJaxLM(TemplateLM):
+    """lm-eval `LM` over a mellama-jax Engine (model + tokenizer + mesh)."""
+
+    backend = "causal"
+
+    def __init__(self, checkpoint: str | None = None, *, engine: Any = None, tokenizer: str = "",
+                 batch_size: int | str | None = 8, max_batch_size: int | None = None, device: str | None = None,
+                 dtype: str = "", use_mesh: bool = True, mesh_data: int = -1, mesh_fsdp: int = 1,
+                 mesh_tensor: int = 1, max_length: int | None = None, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+                 chat_template: str | None = None, prefix_token_id: int | None = None,
+                 add_bos_token: bool | None = None, **unknown: Any):
+        super().__init__()
+        # lm-eval's CLI passes its generic options (and, for some tasks, metadata) to every model.
+        unknown.pop("trust_remote_code", None)
+        checkpoint = checkpoint or unknown.pop("pretrained", None)  # the HF backend's name for it
+        if unknown:
+            raise ValueError(f"--model_args: unknown argument(s) {sorted(unknown)} for --model {MODEL_NAME}; "
+                             "known: checkpoint, tokenizer, batch_size, dtype, use_mesh, mesh_data, mesh_fsdp, "
+                             "mesh_tensor, max_length, max_gen_toks, chat_template, prefix_token_id, add_bos_token")
+        rows = _batch_size(batch_size)
+        if engine is None:
+            if not checkpoint:
+                raise ValueError(f"--model {MODEL_NAME} needs --model_args checkpoint=PATH (an HF directory, an "
+                                 "Orbax checkpoint or a training / instruction-tuning workdir)")
+            from mellama_jax.eval.engine import load_engine
+
+            mesh = _mesh_config(mesh_data, mesh_fsdp, mesh_tensor) if use_mesh else None
+            engine = load_engine(str(checkpoint), tokenizer or "", batch_size=rows, mesh_config=mesh,
+                                 dtype=dtype or "", show_progress=False)
+        if device not in (None, "", "cpu", "cuda", "tpu", "auto"):
+            log.info("%s: device=%r ignored; JAX places the model on its own devices", MODEL_NAME, device)
+        self.engine = engine
+        self.checkpoint = None if checkpoint is None else os.path.abspath(str(checkpoint))
+        self.tok = engine.tokenizer
+        self._max_length = int(max_length) if max_length else int(engine.model_config.max_position_embeddings)
+        self._max_gen_toks = int(max_gen_toks)
+        self.custom_prefix_token_id = prefix_token_id
+        self.add_bos_token = add_bos_token
+        self.batch_sizes: dict = {}
+        self._specials = {self.tok.id_to_piece(self.tok.bos_id): self.tok.bos_id,
+                          self.tok.id_to_piece(self.tok.eos_id): self.tok.eos_id}
+        self._chat = _resolve_chat_template(chat_template, self.checkpoint)
+        from sentencepiece import sentencepiece_model_pb2
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        with open(self.tok.model_path, "rb") as f:
+            proto.ParseFromString(f.read())
+        self._dummy_prefix = bool(proto.normalizer_spec.add_dummy_prefix)
+
+    # --- what lm-eval reads ----------------------------------------------------------------------
+    @property
+    def eot_token_id(self) -> int:
+        return self.tok.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        if self.custom_prefix_token_id is not None:
+            return int(self.custom_prefix_token_id)
+        return self.tok.bos_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    @property
+    def batch_size(self) -> int:
+        return self.engine._rows(1)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tok.model_path.replace("/", "__")
+
+    def get_model_info(self) -> dict:
+        cfg = self.engine.model_config
+        return {"model_num_parameters": int(sum(x.size for x in jax.tree.leaves(self.engine.params))),
+                "model_dtype": str(cfg.dtype), "checkpoint": self.checkpoint,
+                "tokenizer_sha256": self.tok.sha256(),
+                "mesh": None if self.engine.mesh is None else dict(self.engine.mesh.shape)}
+
+    # --- tokenization ----------------------------------------------------------------------------
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs) -> list[int]:
+        """Token ids as lm-eval's HF backend encodes: BOS per the tokenizer config (or add_bos_token),
+        none when the text already starts with the BOS text; special-token text becomes its id."""
+        if add_special_tokens is None:
+            bos = self.tok.add_bos if self.add_bos_token is None else bool(self.add_bos_token)
+            if string.startswith(self.tok.id_to_piece(self.prefix_token_id)):
+                bos = False
+        else:
+            bos = bool(add_special_tokens)
+        ids = self._encode_with_specials(string)
+        if bos:
+            ids = [self.tok.bos_id] + ids
+        if left_truncate_len:
+            ids = ids[-left_truncate_len:]
+        return ids
+
+    def _encode_with_specials(self, string: str) -> list[int]:
+        if not any(s in string for s in self._specials):
+            return self.tok.encode(string, bos=False, eos=False)
+        from mellama_jax.sft.chat import BOS, EOS, Part, encode_parts
+
+        kinds = {self.tok.bos_id: BOS, self.tok.eos_id: EOS}
+        parts, rest = [], string
+        while rest:
+            hits = [(rest.find(s), s) for s in self._specials if s in rest]
+            if not hits:
+                parts.append(Part("text", rest))
+                break
+            pos, special = min(hits)
+            if pos:
+                parts.append(Part("text", rest[:pos]))
+            parts.append(Part(kinds[self._specials[special]]))
+            rest = rest[pos + len(special):]
+        return [int(i) for i in encode_parts(self.tok, parts)[0]]
+
+    def tok_decode(self, tokens: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text of ids as a LLaMA tokenizer.json decodes them (what lm-eval's HF backend returns).
+
+        Written here rather than taken from sentencepiece: on a run of byte-fallback pieces that is not
+        valid UTF-8 (random or weak models emit them) the Hugging Face decoder writes one U+FFFD per
+        byte, sentencepiece something else; generate_until results must not depend on the backend."""
+        tokens = [int(t) for t in ([tokens] if isinstance(tokens, (int, np.integer)) else tokens)]
+        special = {self.tok.bos_id, self.tok.eos_id, self.tok.unk_id}
+        text, run = [], bytearray()
+
+        def flush():
+            if run:
+                try:
+                    text.append(run.decode("utf-8"))
+                except UnicodeDecodeError:
+                    text.append("\ufffd" * len(run))
+                run.clear()
+
+        for t in tokens:
+            if skip_special_tokens and t in special:
+                continue
+            piece = self.tok.id_to_piece(t)
+            byte = _BYTE_PIECE.match(piece)
+            if byte:
+                run.append(int(byte.group(1), 16))
+                continue
+            flush()
+            text.append(piece.replace("\u2581", " "))
+        flush()
+        out = "".join(text)
+        return out[1:] if out.startswith(" ") and self._dummy_prefix else out
+
+    # --- log-likelihood --------------------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        pairs = [(ctx, cont) for _, ctx, cont in requests]
+        with tqdm(total=len(pairs), disable=disable_tqdm, desc="mellama_jax loglikelihood") as bar:
+            results = score_continuations(self.engine, pairs, self.max_length, progress=bar)
+        for (key, _, _), res in zip(requests, results):
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, res)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        windows, owners = [], []
+        for i, (string,) in enumerate(req.args for req in requests):
+            for w in get_rolling_token_windows(token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                                               max_seq_len=self.max_length, context_len=1):
+                windows.append(make_disjoint_window(w))
+                owners.append(i)
+        with tqdm(total=len(windows), disable=disable_tqdm, desc="mellama_jax rolling windows") as bar:
+            scores = score_continuations(self.engine, windows, self.max_length, progress=bar)
+        totals = [0.0] * len(requests)
+        for i, (lp, _) in zip(owners, scores):
+            totals[i] += lp
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    # --- generation ------------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(json.dumps(req.args[1], sort_keys=True, default=str), []).append(i)
+        out: list[str | None] = [None] * len(requests)
+        eos_text = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="mellama_jax generate_until")
+        for members in groups.values():
+            gen_kwargs = requests[members[0]].args[1]
+            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
+            max_gen = int(kwargs.pop("max_gen_toks"))
+            if kwargs.pop("do_sample", False) or float(kwargs.pop("temperature", 0.0) or 0.0) > 0:
+                raise ValueError(f"{MODEL_NAME}: generate_until supports greedy decoding only; got gen_kwargs "
+                                 f"{gen_kwargs} (task {requests[members[0]].task_name})")
+            ignored = {k: v for k, v in kwargs.items() if k not in ("top_p", "top_k", "repetition_penalty")
+                       or v not in (None, 1.0, 0, 1)}
+            if ignored:
+                log.warning("%s: generation kwargs %s are not used (greedy decoding)", MODEL_NAME, ignored)
+            cap = self.max_length - max_gen
+            if cap < 1:
+                raise ValueError(f"max_gen_toks={max_gen} leaves no room for a context in max_length="
+                                 f"{self.max_length}")
+            # lm-eval cuts contexts from the left to max_length - max_gen_toks (BOS included).
+            prompts = [self.tok_encode(requests[i].args[0], left_truncate_len=cap) for i in members]
+            _, ids, _ = self.engine.generate(prompts, max_gen, label="lm_eval generate_until")
+            for i, new_ids in zip(members, ids):
+                out[i] = postprocess_generated_text(self.tok_decode(new_ids), until, None)
+                self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
+            bar.update(len(members))
+        bar.close()
+        return out  # type: ignore[return-value]
+
+    # --- chat ------------------------------------------------------------------------------------
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        if self._chat is None:
+            raise ValueError(f"{MODEL_NAME}: --apply_chat_template needs a chat template: pass --model_args "
+                             "chat_template=NAME (none, mellama, llama2) or evaluate a checkpoint that ships one")
+        kind, template = self._chat
+        if kind == "name":
+            from mellama_jax.sft.chat import render_text
+
+            bos, eos = (self.tok.id_to_piece(self.tok.bos_id), self.tok.id_to_piece(self.tok.eos_id))
+            return render_text(template, chat_history, add_generation_prompt, bos_token=bos, eos_token=eos)
+        return _render_jinja(template, chat_history, add_generation_prompt,
+                             self.tok.id_to_piece(self.tok.bos_id), self.tok.id_to_piece(self.tok.eos_id))
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        if not chat_template or self._chat is None:
+            return None
+        kind, template = self._chat
+        if kind == "name":
+            from mellama_jax.sft.chat import hf_chat_template
+
+            return hf_chat_template(template)
+        return template
+
+
+def _batch_size(value: Any) -> int:
+    if value is None or value == "":
+        return 8
+    if isinstance(value, str) and value.startswith("auto"):
+        raise ValueError(f"--batch_size {value}: {MODEL_NAME} does not search for a batch size; pass an integer "
+                         "(rows per device call, rounded up to a multiple of the mesh's data shards)")
+    try:
+        rows = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--batch_size {value!r}: expected an integer") from None
+    if rows < 1:
+        raise ValueError(f"--batch_size {rows}: expected >= 1")
+    return rows
+
+
+def _resolve_chat_template(chat_template: str | None, checkpoint: str | None) -> tuple[str, str] | None:
+    """("name", template name from mellama_jax.sft.chat) or ("jinja", text): the explicit argument first,
+    else what the checkpoint ships (a template name or Jinja text), else None."""
+    from mellama_jax.sft.chat import template_names
+
+    if chat_template:
+        if chat_template in template_names():
+            return ("name", chat_template)
+        if os.path.isfile(chat_template):
+            with open(chat_template, encoding="utf-8") as f:
+                return ("jinja", f.read())
+        raise ValueError(f"chat_template={chat_template!r}: not a template name {template_names()} nor a Jinja file")
+    if checkpoint is None:
+        return None
+    try:
+        from mellama_jax.checkpoint.artifact import resolve_artifact
+
+        shipped = resolve_artifact(checkpoint).chat_template
+    except (ImportError, FileNotFoundError, ValueError):
+        return None
+    if not shipped:
+        return None
+    return ("name", shipped.strip()) if shipped.strip() in template_names() else ("jinja", shipped)
+
+
+def _render_jinja(template: str, messages: list[dict], add_generation_prompt: bool, bos: str, eos: str) -> str:
+    """Render a Hugging Face chat template (Jinja) as transformers does, special tokens as text."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                            bos_token=bos, eos_token=eos)
