@@ -179,6 +179,9 @@ def main() -> None:
 
     if "decode" not in skip:
         prepared = jax.jit(decode.prepare_params, static_argnums=0)(config, params)
+        if "train" in skip:  # the stacked copy is no longer needed: keep one copy of a large model
+            del params
+            gc.collect()
         out = {}
 
         def ours_generate():
