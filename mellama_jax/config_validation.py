@@ -120,6 +120,10 @@ RULES: tuple[tuple[str, Range], ...] = (
     ("batch_size", POSITIVE_INT),
     ("few_shot", NON_NEGATIVE_INT),
     ("bertscore_layer", Range(integer=True, why="-1 = last layer")),
+    ("lm_eval_bootstrap_iters", Range(lo=0, integer=True, why="0 = no bootstrap")),
+    # sweeps (configs/sweep.py): SLURM resources
+    ("slurm.gpus_per_node", NON_NEGATIVE_INT),
+    ("slurm.*", POSITIVE_INT),
     # name-based fallbacks (any depth)
     ("*learning_rate", POSITIVE),
     ("*.lr", POSITIVE),
@@ -175,8 +179,12 @@ def numeric_items(config: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
 
 
 def rule_for(key: str) -> Range | None:
+    """First rule whose pattern matches the key or a suffix of it: a config nested in another
+    (a sweep's ``base.optim.b1``, ``eval.few_shot``) is checked by the same rules."""
+    parts = key.split(".")
+    suffixes = [".".join(parts[i:]) for i in range(len(parts))]
     for pattern, rng in RULES:
-        if fnmatch.fnmatchcase(key, pattern):
+        if any(fnmatch.fnmatchcase(k, pattern) for k in suffixes):
             return rng
     return None
 
