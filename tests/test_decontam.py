@@ -70,9 +70,15 @@ def test_planted_overlaps_found_no_false_hits_and_exclude_list_drops_them(tmp_pa
     _write_benchmarks(bench)
     corpus = tmp_path / "train.jsonl"
     n_docs = _write_corpus(corpus)
+    inst = tmp_path / "inst.jsonl"  # instruction data: the MedQA question planted in an input field
+    inst.write_text(json.dumps({"id": "i0", "instruction": "Answer the question.", "input": MEDQA_QUESTION,
+                                "output": "Central retinal artery occlusion."}) + "\n"
+                    + json.dumps({"id": "i1", "instruction": "Summarise.", "input": "tok1 tok2 tok3",
+                                  "output": "Short."}) + "\n")
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "mellama_jax.data.decontaminate",
-                        "--sources_spec", f"train=jsonl:{corpus}", "--benchmarks", str(bench), "--n", "13",
+                        "--sources_spec", f"train=jsonl:{corpus};inst=instruction_jsonl:{inst}",
+                        "--benchmarks", str(bench), "--n", "13",
                         "--out", str(out), "--write_exclude"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((out / "decontamination.json").read_text())
@@ -80,11 +86,13 @@ def test_planted_overlaps_found_no_false_hits_and_exclude_list_drops_them(tmp_pa
     assert report["sources"]["train"] == {"documents": n_docs, "contaminated": 2}
     b = report["benchmarks"]
     assert b["pubmedqa"]["touched_example_indices"] == [1] and b["pubmedqa"]["documents_touched"] == {"train": 1}
-    assert b["medqa"]["touched_example_indices"] == [2] and b["medqa"]["documents_touched"] == {"train": 1}
+    assert b["medqa"]["touched_example_indices"] == [2]
+    assert b["medqa"]["documents_touched"] == {"train": 1, "inst": 1}
+    assert report["sources"]["inst"] == {"documents": 2, "contaminated": 1}
     others = [name for name, v in b.items() if name not in ("pubmedqa", "medqa") and v["examples_touched"]]
     assert others == []
     assert (out / "exclude" / "train.txt").read_text().split() == ["exact", "reformatted"]
-    assert "| pubmedqa | 3 | 2 | 1 | 1 |" in (out / "decontamination.md").read_text()
+    assert "| pubmedqa | 3 | 2 | 1 | 0 | 1 |" in (out / "decontamination.md").read_text()
     assert f"--config.data.sources.train.exclude_ids={out / 'exclude' / 'train.txt'}" in r.stdout
 
     # With n = 12 the 12-word passage counts too (the threshold is the n-gram length).

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import shutil
+
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,7 +15,7 @@ SWEEP = os.path.join(ROOT, "configs", "sweep.py")
 BASE = ["--config.base.model.num_hidden_layers=1", "--config.base.data.seq_len=16",
         "--config.base.train.global_batch_size=4", "--config.base.train.steps=4",
         "--config.base.train.log_every=2", "--config.base.train.eval_every=0",
-        "--config.base.train.checkpoint_every=0", "--config.base.train.eval_batches=1"]
+        "--config.base.train.checkpoint_every=2", "--config.base.train.eval_batches=1"]
 GRID = "--config.grid=data.mixture.clinical=0,1,4"
 
 
@@ -65,6 +67,16 @@ def test_three_point_tiny_sweep_runs_resumes_and_tabulates(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("finished, skipped") == 3 and "step " not in r.stdout
     assert (w / "sweep.csv").read_text() == first_table
+    # An interrupted point (its last checkpoint and final records gone) resumes from its checkpoint
+    # and ends with exactly the same numbers (data order and state are functions of the step).
+    point = w / "points" / "clinical=4"
+    shutil.rmtree(point / "checkpoints" / "4")
+    lines = (point / "metrics.jsonl").read_text().splitlines()
+    (point / "metrics.jsonl").write_text("".join(x + "\n" for x in lines if json.loads(x)["step"] <= 2))
+    r = sweep(w, GRID, *BASE)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("finished, skipped") == 2 and "[clinical=4] resumed" in r.stdout
+    assert (w / "sweep.csv").read_text() == first_table
     # A finished point is never reused for other settings.
     r = sweep(w, GRID, *BASE[:-5], "--config.base.train.steps=5", *BASE[-4:])
     assert r.returncode != 0 and "train.steps=4" in (r.stdout + r.stderr)
@@ -93,3 +105,28 @@ def test_grid_errors_name_the_key(tmp_path):
                       ("data.mixture.biomedical=0;data.mixture.clinical=0;data.mixture.general=0", "every data.mixture weight is 0")]:
         r = sweep(tmp_path / "w", f"--config.grid={grid}", *BASE)
         assert r.returncode != 0 and msg in (r.stdout + r.stderr), (grid, r.stderr[-2000:])
+
+
+@pytest.mark.slow
+def test_sweep_with_benchmarks_tabulates_headline_scores(tmp_path):
+    """Each point's checkpoint evaluated through configs/eval.py; the table carries the headline metric."""
+    from eval_fixtures import write_pubmedqa_tsv
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    write_pubmedqa_tsv(str(bench / "pubmedqa.tsv"), n=6)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    w = tmp_path / "sweep"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config", f"{SWEEP}:mixture",
+                        "--workdir", str(w), "--config.grid=data.mixture.clinical=0,4",
+                        "--config.base.model.preset=tiny", *BASE, "--config.base.optim.warmup_steps=1",
+                        "--config.base.data.reader=direct", f"--config.base.data.data_dir={tmp_path / 'data'}",
+                        "--config.eval.tasks=pubmedqa", f"--config.eval.data_dir={bench}",
+                        "--config.eval.protocol=loglik", "--config.eval.show_progress=false"],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = list(csv.DictReader(open(w / "sweep.csv")))
+    assert len(rows) == 2
+    for row in rows:
+        res = json.loads((w / "points" / row["point"] / "eval" / "results.json").read_text())
+        metric = res["tasks"]["pubmedqa"]["headline_metric"]
+        assert float(row[f"bench/pubmedqa/{metric}"]) == res["tasks"]["pubmedqa"]["metrics"][metric]

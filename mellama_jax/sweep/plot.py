@@ -28,13 +28,12 @@ def plot_sweep(rows: list[dict], grid_keys: list[str], path: str) -> str:
             label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(rest, label_values)) or None
             ax.plot(xs, ys, marker="o", label=label)
         ax.set_title(f"held-out {source}")
-        ax.set_xlabel(x_key.rsplit(".", 1)[-1] if x_key.startswith("data.mixture.") else x_key)
+        ax.set_xlabel(f"{x_key.rsplit('.', 1)[-1]} weight" if x_key.startswith("data.mixture.") else x_key)
         ax.set_ylabel("final eval loss")
         ax.grid(alpha=0.3)
         if rest:
             ax.legend(fontsize=8)
-    fig.suptitle("per-source held-out loss vs mixture" + (f" ({x_key} on x)" if not
-                                                           x_key.startswith("data.mixture.") else " weight"))
+    fig.suptitle("per-source held-out loss vs the mixture")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
