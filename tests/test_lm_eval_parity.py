@@ -137,3 +137,42 @@ def test_special_token_text_and_decode_match_hf_tokenizer(hf_lm, jax_lm):
         ids = hf_lm.tok_encode(text)
         assert jax_lm.tok_decode(ids) == hf_lm.tok_decode(ids)
     assert jax_lm.tok_decode([300, 7, 200, 11, 12]) == hf_lm.tok_decode([300, 7, 200, 11, 12])
+
+
+def test_orbax_checkpoint_gives_the_same_scores(env, jax_lm, tmp_path):
+    """Any checkpoint the project reads: the converter's Orbax artifact scores like the HF directory."""
+    from mellama_jax.convert import hf_to_orbax
+    from mellama_jax.eval.lm_eval_adapter import MellamaJaxLM
+
+    orbax = hf_to_orbax(env["model"], str(tmp_path / "orbax"))
+    lm = MellamaJaxLM(checkpoint=orbax, use_mesh=False, batch_size=4)
+    reqs = _requests("loglikelihood", [("Note: patient fever", " cough"), ("", "aspirin warfarin")])
+    assert lm.loglikelihood(reqs) == jax_lm.loglikelihood(reqs)
+
+
+def test_chat_template_renders_and_encodes_like_hf(env, tmp_path):
+    """--apply_chat_template: our template table vs the same template as Jinja in the HF tokenizer."""
+    import json
+    import shutil
+
+    from lm_eval.models.huggingface import HFLM
+
+    from mellama_jax.eval.lm_eval_adapter import MellamaJaxLM
+    from mellama_jax.sft.chat import hf_chat_template
+
+    hf_dir = str(tmp_path / "chat_model")
+    shutil.copytree(env["model"], hf_dir)
+    with open(f"{hf_dir}/tokenizer_config.json") as f:
+        cfg = json.load(f)
+    cfg["chat_template"] = hf_chat_template("llama2")
+    with open(f"{hf_dir}/tokenizer_config.json", "w") as f:
+        json.dump(cfg, f)
+    hf = HFLM(pretrained=hf_dir, device="cpu", dtype="float32", batch_size=2)
+    ours = MellamaJaxLM(checkpoint=env["model"], chat_template="llama2", use_mesh=False)
+    shipped = MellamaJaxLM(checkpoint=hf_dir, use_mesh=False)  # the template the checkpoint ships (Jinja)
+    history = [{"role": "system", "content": "You are a clinician."}, {"role": "user", "content": "fever?"},
+               {"role": "assistant", "content": "aspirin"}, {"role": "user", "content": "chest pain?"}]
+    for lm in (ours, shipped):
+        text = lm.apply_chat_template(history, add_generation_prompt=True)
+        assert text == hf.apply_chat_template(history, add_generation_prompt=True)
+        assert text.startswith("<s>") and lm.tok_encode(text) == hf.tok_encode(text)

@@ -89,6 +89,18 @@ def _records(samples: list[dict]) -> list[dict]:
     return out
 
 
+def _data_hashes(cfg: dict, metadata: dict) -> dict[str, dict[str, str]]:
+    """sha256 of every local file a task read: its YAML's data_files, or the files named in --metadata
+    (the custom builders' inputs, e.g. pubmedqa_file)."""
+    paths: list[str] = []
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    for v in (files.values() if isinstance(files, dict) else [files]):
+        paths += v if isinstance(v, list) else [v] if isinstance(v, str) else []
+    if cfg.get("custom_dataset"):
+        paths += [v for k, v in metadata.items() if k.endswith("_file") and isinstance(v, str)]
+    return {os.path.abspath(p): provenance.data_fingerprint(p) for p in paths if os.path.exists(p)}
+
+
 def _fmt(v) -> str:
     return "not computed" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -196,7 +208,8 @@ def run(config, workdir: str) -> dict:
             "protocol": cfg.get("output_type", "lm_eval"), "few_shot": {"k": out.get("n-shot", {}).get(name, 0)},
             "task_version": out.get("versions", {}).get(name), "task_hash": digest,
             "data": {"dataset_path": cfg.get("dataset_path"), "dataset_kwargs": cfg.get("dataset_kwargs"),
-                     "custom_dataset": bool(cfg.get("custom_dataset"))},
+                     "custom_dataset": bool(cfg.get("custom_dataset")),
+                     "sha256": _data_hashes(cfg, results["lm_eval"]["metadata"])},
         }
     results["seconds"] = round(time.time() - t0, 3)
     results["compiled_shapes"] = sorted([list(s) for s in engine.stats.get("compiled_shapes", ())], key=str)
