@@ -125,3 +125,23 @@ def test_ngram_hashes_ignore_case_whitespace_punctuation():
     assert np.array_equal(a, b) and len(a) == 3
     assert len(ngram_hashes(h(normalized_words("two words")), 3)) == 0
     assert not np.array_equal(a, ngram_hashes(h(normalized_words("the quick brown fox leaps")), 3))
+
+
+def test_instruction_tuning_sources_of_configs_sft(tmp_path):
+    """--sources configs/sft.py: instruction records (alpaca / chat messages) are checked on all messages."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    _write_benchmarks(bench)
+    recs = tmp_path / "qa.jsonl"
+    recs.write_text(json.dumps({"id": "a1", "instruction": "Answer.", "input": MEDQA_QUESTION.lower(),
+                                "output": "CRAO."}) + "\n"
+                    + json.dumps({"messages": [{"role": "user", "content": "Hello there."},
+                                               {"role": "assistant", "content": "Hi."}]}) + "\n")
+    r = subprocess.run([sys.executable, "-m", "mellama_jax.data.decontaminate", "--sources",
+                        os.path.join(ROOT, "configs", "sft.py") + ":tiny", "--sources_spec", f"qa={recs}",
+                        "--benchmarks", str(bench), "--tasks", "medqa,pubmedqa", "--out", str(tmp_path / "out")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "decontamination.json").read_text())
+    assert report["sources"] == {"qa": {"documents": 2, "contaminated": 1}}
+    assert report["benchmarks"]["medqa"]["touched_example_indices"] == [2]

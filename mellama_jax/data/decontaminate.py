@@ -220,19 +220,42 @@ def scan_documents(source: str, docs: Iterable[dict], index: BenchmarkIndex, min
     return out
 
 
-def _load_sources(spec: str, sources_spec: str) -> Any:
-    """config.data of a config file (`path.py[:variant]`), with an optional sources spec applied."""
+def _instruction_documents(name: str, src: Any, report: Any) -> Iterator[dict]:
+    """Records of an instruction-tuning source (configs/sft.py formats), each as one text of all its
+    messages; unreadable records are counted, as the SFT pipeline counts them."""
+    from mellama_jax.sft.data import RecordError, expand, iter_records, to_messages
+
+    fmt = str(src.get("format", "auto"))
+    for path in expand(name, src["paths"]):
+        base = os.path.basename(path)
+        for line, rec in iter_records(path):
+            try:
+                if isinstance(rec, RecordError):
+                    raise rec
+                messages = to_messages(rec, fmt)
+            except RecordError as err:
+                report.skip(err.reason, path, line)
+                continue
+            rid = rec.get("id") if isinstance(rec, dict) else None
+            yield {"id": str(rid) if rid is not None else f"{base}:{line}",
+                   "text": "\n".join(str(m.get("content", "")) for m in messages)}
+
+
+def _load_sources(spec: str, sources_spec: str) -> tuple[Any, str]:
+    """(config.data, task) of a config file (`path.py[:variant]`), with an optional sources spec applied."""
     from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
     from mellama_jax.data.config import apply_sources_spec, default_data_config
 
+    task = "pretrain"
     if spec:
-        data = ConfigFileFlagParser(name="config", lock_config=False).parse(spec).data
+        config = ConfigFileFlagParser(name="config", lock_config=False).parse(spec)
+        data, task = config.data, str(config.get("task", "pretrain"))
     else:
         data = default_data_config()
     if sources_spec:
-        apply_sources_spec(data, sources_spec)
-    return data
+        apply_sources_spec(data, sources_spec, task=task)
+    return data, task
 
 
 def _report_md(report: dict) -> str:
@@ -253,7 +276,7 @@ def _report_md(report: dict) -> str:
 
 def run(sources_data: Any, benchmarks_dir: str, out_dir: str, *, n: int = 13, min_matches: int = 1,
         tasks: Iterable[str] | None = None, only_sources: Iterable[str] | None = None,
-        write_exclude: bool = False) -> dict:
+        write_exclude: bool = False, task: str = "pretrain") -> dict:
     """Check every source of `sources_data` (a config.data) against every benchmark; write reports."""
     from mellama_jax.data.sources.readers import iter_documents
     from mellama_jax.data.sources.report import BadInputReport
@@ -275,7 +298,9 @@ def run(sources_data: Any, benchmarks_dir: str, out_dir: str, *, n: int = 13, mi
             raise ValueError(f"--only_sources: no source {name!r} (have {sorted(sources_data.sources.keys())})")
         src = sources_data.sources[name].to_dict()
         src["exclude_ids"] = ""  # check everything, including what an earlier run excluded
-        scans[name] = scan_documents(name, iter_documents(name, src, BadInputReport(name)), index, min_matches)
+        docs = (_instruction_documents(name, src, BadInputReport(name)) if task == "sft"
+                else iter_documents(name, src, BadInputReport(name)))
+        scans[name] = scan_documents(name, docs, index, min_matches)
         report["sources"][name] = {"documents": scans[name]["documents"],
                                    "contaminated": len(scans[name]["contaminated_ids"])}
     for b in index.names:
@@ -324,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sources and not args.sources_spec:
         ap.error("give --sources (a config file) and/or --sources_spec")
     try:
-        data = _load_sources(args.sources, args.sources_spec)
-        report = run(data, args.benchmarks, args.out, n=args.n, min_matches=args.min_matches,
+        data, task = _load_sources(args.sources, args.sources_spec)
+        report = run(data, args.benchmarks, args.out, n=args.n, min_matches=args.min_matches, task=task,
                      tasks=[t for t in args.tasks.split(",") if t.strip()] or None,
                      only_sources=[s for s in args.only_sources.split(",") if s.strip()] or None,
                      write_exclude=args.write_exclude)
@@ -334,8 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with open(os.path.join(args.out, "decontamination.md"), encoding="utf-8") as f:
         print(f.read())
-    for name, path in report.get("exclude_files", {}).items():
-        print(f"--config.data.sources.{name}.exclude_ids={path}")
+    if task == "sft" and report.get("exclude_files"):
+        print("instruction sources: the id lists name the records to remove from the instruction files "
+              "(exclude_ids applies to pretraining sources)")
+    else:
+        for name, path in report.get("exclude_files", {}).items():
+            print(f"--config.data.sources.{name}.exclude_ids={path}")
     return 0
 
 
