@@ -130,3 +130,37 @@ def test_sweep_with_benchmarks_tabulates_headline_scores(tmp_path):
         res = json.loads((w / "points" / row["point"] / "eval" / "results.json").read_text())
         metric = res["tasks"]["pubmedqa"]["headline_metric"]
         assert float(row[f"bench/pubmedqa/{metric}"]) == res["tasks"]["pubmedqa"]["metrics"][metric]
+
+
+def test_base_sources_from_the_command_line_reach_every_point(tmp_path):
+    """--config.base.data.sources_spec and overrides naming its new sources become each point's flags."""
+    from absl import flags
+
+    from mellama_jax.config_cli import define_config_flag
+    from mellama_jax.sweep import plan
+
+    argv = ["launch.py", "--config", f"{SWEEP}:mixture",
+            "--config.base.data.sources_spec=bio=jsonl:/c/bio/*.jsonl,/c/pmc/*.jsonl;general",
+            "--config.base.data.mixture.bio=15", "--config.base.data.sources.bio.text_field=body",
+            "--config.base.train.steps=200", "--config.grid=data.mixture.bio=0,15;data.mixture.general=4"]
+    fv = flags.FlagValues()
+    holder = define_config_flag("config", flag_values=fv, argv=argv)
+    fv(argv)
+    p = plan(holder.value, str(tmp_path))
+    assert p["base_overrides"][0] == "--config.data.sources_spec=bio=jsonl:/c/bio/*.jsonl,/c/pmc/*.jsonl;general"
+    assert set(p["base_overrides"][1:]) == {"--config.data.mixture.bio=15.0", "--config.data.sources.bio.text_field=body",
+                                           "--config.train.steps=200"}
+    names = [e["point"].name for e in p["points"]]
+    assert names == ["bio=0_general=4", "bio=15_general=4"]
+    cmd = p["points"][0]["train"]
+    assert cmd[cmd.index("--config") + 1].endswith("configs/pretrain.py:demo")
+    assert cmd[-2:] == ["--config.data.mixture.bio=0.0", "--config.data.mixture.general=4.0"]
+    # The point's command, parsed as launch.py parses it, is the base plus the point.
+    argv = ["launch.py", *cmd[cmd.index("--config"):]]
+    argv = [a for a in argv if a != "--workdir" and not a.startswith(str(tmp_path))]
+    fv = flags.FlagValues()
+    point = define_config_flag("config", flag_values=fv, argv=argv)
+    fv(argv)
+    assert dict(point.value.data.mixture) == {"bio": 0.0, "general": 4.0}
+    assert point.value.data.sources.bio.paths == ("/c/bio/*.jsonl", "/c/pmc/*.jsonl")
+    assert point.value.data.sources.bio.text_field == "body" and point.value.train.steps == 200
