@@ -51,6 +51,10 @@ def build_pipeline(config: Any, vocab_size: int | None, tokenizer: Any = None) -
     gbs = int(config.train.global_batch_size)
     if data.get("synthetic", False):
         from mellama_jax.train.synthetic import SyntheticPipeline
+        for key in ("mixture_stages", "perplexity_texts"):  # real-data features: refuse, never ignore
+            if data.get(key):
+                raise ValueError(f"config.data.{key} is set but config.data.synthetic=True generates "
+                                 "tokens without sources; set config.data.synthetic=False")
         mixture = data.get("mixture")
         names = list(mixture.keys()) if mixture else ["biomedical", "clinical", "general"]
         weights = [float(mixture[n]) for n in names] if mixture else None
