@@ -109,13 +109,17 @@ def test_is_greedy_flags_agree_including_true_ones(hf_lm, jax_lm):
                                                              for c in contexts]))
     args = []
     for ctx, gen in zip(contexts, gens):
-        args += ([(ctx, gen)] if gen else []) + [(ctx, " heart failure"), ("", ctx)]
+        # " A" / " B" / the greedy token: one-token answers with the same input, scored from one shared row
+        args += ([(ctx, gen)] if gen else []) + [(ctx, " A"), (ctx, " B"), (ctx, " heart failure"), ("", ctx)]
     ref = hf_lm.loglikelihood(_requests("loglikelihood", args))
     got = jax_lm.loglikelihood(_requests("loglikelihood", args))
     assert [g for _, g in got] == [g for _, g in ref]
     assert any(g for _, g in ref) and not all(g for _, g in ref)
     for (a, _), (b, _) in zip(ref, got):
         assert abs(a - b) <= 1e-4
+    one_by_one = [jax_lm.loglikelihood(_requests("loglikelihood", [a]))[0] for a in args[:4]]
+    assert [g for _, g in one_by_one] == [g for _, g in got[:4]]
+    assert all(abs(a - b) <= 1e-5 for (a, _), (b, _) in zip(one_by_one, got[:4]))
 
 
 def test_stop_sequences_cut_generations(jax_lm):

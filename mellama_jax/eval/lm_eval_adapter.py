@@ -54,8 +54,9 @@ _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _target_scores(params, inputs, targets, *, config):
-    """(log p(targets[:, t] | inputs[:, :t+1]), argmax of that distribution) for every t, float32/int32.
+def _target_scores(params, inputs, targets, last, *, config):
+    """log p(targets[:, t] | inputs[:, :t+1]) and the argmax token for every t (float32 / int32), and
+    the whole log-distribution at position last[b] ([b, vocab], for requests that share the input).
 
     Right padding is harmless: attention is causal and padded positions are never read."""
     from mellama_jax.model.llama import Llama
@@ -63,7 +64,8 @@ def _target_scores(params, inputs, targets, *, config):
     logits = Llama(config).apply({"params": params}, inputs)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     target_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return target_logp, jnp.argmax(logp, axis=-1).astype(jnp.int32)
+    last_logp = jnp.take_along_axis(logp, last[:, None, None], axis=1)[:, 0]
+    return target_logp, jnp.argmax(logp, axis=-1).astype(jnp.int32), last_logp
 
 
 def score_continuations(engine, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int,
@@ -71,8 +73,10 @@ def score_continuations(engine, pairs: Sequence[tuple[Sequence[int], Sequence[in
     """(sum of log p(continuation | context), continuation == greedy tokens) for token-id pairs.
 
     lm-eval's causal-LM protocol: the input is (context + continuation)[-(max_length + 1):][:-1], so a
-    rolling window of exactly max_length + 1 tokens (the last one only a target) needs no cut. Pairs
-    are sorted longest first and batched in `engine`'s (rows, power-of-two length) buckets.
+    rolling window of exactly max_length + 1 tokens (the last one only a target) needs no cut. Requests
+    with the same input (multiple choice with one-token answers: " A" / " B" / ...) differ only in their
+    last target and share one row, as the HF backend's one-token-continuation cache does. Rows are
+    sorted longest first and batched in `engine`'s (rows, power-of-two length) buckets.
     """
     pad = 0 if engine.model_config.pad_token_id is None else int(engine.model_config.pad_token_id)
     inputs, targets = [], []
@@ -87,28 +91,38 @@ def score_continuations(engine, pairs: Sequence[tuple[Sequence[int], Sequence[in
             raise ValueError("lm-eval request with no context token (the BOS prefix is missing)")
         inputs.append(whole[:-1])
         targets.append(whole[1:])
-    order = sorted(range(len(pairs)), key=lambda i: (-len(inputs[i]), i))
-    rows = engine._rows(len(pairs))
+    groups: dict[tuple, list[int]] = {}
+    for i, x in enumerate(inputs):
+        groups.setdefault(tuple(x), []).append(i)
+    reps = sorted((members[0] for members in groups.values()), key=lambda i: (-len(inputs[i]), i))
+    members_of = {m[0]: m for m in groups.values()}
+    rows = engine._rows(len(reps))
     out: list[tuple[float, bool] | None] = [None] * len(pairs)
-    for start in range(0, len(order), rows):
-        chunk = order[start:start + rows]
+    for start in range(0, len(reps), rows):
+        chunk = reps[start:start + rows]
         length = bucket_length(len(inputs[chunk[0]]), max_length)
         tok = np.full((rows, length), pad, np.int32)
         tgt = np.zeros((rows, length), np.int32)
+        last = np.zeros((rows,), np.int32)
         for r, i in enumerate(chunk):
             tok[r, :len(inputs[i])] = inputs[i]
             tgt[r, :len(targets[i])] = targets[i]
+            last[r] = len(inputs[i]) - 1
         engine.stats.setdefault("compiled_shapes", set()).add(("lm_eval_loglik", rows, length))
         with engine._context():
-            lp, greedy = _target_scores(engine.params, engine._put(tok), engine._put(tgt),
-                                        config=engine.model_config)
-        lp, greedy = engine._get(lp).astype(np.float64), engine._get(greedy)
-        for r, i in enumerate(chunk):
-            n, c = len(targets[i]), len(pairs[i][1])
-            span = slice(n - c, n)
-            out[i] = (float(lp[r, span].sum()), bool(np.all(greedy[r, span] == tgt[r, span])))
+            lp, argmax, last_lp = _target_scores(engine.params, engine._put(tok), engine._put(tgt),
+                                                 engine._put(last), config=engine.model_config)
+        lp, argmax = engine._get(lp).astype(np.float64), engine._get(argmax)
+        last_lp = engine._get(last_lp).astype(np.float64)
+        for r, rep in enumerate(chunk):
+            n = len(targets[rep])
+            for i in members_of[rep]:
+                span = slice(n - len(pairs[i][1]), n - 1)  # all but the last target: shared in the group
+                final = targets[i][-1]
+                out[i] = (float(lp[r, span].sum() + last_lp[r, final]),
+                          bool(np.all(argmax[r, span] == tgt[r, span]) and argmax[r, n - 1] == final))
         if progress is not None:
-            progress.update(len(chunk))
+            progress.update(sum(len(members_of[rep]) for rep in chunk))
     return out  # type: ignore[return-value]
 
 
@@ -399,12 +413,24 @@ def _resolve_chat_template(chat_template: str | None, checkpoint: str | None) ->
 def _render_jinja(template: str, messages: list[dict], add_generation_prompt: bool, bos: str, eos: str) -> str:
     """Render a Hugging Face chat template (Jinja) as transformers does, special tokens as text."""
     import jinja2
+    import jinja2.ext
+    import jinja2.nodes
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    class GenerationBlock(jinja2.ext.Extension):
+        """transformers' `{% generation %}...{% endgeneration %}` (marks assistant text for masks): the body as is."""
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body, lineno=lineno)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationBlock, jinja2.ext.loopcontrols])
     env.globals["raise_exception"] = raise_exception
     return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                             bos_token=bos, eos_token=eos)
