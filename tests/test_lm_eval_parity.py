@@ -149,7 +149,7 @@ def test_orbax_checkpoint_gives_the_same_scores(env, jax_lm, tmp_path):
     from mellama_jax.eval.lm_eval_adapter import MellamaJaxLM
 
     orbax = hf_to_orbax(env["model"], str(tmp_path / "orbax"))
-    lm = MellamaJaxLM(checkpoint=orbax, use_mesh=False, batch_size=4)
+    lm = MellamaJaxLM(pretrained=orbax, use_mesh=False, batch_size=4)  # the hf backend's argument name works too
     reqs = _requests("loglikelihood", [("Note: patient fever", " cough"), ("", "aspirin warfarin")])
     assert lm.loglikelihood(reqs) == jax_lm.loglikelihood(reqs)
 
@@ -176,7 +176,27 @@ def test_chat_template_renders_and_encodes_like_hf(env, tmp_path):
     shipped = MellamaJaxLM(checkpoint=hf_dir, use_mesh=False)  # the template the checkpoint ships (Jinja)
     history = [{"role": "system", "content": "You are a clinician."}, {"role": "user", "content": "fever?"},
                {"role": "assistant", "content": "aspirin"}, {"role": "user", "content": "chest pain?"}]
-    for lm in (ours, shipped):
+    jinja_file = tmp_path / "llama2.jinja"
+    jinja_file.write_text(hf_chat_template("llama2"))
+    from_file = MellamaJaxLM(engine=ours.engine, chat_template=str(jinja_file))
+    for lm in (ours, shipped, from_file):
         text = lm.apply_chat_template(history, add_generation_prompt=True)
         assert text == hf.apply_chat_template(history, add_generation_prompt=True)
         assert text.startswith("<s>") and lm.tok_encode(text) == hf.tok_encode(text)
+
+
+def test_bad_arguments_fail_clearly(jax_lm):
+    from mellama_jax.eval.lm_eval_adapter import MellamaJaxLM
+
+    with pytest.raises(ValueError, match="auto"):
+        MellamaJaxLM(engine=jax_lm.engine, batch_size="auto")
+    with pytest.raises(ValueError, match="unknown argument.*temperatur"):
+        MellamaJaxLM(engine=jax_lm.engine, temperatur=0.5)
+    with pytest.raises(ValueError, match="checkpoint=PATH"):
+        MellamaJaxLM()
+    with pytest.raises(ValueError, match="not a template name"):
+        MellamaJaxLM(engine=jax_lm.engine, chat_template="chatml")
+    req = Instance(request_type="generate_until", doc={}, arguments=("Note:", {"do_sample": True, "temperature": 0.7}),
+                   idx=0, metadata=("my_task", 0, 1))
+    with pytest.raises(ValueError, match="greedy decoding only.*my_task"):
+        jax_lm.generate_until([req])

@@ -151,7 +151,13 @@ def run(config, workdir: str) -> dict:
     for p in include[1:]:
         if not os.path.isdir(p):
             raise FileNotFoundError(f"config.lm_eval_include_path: {p!r} is not a directory")
-    os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
+    import jax
+
+    # Every process runs every request (each holds its shards of the sharded model calls); the
+    # first one writes the files.
+    main = jax.process_index() == 0
+    if main:
+        os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
     t0 = time.time()
     mesh_cfg = config.get("mesh") if config.get("use_mesh", True) else None
     rules = config.sharding.rules if config.get("sharding") is not None else None
@@ -196,10 +202,10 @@ def run(config, workdir: str) -> dict:
         metrics = _metrics(raw)
         digest = task_hash(samples)
         results["lm_eval"]["task_hashes"][name] = digest
-        records = _records(samples)
-        with open(os.path.join(workdir, "predictions", f"{name}.jsonl"), "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        if main:
+            with open(os.path.join(workdir, "predictions", f"{name}.jsonl"), "w", encoding="utf-8") as f:
+                for rec in _records(samples):
+                    f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
         head = next((k for k in metrics if not k.endswith("_stderr")), "")
         results["tasks"][name] = {
             "task": name, "display_name": raw.get("alias", name).strip(" -"), "family": "lm_eval",
@@ -213,5 +219,6 @@ def run(config, workdir: str) -> dict:
         }
     results["seconds"] = round(time.time() - t0, 3)
     results["compiled_shapes"] = sorted([list(s) for s in engine.stats.get("compiled_shapes", ())], key=str)
-    _write(workdir, results)
+    if main:
+        _write(workdir, results)
     return results
