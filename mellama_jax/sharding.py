@@ -78,7 +78,10 @@ def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> 
     shape = resolve_mesh_shape(
         (mesh_config.data, mesh_config.fsdp, mesh_config.tensor), len(devices))
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    if len(devices) == len(jax.devices()):
+    # A whole slice: all local devices, or the devices of an ahead-of-time TPU topology
+    # (mellama_jax.plan), which are not this process's devices.
+    whole = len(devices) == len(jax.devices()) or devices[0].platform != jax.devices()[0].platform
+    if whole:
         # jax.make_mesh orders devices for the physical topology (ICI rings on TPU, NVLink).
         return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)

@@ -171,6 +171,8 @@ class Trainer:
     def frozen_params(self) -> Any:
         """The LoRA base, loaded once onto its shardings: init_from's weights, else a seeded random
         init (tiny tests), so a resumed run sees the very same base."""
+        if self.lora is None:
+            raise ValueError("frozen_params: only a LoRA run (config.lora.enabled) has a frozen base")
         if self._frozen is None:
             from mellama_jax.checkpoint.model_spec import init_artifact
             artifact = init_artifact(self.config.model)

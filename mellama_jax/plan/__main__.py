@@ -1,0 +1,183 @@
+"""Will this config fit, and how fast could it go? Checked from a CPU host.
+
+    python -m mellama_jax.plan --config configs/pretrain.py:llama2_70b --topology v5p:4x4x4
+    python -m mellama_jax.plan --config configs/pretrain.py:llama2_13b --topology v5p:2x2x4 --sweep
+    python -m mellama_jax.plan --config configs/pretrain.py:llama2_70b --gpus 64xH100 \\
+        --config.train.micro_batches=16
+
+--topology compiles the real train step ahead of time for that TPU slice (needs libtpu, not a
+TPU); --gpus gives the analytic estimate for a GPU cluster. --config.* overrides work as in
+launch.py. Exit status: 0 fits, 1 does not fit (a sweep: no row fits), 2 bad flags or config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config, e.g. configs/pretrain.py:llama2_70b", lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice to compile for, e.g. v5p:4x4x4, v5e:2x2")
+_GPUS = flags.DEFINE_string("gpus", None, "GPU cluster for the analytic estimate, e.g. 8xH100, 64xH200")
+_SWEEP = flags.DEFINE_bool("sweep", False, "Try several meshes x remat policies; print one table.")
+_SWEEP_TENSOR = flags.DEFINE_list("sweep_tensor", ["1", "4", "8"],
+                                  "--sweep: tensor-parallel sizes (data=1, fsdp=the rest)")
+_SWEEP_MESHES = flags.DEFINE_string("sweep_meshes", "", "--sweep: explicit meshes 'data,fsdp,tensor;...'"
+                                    " (-1 fills), instead of --sweep_tensor")
+_SWEEP_REMAT = flags.DEFINE_list("sweep_remat", ["full", "dots_with_no_batch_dims_saveable", "dots_saveable"],
+                                 "--sweep: remat policies")
+_ESTIMATE = flags.DEFINE_bool("estimate", True, "With --topology: also print the analytic estimate.")
+_JSON = flags.DEFINE_string("json", "", "Also write the results as JSON to this file.")
+
+FITS, DOES_NOT_FIT, USAGE = 0, 1, 2
+
+
+def _fail(msg: str) -> None:
+    print(f"mellama_jax.plan: {msg}", file=sys.stderr)
+    sys.exit(USAGE)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except (KeyError, AttributeError) as err:
+        msg = str(err.args[0] if err.args else err).strip("'\"")
+        _fail(f"unknown config key {msg.splitlines()[0]!r}")
+    except flags.Error as err:
+        _fail(f"invalid flag: {err}")
+    except (ValueError, TypeError) as err:
+        _fail(f"invalid config value: {err}")
+    return []
+
+
+def _variant(config, mesh: tuple, remat: str):
+    from mellama_jax.plan.aot import _unlocked_copy
+    c = _unlocked_copy(config)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
+    c.model.remat_policy = remat
+    return c
+
+
+def sweep_meshes(num_devices: int) -> list[tuple]:
+    if _SWEEP_MESHES.value:
+        try:
+            return [tuple(int(x) for x in m.split(",")) for m in _SWEEP_MESHES.value.split(";") if m]
+        except ValueError:
+            _fail(f"--sweep_meshes={_SWEEP_MESHES.value!r}: expected 'data,fsdp,tensor;...'")
+    sizes = [int(t) for t in _SWEEP_TENSOR.value]
+    return [(1, -1, t) for t in sizes if t <= num_devices and num_devices % t == 0]
+
+
+def run_topology(config, config_name: str) -> tuple[int, dict]:
+    from mellama_jax.plan import aot, estimate as est_lib, report
+    from mellama_jax.plan.hardware import parse_tpu_topology
+
+    topo = parse_tpu_topology(_TOPOLOGY.value)
+    if not _SWEEP.value:
+        plan = aot.compile_plan(config, topo)
+        est = None
+        if _ESTIMATE.value:
+            cfg, mc, _ = aot.plan_model_config(config)
+            est = est_lib.estimate(cfg, mc, plan.num_devices, topo.chip, topo.name,
+                                   max(1, plan.num_devices // topo.num_chips),
+                                   fused_attention=mc.attention_impl == "cudnn")
+        print(f"{config_name}\n" + report.format_aot(plan, est))
+        if not plan.fits:
+            print(f"\nDOES NOT FIT: {config_name} on {topo.name}. Try a larger slice, more tensor "
+                  "parallelism (--config.mesh.tensor), --config.model.remat_policy=full, or more "
+                  "--config.train.micro_batches (or --sweep).", file=sys.stderr)
+        return (FITS if plan.fits else DOES_NOT_FIT), {
+            "config": config_name, "aot": plan.to_dict(), "estimate": est.to_dict() if est else None}
+    rows = []
+    for mesh in sweep_meshes(topo.num_chips):
+        for remat in _SWEEP_REMAT.value:
+            row = {"mesh": mesh, "remat": remat}
+            try:
+                plan = aot.compile_plan(_variant(config, mesh, remat), topo)
+            except ValueError as err:
+                rows.append({**row, "error": str(err).splitlines()[0][:90]})
+                continue
+            rows.append({**row, "mesh": tuple(plan.mesh.values()), "fits": plan.fits,
+                         "total": 0 if plan.oom_message else plan.total_bytes,
+                         "temp": None if plan.oom_message else plan.temp_bytes,
+                         "step_s": plan.roofline.step_s if plan.roofline else None, "mfu": plan.mfu,
+                         "compile_s": plan.compile_s})
+            print(f"  compiled mesh {rows[-1]['mesh']} remat {remat} in {plan.compile_s:.0f} s",
+                  file=sys.stderr, flush=True)
+    print(report.format_sweep(f"{config_name} on TPU {topo.name} (ahead-of-time compiles)", rows))
+    return (FITS if any(r.get("fits") for r in rows) else DOES_NOT_FIT), {"config": config_name, "sweep": rows}
+
+
+def run_gpus(config, config_name: str) -> tuple[int, dict]:
+    from mellama_jax.plan import aot, estimate as est_lib, report
+    from mellama_jax.plan.hardware import parse_gpu_cluster
+
+    cluster = parse_gpu_cluster(_GPUS.value)
+    variants = ([(m, r) for m in sweep_meshes(cluster.num_gpus) for r in _SWEEP_REMAT.value]
+                if _SWEEP.value else [(None, None)])
+    rows, outputs, code = [], [], DOES_NOT_FIT
+    for mesh, remat in variants:
+        cfg = config if mesh is None else _variant(config, mesh, remat)
+        try:
+            cfg, mc, notes = aot.plan_model_config(cfg)
+            est = est_lib.estimate(cfg, mc, cluster.num_gpus, cluster.chip, cluster.name,
+                                   fused_attention=mc.attention_impl == "cudnn")
+        except ValueError as err:
+            if mesh is None:
+                raise
+            rows.append({"mesh": mesh, "remat": remat, "error": str(err).splitlines()[0][:90]})
+            continue
+        code = FITS if est.fits or code == FITS else DOES_NOT_FIT
+        rows.append({"mesh": tuple(est.mesh.values()), "remat": remat, "fits": est.fits,
+                     "total": est.total_bytes, "temp": est.transient_bytes, "step_s": est.step_s,
+                     "mfu": est.mfu})
+        outputs.append(est.to_dict())
+        if mesh is None:
+            print(f"{config_name}\n" + report.format_estimate(
+                est, mc, int(cfg.train.global_batch_size), int(cfg.train.micro_batches),
+                cfg.get("lora") is not None and bool(cfg.lora.get("enabled", False)), notes))
+            if not est.fits:
+                print(f"\nDOES NOT FIT (estimate): {config_name} on {cluster.name}. Try more GPUs, "
+                      "--config.mesh.tensor, --config.model.remat_policy=full or more "
+                      "--config.train.micro_batches (or --sweep).", file=sys.stderr)
+    if _SWEEP.value:
+        print(report.format_sweep(f"{config_name} on {cluster.name} (analytic estimates)", rows))
+    return code, {"config": config_name, "gpus": cluster.name, "estimates": outputs}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+        _fail("--config is required, e.g. --config configs/pretrain.py:llama2_70b")
+    if not _TOPOLOGY.value and not _GPUS.value:
+        _fail("name a TPU slice (--topology v5p:4x4x4) or a GPU cluster (--gpus 8xH100)")
+    config_name = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None) or \
+        next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--config"), "config")
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    config_name = " ".join([config_name] + overrides)
+    try:
+        code, payload = FITS, {}
+        if _TOPOLOGY.value:
+            code, payload = run_topology(config, config_name)
+        if _GPUS.value:
+            if _TOPOLOGY.value:
+                print()
+            gpu_code, gpu_payload = run_gpus(config, config_name)
+            code = max(code, gpu_code)
+            payload = {**payload, **gpu_payload}
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        _fail(str(err))
+    if _JSON.value:
+        os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
+        with open(_JSON.value, "w") as f:
+            json.dump(payload, f, indent=2, default=str)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,217 @@
+"""The planner: ahead-of-time TPU compiles of the real train step, and the analytic estimator.
+
+The compiles need libtpu (requirements-dev.txt) but no TPU: jax.experimental.topologies describes
+the slice and XLA's TPU compiler runs on this CPU host.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from configs import pretrain  # noqa: E402
+from mellama_jax import sharding as shd  # noqa: E402
+from mellama_jax.plan import aot, estimate as est_lib, hardware, hlo  # noqa: E402
+from mellama_jax.train import loop, metrics  # noqa: E402
+
+pytest.importorskip("libtpu", reason="ahead-of-time TPU compiles need libtpu (requirements-dev.txt)")
+
+# Shapes whose per-device shards are whole (8, 128) TPU tiles, so XLA's argument bytes carry no
+# layout padding and must equal the sharded arrays' sizes.
+TILE_FRIENDLY = dict(vocab_size=1024, hidden_size=512, intermediate_size=512, num_hidden_layers=8,
+                     num_attention_heads=8, num_key_value_heads=8, head_dim=128)
+
+
+def tiny_config(mesh=(1, 2, 2), **model):
+    c = pretrain.get_config("tiny")
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
+    for k, v in model.items():
+        c.model[k] = v
+    return c
+
+
+def nbytes(tree) -> int:
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def tiny_plan():
+    config = tiny_config(**TILE_FRIENDLY)
+    return config, aot.compile_plan(config, "v5e:2x2")
+
+
+def test_tiny_v5e_bytes_are_the_sharded_state(tiny_plan):
+    config, plan = tiny_plan
+    assert plan.topology == "v5e:2x2" and plan.num_devices == 4 and plan.device_kind == "TPU v5 lite"
+    assert plan.mesh == {"data": 1, "fsdp": 2, "tensor": 2}
+    # The same Trainer over the compiled mesh's shape gives the shard sizes of every state array.
+    _, mc, _ = aot.plan_model_config(config)
+    trainer = loop.Trainer(config, mc, est_lib.abstract_mesh(config.mesh, 4))
+    state = trainer.abstract_state()
+    params, opt = nbytes(state.params), nbytes(state.opt_state)
+    batch = nbytes(aot.abstract_batch(config, trainer.mesh))
+    # float32 master params sharded 4 ways (the norms replicated): ~N * 4 / 4 bytes per device
+    assert 0.9 * mc.num_params() < params < 1.1 * mc.num_params()
+    assert opt == pytest.approx(2 * params, abs=4096)  # AdamW mu + nu (+ count scalars)
+    expected = params + opt + batch
+    # Scalars (step, rng, optimizer counts) occupy whole tiles: a few KiB over the array sizes.
+    assert 0 <= plan.argument_bytes - expected < 64 * 1024, (plan.argument_bytes, expected)
+    assert 0 <= plan.alias_bytes - (params + opt) < 64 * 1024  # the donated state is reused
+    assert plan.output_bytes >= plan.alias_bytes
+    assert plan.fits and plan.total_bytes < plan.hbm_bytes == 16 * 2 ** 30
+
+
+def test_compiled_param_shardings_equal_cpu_mesh(tiny_plan):
+    config, plan = tiny_plan
+    _, mc, _ = aot.plan_model_config(config)
+    cpu_mesh = shd.make_mesh(config.mesh, devices=jax.devices()[:4])
+    cpu = loop.Trainer(config, mc, cpu_mesh)
+    cpu_specs = jax.tree.map(lambda s: s.spec, cpu.param_shardings)
+    assert jax.tree.structure(cpu_specs) == jax.tree.structure(plan.param_specs)
+    assert jax.tree.leaves(cpu_specs) == jax.tree.leaves(plan.param_specs)
+    # and the rules really shard: q_proj over fsdp (embed) and tensor (heads)
+    assert plan.param_specs["layers"]["attention"]["q_proj"] == jax.sharding.PartitionSpec(
+        None, "fsdp", "tensor")
+
+
+def test_loop_corrected_flops_equal_model_flops(tiny_plan):
+    """XLA counts each scan body once; the HLO pass multiplies by the trip counts."""
+    config, plan = tiny_plan
+    layers = TILE_FRIENDLY["num_hidden_layers"]
+    assert sorted(t for _, t in plan.loops) == [layers, layers]  # forward and backward scans
+    per_device = plan.model_flops_per_step / plan.num_devices  # remat none: nothing recomputed
+    assert plan.xla_flops < 0.5 * per_device  # what XLA alone reports
+    assert plan.flops == pytest.approx(per_device, rel=0.03)
+    assert {c.kind for c in plan.collectives} >= {"all-gather", "all-reduce"}
+    assert plan.roofline.step_s > 0 and 0 < plan.mfu < 1
+
+
+def test_estimator_state_is_the_compiled_arguments(tiny_plan):
+    config, plan = tiny_plan
+    _, mc, _ = aot.plan_model_config(config)
+    est = est_lib.estimate(config, mc, 4, hardware.TPU_CHIPS["v5e"])
+    assert est.state_bytes + est.batch_bytes == pytest.approx(plan.argument_bytes, rel=0.01)
+    assert est.flops == pytest.approx(plan.flops, rel=0.05)
+
+
+def _plan_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "mellama_jax.plan", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_oversized_preset_does_not_fit_nonzero_exit():
+    """LLaMA-2 7B with AdamW state (~84 GB) cannot fit on 4 v5e chips of 16 GiB."""
+    out = _plan_cli("--config", "configs/pretrain.py:tiny", "--topology", "v5e:2x2",
+                    "--config.model.preset=llama2_7b", "--config.data.seq_len=128",
+                    "--config.train.global_batch_size=4")
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "DOES NOT FIT" in out.stdout and "DOES NOT FIT" in out.stderr
+    assert "refused the program" in out.stdout  # the TPU compiler's own out-of-memory verdict
+
+
+def test_tiny_cli_report_fits_exit_zero(tmp_path):
+    path = tmp_path / "plan.json"
+    out = _plan_cli("--config", "configs/pretrain.py:tiny", "--topology", "v5e:2x2",
+                    f"--json={path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    for text in ("arguments", "temporaries", "FITS", "XLA cost analysis", "all-gather",
+                 "roofline", "MFU"):
+        assert text in out.stdout
+    import json
+    saved = json.loads(path.read_text())
+    assert saved["aot"]["fits"] and saved["aot"]["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+
+
+def test_bad_topology_and_cluster_exit_2():
+    out = _plan_cli("--config", "configs/pretrain.py:tiny", "--topology", "v9z:2x2")
+    assert out.returncode == 2 and "--topology='v9z:2x2'" in out.stderr
+    out = _plan_cli("--config", "configs/pretrain.py:tiny", "--gpus", "8xB300")
+    assert out.returncode == 2 and "--gpus='8xB300'" in out.stderr
+
+
+def test_gpu_estimate_70b_one_node_does_not_fit_eight_nodes_do():
+    """70B with float32 AdamW state is ~830 GB: one 8xH100 node cannot hold it, 8 nodes can."""
+    config = pretrain.get_config("llama2_70b")
+    config, mc, notes = aot.plan_model_config(config)
+    assert any("init_from" in n for n in notes)  # no weights on this host: preset shapes
+    one = est_lib.estimate(config, mc, 8, hardware.GPU_CHIPS["h100"], "8xH100")
+    assert one.state_bytes > 100 * 2 ** 30 and not one.fits
+    config.train.micro_batches = 32
+    eight = est_lib.estimate(config, mc, 64, hardware.GPU_CHIPS["h100"], "64xH100")
+    assert eight.state_bytes == pytest.approx(one.state_bytes / 8, rel=0.01)
+    assert eight.rows_per_device == 256 / 32 / 8
+    assert eight.fits
+
+
+def test_parse_hardware():
+    assert hardware.parse_tpu_topology("v5p:4x4x4").num_chips == 64
+    assert hardware.parse_gpu_cluster("64xH100").num_nodes == 8
+    with pytest.raises(ValueError, match="v5p:4x4x4"):
+        hardware.parse_tpu_topology("tpu-v5p-128")
+    assert hardware.TPU_CHIPS["v5p"].peak_flops == metrics.PEAK_BF16_TFLOPS["tpu v5p"] * 1e12
+
+
+def test_hlo_conv_and_trip_count_parsing():
+    text = """HloModule m
+
+%cond (p: (s32[], f32[8,16])) -> pred[] {
+  %p = (s32[], f32[8,16]{1,0}) parameter(0)
+  %c = s32[] constant(5)
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[] compare(%i, %c), direction=LT
+}
+
+%body (p: (s32[], f32[8,16])) -> (s32[], f32[8,16]) {
+  %p = (s32[], f32[8,16]{1,0}) parameter(0)
+  %x = f32[8,16]{1,0} get-tuple-element(%p), index=1
+  %w = f32[16,16]{1,0} constant({...})
+  %d = f32[8,16]{1,0} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %t = (s32[], f32[8,16]{1,0}) tuple(%i, %d)
+}
+
+ENTRY %main (a: f32[8,16]) -> f32[8,16] {
+  %a = f32[8,16]{1,0} parameter(0)
+  %z = s32[] constant(0)
+  %t = (s32[], f32[8,16]{1,0}) tuple(%z, %a)
+  %w = (s32[], f32[8,16]{1,0}) while(%t), condition=%cond, body=%body
+  %g = f32[8,16]{1,0} all-gather(%a), replica_groups={{0,1},{2,3}}, dimensions={0}
+  ROOT %r = f32[8,16]{1,0} get-tuple-element(%w), index=1
+}
+"""
+    stats = hlo.analyze(text, 4)
+    assert stats.loops == [("body", 5)]
+    assert stats.dot_flops_once == 2 * 8 * 16 * 16
+    assert stats.dot_flops == 5 * 2 * 8 * 16 * 16
+    (gather,) = stats.collectives
+    assert gather.kind == "all-gather" and gather.group_sizes == (2,) and gather.count == 1
+    assert gather.wire_bytes == 8 * 16 * 4 / 2
+
+
+# Two shapes big enough that activations dwarf the TPU's on-chip VMEM (tiny programs keep their
+# temporaries there and read lower in HBM): full remat on fsdp=4, dots_saveable on fsdp=2 x tensor=2.
+MID = dict(preset="small", hidden_size=1024, intermediate_size=2816, num_attention_heads=8,
+           num_key_value_heads=8, dtype="bfloat16", attention_impl="dot_product")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh,remat", [((1, 4, 1), "full"), ((1, 2, 2), "dots_saveable")])
+def test_estimator_agrees_with_aot_compile(mesh, remat):
+    config = tiny_config(mesh, remat_policy=remat, **MID)
+    config.data.seq_len, config.train.global_batch_size = 1024, 32
+    plan = aot.compile_plan(config, "v5e:2x2")
+    _, mc, _ = aot.plan_model_config(config)
+    est = est_lib.estimate(config, mc, 4, hardware.TPU_CHIPS["v5e"])
+    compiled = plan.total_bytes - plan.code_bytes  # the estimator does not model generated code
+    assert abs(est.total_bytes - compiled) <= est_lib.TOLERANCE * compiled, (est.to_dict(), plan.to_dict())
+    assert est.flops == pytest.approx(plan.flops, rel=0.10)
