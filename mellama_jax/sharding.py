@@ -83,7 +83,14 @@ def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> 
     whole = len(devices) == len(jax.devices()) or devices[0].platform != jax.devices()[0].platform
     if whole:
         # jax.make_mesh orders devices for the physical topology (ICI rings on TPU, NVLink).
-        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+        try:
+            return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+        except NotImplementedError:
+            # e.g. (1, 8, 8) on a v5p 4x4x4 torus: no assignment keeps every mesh axis on whole
+            # physical axes; split physical axes (as MaxText does) rather than fail on the pod.
+            from jax.experimental import mesh_utils
+            grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+            return Mesh(grid, MESH_AXES, axis_types=auto)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 

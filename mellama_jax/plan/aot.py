@@ -134,7 +134,7 @@ def plan_model_config(config: Any) -> tuple[Any, LlamaConfig, list[str]]:
                      f"shapes from preset {config.model.preset!r} (+ config.model overrides)")
         config = _unlocked_copy(config)
         config.model.init_from = ""
-        init_from = ""
+        return config, loop.resolve_model_config(config), notes
     vocab = None
     if not init_from and not config.data.get("synthetic", False):
         try:
