@@ -286,3 +286,20 @@ def merge_adapter_item(base_params: Any, adapters: dict, artifact: Any, target: 
         merged = jax.tree.map(lambda x, t: jax.device_put(jnp.asarray(x, t.dtype), getattr(t, "sharding", None)),
                               merged, target)
     return merged
+
+
+def write_peft_adapter(artifact: Any, out: str, dtype: str | None = None) -> None:
+    """PEFT's adapter format for a LoRA artifact: adapter_config.json + adapter_model.safetensors."""
+    from mellama_jax.checkpoint.safetensors_io import write_file
+
+    spec, body = read_adapter_config(os.path.join(artifact.root, ADAPTER_CONFIG))
+    tree = restore_adapters(artifact.adapters["item_dir"], artifact.model_config, spec)
+    np_dtype = np.dtype(dtype) if dtype and dtype != "bfloat16" else np.float32
+    if dtype == "bfloat16":
+        import ml_dtypes
+        np_dtype = ml_dtypes.bfloat16
+    tensors = peft_tensors(tree, artifact.model_config, spec, np_dtype)
+    write_file(os.path.join(out, "adapter_model.safetensors"), sorted(tensors.items()))
+    with open(os.path.join(out, "adapter_config.json"), "w") as f:
+        json.dump(peft_config(spec, body.get("base") or ""), f, indent=2, sort_keys=True)
+        f.write("\n")
