@@ -138,8 +138,11 @@ def _write(workdir: str, results: dict) -> None:
 
 def run(config, workdir: str) -> dict:
     """Evaluate config.checkpoint on config.lm_eval_tasks with lm-eval; returns what results.json holds."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:
+        raise ImportError(f"config.harness=lm_eval needs lm-eval ({err}): pip install -r requirements-eval.txt") from err
 
     from mellama_jax.eval.engine import load_engine
     from mellama_jax.eval.lm_eval_adapter import MellamaJaxLM, TASKS_DIR
