@@ -6,7 +6,6 @@ validated before the model is loaded."""
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 
 import pytest
@@ -230,3 +229,14 @@ def test_every_task_file_is_validated_before_the_model_loads(tmp_path):
     with pytest.raises(ValueError, match=r"task hoc: .*hoc.tsv.*no usable"):
         run(c, str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()  # nothing written, the checkpoint never touched
+
+
+def test_a_decoding_error_names_file_and_line(tmp_path):
+    from mellama_jax.eval.runner import load_task_file
+
+    (tmp_path / "hoc.tsv").write_bytes(b"pmid\ttext\tlabels\n1\tok\t\n2\tbad \xff byte\t\n")
+    with pytest.raises(ValueError, match=r"hoc.tsv:3: not UTF-8"):
+        load_task_file(get_task("hoc"), str(tmp_path / "hoc.tsv"), _config())
+    (tmp_path / "chem.tsv").write_bytes(b"Aspirin\tB\n\nbad\xfe\tO\n")
+    with pytest.raises(ValueError, match=r"chem.tsv:3: not UTF-8"):
+        load_task_file(get_task("bc5cdr_chem"), str(tmp_path / "chem.tsv"), _config())

@@ -29,7 +29,8 @@ from typing import Any, Iterator, Mapping, Sequence
 from mellama_jax.data.sources.report import BadInputReport
 
 __all__ = ["Example", "FormatError", "LoadReport", "read_jsonl", "read_json", "read_tsv", "read_csv",
-           "read_delimited", "read_records", "require", "sha256_file", "open_text", "base_ext", "first_of"]
+           "read_delimited", "read_records", "read_text", "looks_like_jsonl", "require", "sha256_file", "open_text",
+           "base_ext", "first_of"]
 
 
 @dataclass(frozen=True)
@@ -142,21 +143,30 @@ def open_text(path: str):
     return open(path, encoding="utf-8-sig", newline="")
 
 
-def _read_all(path: str) -> str:
+def read_text(path: str) -> str:
+    """The whole file as text (gunzipped); a byte that is not UTF-8 is an error naming its line."""
     try:
-        with open_text(path) as f:
-            return f.read()
-    except UnicodeDecodeError as e:
-        raise FormatError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})", "encoding") from None
+        if _is_gzip(path):
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
     except (OSError, EOFError) as e:  # a truncated gzip file
         raise FormatError(path, None, f"unreadable ({e})", "unreadable") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise FormatError(path, line, f"not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as "
+                                      "UTF-8", "encoding") from None
 
 
 def read_jsonl(path: str, report: LoadReport | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (1-based line number, object) for each non-blank line of a JSON-lines file; a line that
     is not a JSON object is a bad record."""
     report = strict_report(report)
-    for lineno, line in enumerate(_read_all(path).splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         obj = None
@@ -172,17 +182,17 @@ def read_jsonl(path: str, report: LoadReport | None = None) -> Iterator[tuple[in
 
 
 def read_json(path: str) -> Any:
-    text = _read_all(path)
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise FormatError(path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno})", "invalid_json") from None
 
 
-def _looks_like_jsonl(text: str) -> bool:
+def looks_like_jsonl(text: str) -> bool:
     """Two or more lines, the first of which is a whole JSON object (an indented JSON file's first
     line is just "{")."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in text.split("\n") if ln.strip()]
     if len(lines) < 2 or not lines[0].lstrip().startswith("{"):
         return False
     try:
@@ -282,7 +292,7 @@ def read_delimited(path: str, columns: Sequence[str], layouts: Sequence[Sequence
     """
     report = strict_report(report)
     _raise_field_limit()
-    text = _read_all(path)
+    text = read_text(path)
     if not text.strip():
         raise FormatError(path, 1, "empty file (expected a header line)", "empty_file")
     if delimiter is None:
@@ -367,8 +377,8 @@ def read_records(path: str, columns: Sequence[str] = (), layouts: Sequence[Seque
         yield from read_delimited(path, columns, layouts, report=report)
         return
     if ext == "json":
-        text = _read_all(path)
-        if _looks_like_jsonl(text):
+        text = read_text(path)
+        if looks_like_jsonl(text):
             report.note("format", "jsonl")
             yield from read_jsonl(path, report)
             return

@@ -12,7 +12,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
-from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, base_ext, first_of, open_text,
+from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, read_text, base_ext, first_of,
                                            read_records, strict_report)
 
 __all__ = ["load_i2b2", "load_i2b2_xml", "load_bio", "load_ner", "load_ner_records", "DEFAULT_ENTITY_TYPES", "markup"]
@@ -83,27 +83,26 @@ def load_bio(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES, report: L
         tags.clear()
         error = None
 
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                flush()
-                start = lineno + 1
-                continue
-            if line.startswith("-DOCSTART-"):
-                continue
-            if error is not None:
-                continue
-            parts = line.split("\t") if "\t" in line else line.split()
-            try:
-                if len(parts) < 2 or not parts[0].strip():
-                    raise FormatError(path, lineno, "expected 'token<TAB>tag', found no tag field", "no_tag")
-                tag = _norm_tag(parts[-1].strip(), types, bare_type, path, lineno)
-            except FormatError as e:
-                error = e
-                continue
-            tokens.append(parts[0].strip())
-            tags.append(tag)
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        line = line.rstrip("\n").rstrip("\r")
+        if not line.strip():
+            flush()
+            start = lineno + 1
+            continue
+        if line.startswith("-DOCSTART-"):
+            continue
+        if error is not None:
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        try:
+            if len(parts) < 2 or not parts[0].strip():
+                raise FormatError(path, lineno, "expected 'token<TAB>tag', found no tag field", "no_tag")
+            tag = _norm_tag(parts[-1].strip(), types, bare_type, path, lineno)
+        except FormatError as e:
+            error = e
+            continue
+        tokens.append(parts[0].strip())
+        tags.append(tag)
     flush()
     return out
 

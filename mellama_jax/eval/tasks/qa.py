@@ -9,8 +9,8 @@ import ast
 import os
 import re
 
-from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, base_ext, first_of, read_json,
-                                           read_records, require, strict_report)
+from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, base_ext, first_of, looks_like_jsonl,
+                                           read_json, read_records, read_text, require, strict_report)
 from mellama_jax.eval.tasks.release import is_release_record, release_inputs, release_label
 
 __all__ = ["load_pubmedqa", "load_medqa", "load_medmcqa", "load_emrqa", "PUBMEDQA_CHOICES"]
@@ -79,9 +79,7 @@ def load_pubmedqa(path: str, report: LoadReport | None = None) -> list[Example]:
 
 
 def _jsonl_named_json(path: str) -> bool:
-    from mellama_jax.eval.tasks.common import _looks_like_jsonl, _read_all
-
-    return _looks_like_jsonl(_read_all(path))
+    return looks_like_jsonl(read_text(path))
 
 
 def _options_text(options: list[tuple[str, str]]) -> str:
