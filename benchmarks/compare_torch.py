@@ -193,8 +193,9 @@ def main() -> None:
             kwargs = dict(do_sample=False, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                           eos_token_id=None, pad_token_id=0, attention_mask=torch.ones_like(prompts_t))
             if compiled:
-                kwargs.update(cache_implementation="static",
-                              compile_config=transformers.CompileConfig(_compile_all_devices=True))
+                compile_config = transformers.CompileConfig()
+                compile_config._compile_all_devices = True  # transformers compiles on GPU only by default
+                kwargs.update(cache_implementation="static", compile_config=compile_config)
 
             def hf_generate():
                 with torch.no_grad():
