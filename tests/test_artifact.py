@@ -181,9 +181,15 @@ def _contains(doc: list[int], piece: list[int]) -> bool:
 
 
 def test_launch_refuses_missing_tokenizer_before_any_work(tmp_path):
-    """A real-data run with no tokenizer path and no init_from fails in validation, naming the key."""
+    """A real-data run with no tokenizer path and no init_from, or an eval of a path that is no model,
+    fails in validation naming the key."""
     r = _launch(tmp_path / "w", "--config.data.synthetic=False", "--config.data.tokenizer_path=")
     assert r.returncode == 2 and "config.data.tokenizer_path" in r.stderr
+    (tmp_path / "not_a_model").mkdir()
+    r = subprocess.run([sys.executable, "launch.py", "--config", "configs/eval.py", "--workdir", str(tmp_path / "e"),
+                        f"--config.checkpoint={tmp_path / 'not_a_model'}"], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "config.checkpoint=" in r.stderr and "neither a Hugging Face" in r.stderr
 
 
 class _Tok:

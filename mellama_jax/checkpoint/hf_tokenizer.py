@@ -40,7 +40,7 @@ def _merges(proto: sp_pb2.ModelProto) -> list[list[str]]:
     ids = {p.piece: i for i, p in enumerate(proto.pieces)}
     ranked = []
     for i, p in enumerate(proto.pieces):
-        if p.type not in (_NORMAL, _USER_DEFINED) or len(p.piece) < 2:
+        if p.type != _NORMAL or len(p.piece) < 2:  # user-defined symbols are whole, never merged
             continue
         for cut in range(1, len(p.piece)):
             left, right = p.piece[:cut], p.piece[cut:]
@@ -58,9 +58,11 @@ def tokenizer_json(proto: sp_pb2.ModelProto, add_bos: bool = True, add_eos: bool
         raise UnsupportedTokenizerError(f"normalizer {proto.normalizer_spec.name!r} (remove_extra_whitespaces="
                          f"{proto.normalizer_spec.remove_extra_whitespaces}) has no tokenizer.json equivalent here")
     pieces = [p.piece for p in proto.pieces]
-    specials = [(i, p.piece) for i, p in enumerate(proto.pieces) if p.type in (_UNKNOWN, _CONTROL)]
-    added = [{"id": i, "content": piece, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": True} for i, piece in specials]
+    # Control/unknown pieces are special tokens; user-defined symbols are matched whole before BPE, as
+    # sentencepiece does, but are ordinary text.
+    added = [{"id": i, "content": p.piece, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": p.type != _USER_DEFINED}
+             for i, p in enumerate(proto.pieces) if p.type in (_UNKNOWN, _CONTROL, _USER_DEFINED)]
     ts = proto.trainer_spec
     bos, eos = pieces[ts.bos_id] if ts.bos_id >= 0 else None, pieces[ts.eos_id] if ts.eos_id >= 0 else None
     special_tokens = {}

@@ -97,7 +97,7 @@ def restore_params(item_dir: str, target: Any = None) -> Any:
     if _is_v1_item(item_dir):
         import orbax.checkpoint.experimental.v1 as ocp_v1
 
-        return ocp_v1.load_pytree(item_dir, target)
+        return ocp_v1.load(item_dir, target)
     checkpointer = ocp.StandardCheckpointer()
     if target is None:
         return checkpointer.restore(item_dir)

@@ -62,7 +62,7 @@ def _copy(proto: sp_pb2.ModelProto) -> sp_pb2.ModelProto:
 
 
 def extend_proto(base: sp_pb2.ModelProto, domain: sp_pb2.ModelProto, add: int,
-                 max_passes: int = 3) -> tuple[sp_pb2.ModelProto, list[str]]:
+                 max_passes: int = 4, chunk: int = 256) -> tuple[sp_pb2.ModelProto, list[str]]:
     """`base` with up to `add` of `domain`'s pieces appended (see the module docstring)."""
     if base.trainer_spec.model_type != sp_pb2.TrainerSpec.BPE:
         raise ValueError("only BPE base tokenizers (LLaMA's) can be extended this way")
@@ -82,21 +82,26 @@ def extend_proto(base: sp_pb2.ModelProto, domain: sp_pb2.ModelProto, add: int,
         added.append(piece)
         present.add(piece)
     candidates = [c for c in candidates if len(c) > 1 and all(ch in present for ch in c)]
+    # Adding a piece never changes how a string that segments into two *other* pieces segments (the
+    # new merge has the lowest priority and can only join two adjacent symbols into itself), so one
+    # checker serves a whole chunk of candidates and is rebuilt per chunk, not per piece.
     for _ in range(max_passes):  # a piece whose parts were added later gets another chance
-        checker = _processor(out, dummy_prefix=False)
         progress, waiting = False, []
-        for piece in candidates:
+        for start in range(0, len(candidates), chunk):
             if len(added) >= add:
                 break
-            if len(checker.EncodeAsPieces(piece.replace("\u2581", " "))) != 2:
-                waiting.append(piece)
-                continue
-            score -= 1.0
-            new = out.pieces.add()
-            new.piece, new.score, new.type = piece, score, _NORMAL
-            added.append(piece)
-            progress = True
             checker = _processor(out, dummy_prefix=False)
+            for piece in candidates[start:start + chunk]:
+                if len(added) >= add:
+                    break
+                if len(checker.EncodeAsPieces(piece.replace("\u2581", " "))) != 2:
+                    waiting.append(piece)
+                    continue
+                score -= 1.0
+                new = out.pieces.add()
+                new.piece, new.score, new.type = piece, score, _NORMAL
+                added.append(piece)
+                progress = True
         candidates = waiting
         if not progress or len(added) >= add:
             break
