@@ -76,8 +76,7 @@ def test_bucketed_generation_equals_one_prompt_at_a_time(env):
 
     engine = _engine(env, batch_size=4)
     tok = engine.tokenizer
-    texts = ["fever", "the patient had chest pain and a cough with fever " * 2, "aspirin warfarin", "sepsis " * 9,
-             "acute heart failure"]
+    texts = ["fever", "the patient had chest pain and a cough with fever " * 2, "sepsis " * 9]
     prompts = [tok.encode(t) for t in texts]
     _, batched, n_trunc = engine.generate(prompts, 6)
     assert n_trunc == 0
