@@ -116,9 +116,12 @@ def test_two_process_distributed_run_matches_one_process(tmp_path):
     for s in m_s:
         np.testing.assert_allclose(m_d[s]["loss"], m_s[s]["loss"], rtol=1e-5)
         # Realised source fractions cover both processes' slices, not process 0's alone.
-        fractions = {k: v for k, v in m_s[s].items() if k.startswith("data/")}
+        fractions = {k: v for k, v in m_s[s].items() if k.startswith("data/") and k.endswith("/fraction")}
         assert len(fractions) == 3 and abs(sum(fractions.values()) - 1.0) < 1e-9
         assert {k: m_d[s][k] for k in fractions} == pytest.approx(fractions, abs=1e-12)
+        # Tokens seen per source since step 0: summed over both processes, as in one process.
+        tokens = {k: v for k, v in m_s[s].items() if k.endswith("/tokens")}
+        assert len(tokens) == 3 and {k: m_d[s][k] for k in tokens} == tokens
     assert (dist / "checkpoints" / "4" / "params").is_dir()
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  final_params(dist, 4), final_params(single, 4))
