@@ -28,6 +28,7 @@ from mellama_jax.checkpoint.artifact import (CHAT_TEMPLATE_FILE, TOKENIZER_FILES
 from mellama_jax.checkpoint.hf_dir import HFWeights, read_hf_config
 from mellama_jax.checkpoint.orbax_io import PARAMS_ITEM, StreamingParamsWriter, write_model_config
 from mellama_jax.checkpoint.safetensors_io import write_file
+from mellama_jax.output_dir import OutputDirError, StagedOutput
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -37,8 +38,21 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None) -> str:
+def _staged(out: str, command: str, overwrite: bool) -> StagedOutput:
+    """Output written to a temporary sibling and renamed into place at the end (issue 14): an
+    interrupted run leaves the old output or nothing, a rerun works, and `out` must be new, empty or
+    an earlier output of the same command (replaced only with overwrite=True)."""
+    staged = StagedOutput(out, f"mellama_jax.convert {command}", overwrite)
+    try:
+        staged.check()
+    except OutputDirError as err:
+        raise FileExistsError(str(err)) from None
+    return staged
+
+
+def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, overwrite: bool = False) -> str:
     """Convert an HF LLaMA directory into a self-contained Orbax model checkpoint at `out`."""
+    staged = _staged(out, "hf_to_orbax", overwrite)
     config = read_hf_config(hf_dir)
     weights = HFWeights(hf_dir)
     weights.check(config)
@@ -47,34 +61,49 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None) -> str:
         raise hf_mapping.ConversionError(f"{hf_dir}: unsupported weight dtype {target.name}")
     config = config.replace(param_dtype=target.name)
 
-    if os.path.exists(os.path.join(out, PARAMS_ITEM)):
-        raise FileExistsError(f"{os.path.join(out, PARAMS_ITEM)}: already exists; choose a new output directory")
-    os.makedirs(out, exist_ok=True)
-    writer = StreamingParamsWriter(os.path.join(out, PARAMS_ITEM))
-    for path in hf_mapping.param_paths(config):
-        # One stacked parameter in memory at a time, written into the same Orbax checkpoint.
-        stacked = hf_mapping.convert_param(config, path, weights.get, dtype=target, where=weights.file_of)
-        writer.add(path, stacked)
-        del stacked
-    writer.finalize()
-    for name in TOKENIZER_FILES + (CHAT_TEMPLATE_FILE,):
-        if os.path.isfile(os.path.join(hf_dir, name)):
-            shutil.copy2(os.path.join(hf_dir, name), os.path.join(out, name))
-    _write_json(os.path.join(out, "provenance.json"),
-                {"created_by": "mellama_jax.convert hf_to_orbax", "source": os.path.abspath(hf_dir),
-                 "format": "huggingface", "dtype": target.name})
-    write_model_config(out, config)
+    with staged as tmp:
+        writer = StreamingParamsWriter(os.path.join(tmp, PARAMS_ITEM))
+        for path in hf_mapping.param_paths(config):
+            # One stacked parameter in memory at a time, written into the same Orbax checkpoint.
+            stacked = hf_mapping.convert_param(config, path, weights.get, dtype=target, where=weights.file_of)
+            writer.add(path, stacked)
+            del stacked
+        writer.finalize()
+        for name in TOKENIZER_FILES + (CHAT_TEMPLATE_FILE,):
+            if os.path.isfile(os.path.join(hf_dir, name)):
+                shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, name))
+        _write_json(os.path.join(tmp, "provenance.json"),
+                    {"created_by": "mellama_jax.convert hf_to_orbax", "source": os.path.abspath(hf_dir),
+                     "format": "huggingface", "dtype": target.name})
+        write_model_config(tmp, config)
     return out
 
 
 def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: int = 5 * 1024**3,
-                step: int | None = None) -> str:
+                step: int | None = None, overwrite: bool = False, merge_lora: bool = False,
+                adapter_only: bool = False) -> str:
     """Write config.json, generation_config.json, sharded safetensors + index and tokenizer files.
+
+    A LoRA SFT checkpoint is exported merged (W + alpha/r A B; `merge_lora` says so explicitly), or
+    with `adapter_only` as PEFT's adapter_config.json + adapter_model.safetensors for
+    `peft.PeftModel.from_pretrained(base_model, out)`.
 
     The tokenizer files are written so that `transformers.AutoTokenizer.from_pretrained(out)` gives
     the project Tokenizer's ids (see checkpoint/hf_tokenizer.py).
     """
+    staged = _staged(out, "orbax_to_hf", overwrite)
     artifact = resolve_artifact(ckpt, step)
+    if merge_lora and adapter_only:
+        raise ValueError("--merge_lora and --adapter_only exclude each other")
+    if (merge_lora or adapter_only) and not artifact.adapters:
+        raise ValueError(f"{ckpt}: --merge_lora/--adapter_only need a LoRA checkpoint (an SFT workdir trained "
+                         f"with config.lora.enabled); this is a {artifact.describe()} without adapters")
+    if adapter_only:
+        from mellama_jax.model.lora import write_peft_adapter
+        with staged as tmp:
+            write_peft_adapter(artifact, tmp, dtype)
+            export_tokenizer(artifact, tmp)
+        return out
     config, params = artifact.model_config, artifact.load_params()
     dtype = dtype or config.param_dtype
     if dtype not in _DTYPES:
@@ -106,21 +135,21 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
             used = 0
         shards[-1].append(name)
         used += size
-    os.makedirs(out, exist_ok=True)
     shard_of = {name: i for i, shard in enumerate(shards) for name in shard}
     file_names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     pending: dict[int, list] = {i: [] for i in range(len(shards))}
-    for name, array in tensors():
-        i = shard_of[name]
-        pending[i].append((name, array))
-        if len(pending[i]) == len(shards[i]):
-            write_file(os.path.join(out, file_names[i]), pending.pop(i))
-    index = {"metadata": {"total_size": sum(size for _, size in names_sizes)},
-             "weight_map": {name: file_names[shard_of[name]] for name, _ in names_sizes}}
-    _write_json(os.path.join(out, "model.safetensors.index.json"), index)
-    _write_json(os.path.join(out, "config.json"), hf_mapping.config_to_hf(config, dtype))
-    _write_json(os.path.join(out, "generation_config.json"), hf_mapping.generation_config_to_hf(config))
-    export_tokenizer(artifact, out)
+    with staged as tmp:
+        for name, array in tensors():
+            i = shard_of[name]
+            pending[i].append((name, array))
+            if len(pending[i]) == len(shards[i]):
+                write_file(os.path.join(tmp, file_names[i]), pending.pop(i))
+        index = {"metadata": {"total_size": sum(size for _, size in names_sizes)},
+                 "weight_map": {name: file_names[shard_of[name]] for name, _ in names_sizes}}
+        _write_json(os.path.join(tmp, "model.safetensors.index.json"), index)
+        _write_json(os.path.join(tmp, "config.json"), hf_mapping.config_to_hf(config, dtype))
+        _write_json(os.path.join(tmp, "generation_config.json"), hf_mapping.generation_config_to_hf(config))
+        export_tokenizer(artifact, tmp)
     return out
 
 
@@ -148,7 +177,8 @@ def export_tokenizer(artifact, out: str) -> None:
             _write_json(os.path.join(out, "tokenizer_config.json"), source_config)
 
 
-def resize_vocab(ckpt: str, tokenizer: str, out: str, pad_to_multiple: int = 64, step: int | None = None) -> str:
+def resize_vocab(ckpt: str, tokenizer: str, out: str, pad_to_multiple: int = 64, step: int | None = None,
+                 overwrite: bool = False) -> str:
     """A model artifact at `out` whose vocabulary is that of the extended `tokenizer` (see
     checkpoint/vocab.py for how new rows are initialised)."""
     from mellama_jax.checkpoint.artifact import MAX_VOCAB_MULTIPLE, check_artifact_tokenizer
@@ -165,15 +195,13 @@ def resize_vocab(ckpt: str, tokenizer: str, out: str, pad_to_multiple: int = 64,
                                 "is needed to initialise the new rows")
     check_artifact_tokenizer(artifact, artifact.load_tokenizer(), artifact.tokenizer_file)
     extended = load_tokenizer(tokenizer)
-    if os.path.exists(os.path.join(out, PARAMS_ITEM)):
-        raise FileExistsError(f"{os.path.join(out, PARAMS_ITEM)}: already exists; choose a new output directory")
+    staged = _staged(out, "resize_vocab", overwrite)
     sources = new_row_sources(artifact.tokenizer_file, extended.model_path)
     n_base, n_new = artifact.load_tokenizer().vocab_size, extended.vocab_size
     size = round_up(n_new, m)
     config = artifact.model_config.replace(vocab_size=size)
     params = resize_params(jax_to_numpy(artifact.load_params()), n_base, size, sources,
                            artifact.model_config.tie_word_embeddings)
-    save_params(out, config, params)
     provenance = {"created_by": "mellama_jax.convert resize_vocab", "source": artifact.path,
                   "source_kind": artifact.kind, "source_step": artifact.step,
                   "source_provenance": artifact.provenance, "base_tokenizer": artifact.tokenizer_file,
@@ -181,8 +209,10 @@ def resize_vocab(ckpt: str, tokenizer: str, out: str, pad_to_multiple: int = 64,
                   "vocab_size": size, "vocab_multiple": m,
                   "new_rows": "mean of the base rows of the base tokenizer's pieces for the new piece's text; "
                               "mean of all base rows where there is no clean split and for padding"}
-    write_artifact_files(out, config, tokenizer_file=extended.model_path, provenance=provenance,
-                         chat_template=artifact.chat_template)
+    with staged as tmp:
+        save_params(tmp, config, params)
+        write_artifact_files(tmp, config, tokenizer_file=extended.model_path, provenance=provenance,
+                             chat_template=artifact.chat_template)
     print(f"vocab {artifact.model_config.vocab_size} -> {size} ({n_new - n_base} new pieces, padded to a "
           f"multiple of {m}); {sum(1 for v in sources.values() if not v)} new rows use the mean of all rows")
     return out
@@ -214,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     to_hf.add_argument("--dtype", choices=_DTYPES, default=None, help="default: the stored dtype")
     to_hf.add_argument("--max_shard_size_mb", type=int, default=5120)
     to_hf.add_argument("--step", type=int, default=None, help="training checkpoints: default the newest")
+    lora_mode = to_hf.add_mutually_exclusive_group()
+    lora_mode.add_argument("--merge_lora", action="store_true",
+                           help="LoRA SFT checkpoint: fold the adapters into the weights (the default for one)")
+    lora_mode.add_argument("--adapter_only", action="store_true",
+                           help="LoRA SFT checkpoint: write PEFT's adapter_config.json + adapter_model.safetensors")
     resize = commands.add_parser("resize_vocab", help="grow a model to an extended tokenizer's vocabulary")
     resize.add_argument("--ckpt", required=True, help="model artifact (its tokenizer is the base)")
     resize.add_argument("--tokenizer", required=True, help="extended tokenizer (directory or tokenizer.model)")
@@ -221,14 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     resize.add_argument("--pad_to_multiple", type=int, default=64,
                         help="embedding rows padded to this power of two (vocab sharding); default 64")
     resize.add_argument("--step", type=int, default=None, help="training checkpoints: default the newest")
+    for sub in (to_orbax, to_hf, resize):
+        sub.add_argument("--overwrite", action="store_true",
+                         help="replace --out if it is an earlier output of this same command (nothing else)")
     args = parser.parse_args(argv)
     try:
         if args.command == "hf_to_orbax":
-            out = hf_to_orbax(args.hf_dir, args.out, args.dtype)
+            out = hf_to_orbax(args.hf_dir, args.out, args.dtype, args.overwrite)
         elif args.command == "orbax_to_hf":
-            out = orbax_to_hf(args.ckpt, args.out, args.dtype, args.max_shard_size_mb * 1024**2, args.step)
+            out = orbax_to_hf(args.ckpt, args.out, args.dtype, args.max_shard_size_mb * 1024**2, args.step,
+                              args.overwrite, merge_lora=args.merge_lora, adapter_only=args.adapter_only)
         else:
-            out = resize_vocab(args.ckpt, args.tokenizer, args.out, args.pad_to_multiple, args.step)
+            out = resize_vocab(args.ckpt, args.tokenizer, args.out, args.pad_to_multiple, args.step, args.overwrite)
     except (hf_mapping.ConversionError, FileNotFoundError, FileExistsError, ValueError,
             TokenizerMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -156,10 +156,13 @@ def convert_param(config: LlamaConfig, path: tuple[str, ...], read: Callable[[st
     With `out` given, layers are written into it one at a time (e.g. a memory-mapped staging array),
     so at most one HF tensor is materialised besides the destination.
     """
-    template, to_ours, _ = _rules(config)[path]
+    template, to_ours, to_hf = _rules(config)[path]
     expected = tuple(_expected_shape(config, path))
+    per_tensor = expected if "{i}" not in template else expected[1:]
+    # The HF shape this parameter implies (to_hf only makes views of an untouched np.empty).
+    hf_shape = tuple(to_hf(np.empty(per_tensor, np.int8)).shape)
     if "{i}" not in template:
-        value = to_ours(read(template))
+        value = _read_converted(template, read, to_ours, where, hf_shape)
         _check_shape(where(template), template, value.shape, expected)
         if out is None:
             return np.array(value, dtype=dtype or value.dtype)
@@ -167,7 +170,7 @@ def convert_param(config: LlamaConfig, path: tuple[str, ...], read: Callable[[st
         return out
     for i in range(config.num_hidden_layers):
         name = template.format(i=i)
-        value = to_ours(read(name))
+        value = _read_converted(name, read, to_ours, where, hf_shape)
         _check_shape(where(name), name, value.shape, expected[1:])
         if out is None:
             out = np.empty(expected, dtype=dtype or value.dtype)
@@ -202,6 +205,23 @@ def _expected_shape(config: LlamaConfig, path: tuple[str, ...]) -> tuple[int, ..
     for key in path:
         node = node[key]
     return tuple(node.shape)
+
+
+_WEIGHT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _read_converted(name: str, read: Callable[[str], np.ndarray], to_ours: Callable, where: Callable[[str], str],
+                    hf_shape: tuple) -> np.ndarray:
+    """read + layout change, with errors that name the file and the tensor (issue 14: a wrong dtype
+    label or a wrong shape used to convert silently or fail with a bare "cannot reshape")."""
+    raw = read(name)
+    if np.dtype(raw.dtype).name not in _WEIGHT_DTYPES:
+        raise ConversionError(f"{where(name)}: tensor {name!r} has dtype {np.dtype(raw.dtype).name}; a weight must be "
+                              f"one of {_WEIGHT_DTYPES}")
+    if tuple(raw.shape) != hf_shape:
+        raise ConversionError(f"{where(name)}: tensor {name!r} has shape {tuple(raw.shape)}, but config.json "
+                              f"implies {hf_shape}")
+    return to_ours(raw)
 
 
 def _check_shape(file: str, name: str, got: tuple, expected: tuple) -> None:

@@ -30,6 +30,16 @@ def read_hf_config(hf_dir: str) -> LlamaConfig:
     return config_from_hf(raw, source=path)
 
 
+def inside(directory: str, name: str, source: str) -> str:
+    """`directory/name`, refusing names that lead out of `directory` (absolute paths, '..',
+    symlinks pointing elsewhere): an index file must not make a tool open /etc/passwd."""
+    base = os.path.realpath(directory)
+    path = os.path.realpath(os.path.join(directory, name))
+    if os.path.isabs(name) or os.path.commonpath([base, path]) != base:
+        raise ConversionError(f"{source}: file name {name!r} points outside {directory}")
+    return os.path.join(directory, name)
+
+
 class HFWeights:
     """All weight tensors of an HF directory, each fetched lazily by name (memory-mapped safetensors)."""
 
@@ -60,15 +70,18 @@ class HFWeights:
         try:
             with open(index_path) as f:
                 weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ConversionError(f"{index_path}: not a valid weight index ({err})") from err
+        if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in weight_map.items()):
+            raise ConversionError(f"{index_path}: weight_map must map tensor names to shard file names")
         for shard in sorted(set(weight_map.values())):
-            shard_path = os.path.join(self.hf_dir, shard)
+            shard_path = inside(self.hf_dir, shard, index_path)
             if not os.path.isfile(shard_path):
                 raise ConversionError(f"{index_path}: names shard {shard!r}, which does not exist")
             (self._add_safetensors if kind == "safetensors" else self._add_torch)(shard_path)
         for name, shard in weight_map.items():
-            if self.locations.get(name) != os.path.join(self.hf_dir, shard):
+            if self.locations.get(name) != inside(self.hf_dir, shard, index_path):
                 raise ConversionError(f"{index_path}: tensor {name!r} is not in shard {shard!r}")
 
     def _add_safetensors(self, path: str) -> None:

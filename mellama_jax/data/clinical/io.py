@@ -308,7 +308,14 @@ def read_marker(path: str) -> dict:
     if meta.get("tool") != TOOL_NAME or meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{marker}: expected tool={TOOL_NAME!r} format_version={FORMAT_VERSION}, got "
                          f"tool={meta.get('tool')!r} format_version={meta.get('format_version')!r}")
-    missing = [s for s in meta.get("shards", []) if not os.path.isfile(os.path.join(path, s))]
+    shards = meta.get("shards", [])
+    base = os.path.realpath(path)
+    for s in shards if isinstance(shards, list) else [shards]:
+        # A shard name must be a plain file name of this directory: never /etc/hostname or ../x.
+        if not isinstance(s, str) or os.path.isabs(s) or os.path.dirname(os.path.normpath(s)) \
+                or os.path.commonpath([base, os.path.realpath(os.path.join(path, s))]) != base:
+            raise ValueError(f"{marker}: shard name {s!r} is not a file of {path}")
+    missing = [s for s in shards if not os.path.isfile(os.path.join(path, s))]
     if missing or not meta.get("shards"):
         raise ValueError(f"{marker}: shard files missing: {missing[:5] or 'none listed'}")
     return meta
