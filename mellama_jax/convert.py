@@ -154,15 +154,20 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
 
 
 def export_tokenizer(artifact, out: str) -> None:
-    """The artifact's tokenizer as HF files (+ its chat template), checked against the model first."""
-    from mellama_jax.checkpoint.artifact import check_artifact_tokenizer, copy_tokenizer_files, read_json
+    """The artifact's tokenizer as HF files (+ its chat template). A tokenizer that does not fit the
+    model is exported with a warning (the export converts what there is; training and eval refuse it)."""
+    from mellama_jax.checkpoint.artifact import (TokenizerMismatchError, check_artifact_tokenizer,
+                                                 copy_tokenizer_files, read_json)
     from mellama_jax.checkpoint.hf_tokenizer import UnsupportedTokenizerError, write_hf_tokenizer
 
     if not artifact.tokenizer_file:
         print(f"warning: {artifact.root} carries no tokenizer.model; {out} has no tokenizer files",
               file=sys.stderr)
         return
-    check_artifact_tokenizer(artifact, artifact.load_tokenizer(), artifact.tokenizer_file)
+    try:
+        check_artifact_tokenizer(artifact, artifact.load_tokenizer(), artifact.tokenizer_file)
+    except TokenizerMismatchError as err:
+        print(f"warning: {err}", file=sys.stderr)
     source_config = read_json(os.path.join(artifact.root, "tokenizer_config.json"))
     if artifact.chat_template:
         source_config["chat_template"] = artifact.chat_template

@@ -49,7 +49,7 @@ def test_round_trip_is_bit_identical(tmp_path, dtype, variant):
     assert os.path.isfile(os.path.join(back, "generation_config.json"))
 
 
-def test_orbax_to_hf_casts_dtype_and_copies_tokenizer(tmp_path):
+def test_orbax_to_hf_casts_dtype_and_copies_tokenizer(tmp_path, capsys):
     import sentencepiece as spm
     from transformers import AutoModelForCausalLM
 
@@ -62,6 +62,8 @@ def test_orbax_to_hf_casts_dtype_and_copies_tokenizer(tmp_path):
     hf_to_orbax(hf_dir, ckpt)
     assert os.path.isfile(os.path.join(ckpt, "tokenizer.model"))
     orbax_to_hf(ckpt, back, dtype="bfloat16")
+    # a 60-piece tokenizer on a 256-row model is exported, with a warning naming both files
+    assert "does not match model" in capsys.readouterr().err
     assert os.path.isfile(os.path.join(back, "tokenizer.model"))
     assert all(v.dtype.name == "bfloat16" for v in all_tensors(back).values())
     assert json.load(open(os.path.join(back, "config.json")))["torch_dtype"] == "bfloat16"
