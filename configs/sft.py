@@ -89,18 +89,18 @@ def _tiny(c):
 
 
 def _demo(c):
-    """About a minute on 2 CPU cores: the bundled instruction samples, Me-LLaMA chat template, full
-    fine-tuning of the small model (LoRA over a tiny, barely pretrained base learns little; switch it on
-    with --config.lora.enabled=true when init_from is a real checkpoint)."""
+    """The bundled instruction samples, Me-LLaMA chat template, full fine-tuning of the small model
+    from random initialisation (a fresh checkout has no pretrained base to adapt; with
+    --config.model.init_from=CKPT add --config.lora.enabled=true for LoRA)."""
     c.model.preset = "small"
     c.data.tokenizer_path = os.path.join(os.path.dirname(SAMPLES), "tokenizer.model")
     c.data.seq_len = 256
-    c.train.epochs = 6.0
+    c.train.epochs = 3.0
     c.train.global_batch_size = 8
     c.train.log_every = 10
     c.train.eval_every = 0
     c.train.eval_batches = 2
-    c.train.checkpoint_every = 100
+    c.train.checkpoint_every = 50
     c.optim.learning_rate = 2e-3
     c.optim.warmup_steps = 5
     c.lora.enabled = False
