@@ -161,12 +161,14 @@ def test_parse_hardware():
     assert hardware.TPU_CHIPS["v5p"].peak_flops == metrics.PEAK_BF16_TFLOPS["tpu v5p"] * 1e12
 
 
-def test_hlo_conv_and_trip_count_parsing():
+@pytest.mark.parametrize("step,limit", [(1, 5), (2, 10)])
+def test_hlo_dot_flops_and_trip_count_parsing(step, limit):
+    """Trip count = (limit - init) / step: XLA's windowed-einsum loops count by 2."""
     text = """HloModule m
 
 %cond (p: (s32[], f32[8,16])) -> pred[] {
   %p = (s32[], f32[8,16]{1,0}) parameter(0)
-  %c = s32[] constant(5)
+  %c = s32[] constant(LIMIT)
   %i = s32[] get-tuple-element(%p), index=0
   ROOT %lt = pred[] compare(%i, %c), direction=LT
 }
@@ -177,7 +179,9 @@ def test_hlo_conv_and_trip_count_parsing():
   %w = f32[16,16]{1,0} constant({...})
   %d = f32[8,16]{1,0} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
   %i = s32[] get-tuple-element(%p), index=0
-  ROOT %t = (s32[], f32[8,16]{1,0}) tuple(%i, %d)
+  %one = s32[] constant(STEP)
+  %next = s32[] add(%i, %one)
+  ROOT %t = (s32[], f32[8,16]{1,0}) tuple(%next, %d)
 }
 
 ENTRY %main (a: f32[8,16]) -> f32[8,16] {
@@ -188,7 +192,7 @@ ENTRY %main (a: f32[8,16]) -> f32[8,16] {
   %g = f32[8,16]{1,0} all-gather(%a), replica_groups={{0,1},{2,3}}, dimensions={0}
   ROOT %r = f32[8,16]{1,0} get-tuple-element(%w), index=1
 }
-"""
+""".replace("LIMIT", str(limit)).replace("STEP", str(step))
     stats = hlo.analyze(text, 4)
     assert stats.loops == [("body", 5)]
     assert stats.dot_flops_once == 2 * 8 * 16 * 16

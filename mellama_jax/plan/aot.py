@@ -67,7 +67,7 @@ class AotPlan:
     hbm_bytes: int  # per device
     xla_flops: float  # XLA cost analysis (loop bodies once)
     flops: float  # loop-corrected
-    hbm_traffic_bytes: float  # loop-corrected
+    hbm_traffic_bytes: float  # XLA's bytes accessed x (loop-corrected / XLA FLOPs), approximate
     model_flops_per_step: float  # 6N + 12LHS per token x tokens, whole step, all devices
     peak_flops: float  # per device
     loops: list
@@ -228,7 +228,11 @@ def compile_plan(config: Any, topology: str | TpuTopology) -> AotPlan:
     stats = hlo_lib.analyze(compiled.as_text(), len(devices))
     xla_flops = float(cost.get("flops", 0.0))
     flops = xla_flops + stats.dot_flops - stats.dot_flops_once
-    traffic = float(cost.get("bytes accessed", 0.0)) + stats.bytes - stats.bytes_once
+    # HBM traffic: XLA's bytes accessed, scaled like the FLOPs for the loop iterations it skips.
+    # (Summing operand sizes ourselves overcounts: a slice of a stacked [layers, ...] array reads
+    # one layer, not the whole operand.)
+    xla_bytes = float(cost.get("bytes accessed", 0.0))
+    traffic = xla_bytes * (flops / xla_flops) if xla_flops else xla_bytes
     chip = topo.chip
     peak = common["peak_flops"]
     wire = sum(c.wire_bytes for c in stats.collectives)

@@ -168,8 +168,10 @@ def _collective_seconds(mc: LlamaConfig, mesh: dict, chip: Chip, param_count: fl
         return chip.interconnect_bandwidth
 
     seconds = 0.0
-    if f > 1:  # params all-gathered for forward and backward; grads reduce-scattered
-        gathers = 2 * micro
+    if f > 1:  # params all-gathered; grads reduce-scattered every micro-batch
+        # One micro-batch: gathered in the forward and again in the backward. Several: XLA hoists
+        # the (loop-invariant) gathered weights out of the micro-batch loop, once per step.
+        gathers = 1 if micro > 1 else 2
         frac = (f - 1) / f
         sent = gathers * frac * param_count / t * cd + micro * frac * trainable_count / t * 4
         seconds += sent / bandwidth(f * t)
@@ -221,6 +223,10 @@ def estimate(config: Any, model_config: LlamaConfig, num_devices: int, chip: Chi
     vocab = _split(mc.vocab_size, t) if config.train.loss_impl == "vocab_parallel" else mc.vocab_size
     loss_ws = 3 * rows * seq * vocab * 4
     transient = max(layer_ws, loss_ws)
+    if micro > 1 and shape["fsdp"] > 1:
+        # The hoisted all-gathered weights (see _collective_seconds) stay resident all step; the
+        # 70B v5p compile in README.md shows this as ~16 GiB of temporaries per device.
+        transient += base_params / t * cd
     batch = int(gbs / (shape["data"] * shape["fsdp"]) * seq * 4 * 5)
 
     tokens = gbs * seq

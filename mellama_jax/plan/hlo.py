@@ -1,10 +1,10 @@
-"""Reading a compiled (optimised, SPMD-partitioned) HLO module: loops, FLOPs, traffic, collectives.
+"""Reading a compiled (optimised, SPMD-partitioned) HLO module: loops, FLOPs, collectives.
 
 Why our own pass over the HLO text: XLA's ``cost_analysis()`` counts the body of every ``while``
 loop once (the scan over layers runs ``num_hidden_layers`` times, the micro-batch scan
 ``micro_batches`` times), so on a scanned 80-layer model it under-reports FLOPs by ~80x. The
 module text names each loop's trip count, so this pass finds every computation's execution count
-and adds the skipped iterations' matmul FLOPs and HBM traffic to XLA's own numbers. It also lists
+and adds the skipped iterations' matmul FLOPs to XLA's own count. It also lists
 the collectives with how often they run per step. Everything is per device (the partitioned module).
 """
 from __future__ import annotations
@@ -25,9 +25,6 @@ _CALLED = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_c
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute",
                "ragged-all-to-all")
-# Ops that move no data of their own (bookkeeping, or control flow whose bodies are counted).
-_NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call",
-               "conditional", "after-all", "partition-id", "replica-id", "iota", "opt-barrier"}
 
 
 @dataclasses.dataclass
@@ -53,8 +50,6 @@ class HloStats:
     loops: list  # [(op_name or body name, trip count)] for every while loop
     dot_flops_once: float  # matmul FLOPs with every loop body counted once (XLA's convention)
     dot_flops: float  # matmul FLOPs with loop trip counts applied
-    bytes_once: float
-    bytes: float  # HBM traffic estimate (operands + results of unfused ops, fusion boundaries)
     collectives: list  # [Collective]
 
 
@@ -130,12 +125,28 @@ def _constant_value(name: str, raw: dict) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def trip_count(while_instr: Instr, comps: dict, raw_lines: dict) -> int | None:
-    """Iterations of a ``while``: XLA's known_trip_count, else ``i < N`` in the condition."""
+def _resolve_int(name: str, by_name: dict, raw: dict, depth: int = 0) -> int | None:
+    """Value of a scalar integer constant, looking through copy/convert/bitcast."""
+    instr = by_name.get(name)
+    if instr is None or depth > 4:
+        return None
+    if instr.opcode == "constant":
+        return _constant_value(name, raw)
+    if instr.opcode in ("copy", "convert", "bitcast") and instr.operands:
+        return _resolve_int(instr.operands[0], by_name, raw, depth + 1)
+    return None
+
+
+def trip_count(while_instr: Instr, comps: dict, raw_lines: dict,
+               caller: list[Instr] | None = None) -> int | None:
+    """Iterations of a ``while``: XLA's known_trip_count, else ``i < N`` in the condition with
+    i's initial value from the loop's operand tuple and its step from the body (XLA's windowed
+    einsum loops count 0, 2, 4, ...)."""
     m = re.search(r'"known_trip_count":\{"n":"(\d+)"', while_instr.attrs)
     if m:
         return int(m.group(1))
     cond = re.search(r"condition=%([^\s,]+)", while_instr.attrs)
+    body = re.search(r"body=%([^\s,]+)", while_instr.attrs)
     if not cond or cond.group(1) not in comps:
         return None
     cond_comp = comps[cond.group(1)]
@@ -144,13 +155,36 @@ def trip_count(while_instr: Instr, comps: dict, raw_lines: dict) -> int | None:
     if root is None or root.opcode != "compare" or len(root.operands) != 2:
         return None
     direction = re.search(r"direction=(\w+)", root.attrs)
-    limit = None
+    limit, index = None, None
     for op in root.operands:
-        if op in by_name and by_name[op].opcode == "constant":
+        instr = by_name.get(op)
+        if instr is not None and instr.opcode == "constant":
             limit = _constant_value(op, raw_lines)
-    if limit is None or not direction:
+        elif instr is not None and instr.opcode == "get-tuple-element":
+            index = int(re.search(r"index=(\d+)", instr.attrs).group(1))
+    if limit is None or not direction or direction.group(1) not in ("LT", "LE", "NE", "GT"):
         return None
-    return {"LT": limit, "LE": limit + 1, "GT": limit, "NE": limit}.get(direction.group(1))
+    init, step = 0, 1
+    if index is not None and caller is not None:
+        by_caller = {i.name: i for i in caller}
+        tup = by_caller.get(while_instr.operands[0]) if while_instr.operands else None
+        if tup is not None and tup.opcode == "tuple" and index < len(tup.operands):
+            value = _resolve_int(tup.operands[index], by_caller, raw_lines)
+            init = value if value is not None else 0
+    if index is not None and body and body.group(1) in comps and comps[body.group(1)]:
+        body_comp = comps[body.group(1)]
+        by_body = {i.name: i for i in body_comp}
+        out = body_comp[-1]
+        update = by_body.get(out.operands[index]) if out.opcode == "tuple" and index < len(out.operands) else None
+        if update is not None and update.opcode == "add":
+            for op in update.operands:
+                value = _resolve_int(op, by_body, raw_lines)
+                if value:
+                    step = value
+    if direction.group(1) == "GT":
+        return None  # counting down: not produced by jax scans
+    span = limit - init + (1 if direction.group(1) == "LE" else 0)
+    return max(0, -(-span // step))
 
 
 def _group_size(attrs: str, num_devices: int) -> int:
@@ -239,7 +273,7 @@ def _conv_flops(instr: Instr, shapes: dict) -> float:
 
 
 def analyze(text: str, num_devices: int) -> HloStats:
-    """Loop-aware FLOPs, traffic and collectives of one compiled, partitioned HLO module."""
+    """Loop-aware matmul FLOPs and collectives of one compiled, partitioned HLO module."""
     comps, entry = parse_module(text)
     raw = {}
     for line in text.splitlines():
@@ -247,13 +281,12 @@ def analyze(text: str, num_devices: int) -> HloStats:
         if m:
             raw[m.group(1)] = line
     callers: dict[str, list[tuple[str, float, float]]] = collections.defaultdict(list)
-    fused: set[str] = set()
     loops = []
     for cname, instrs in comps.items():
         for instr in instrs:
             for key, callee in _edges(instr):
                 if key == "body":
-                    trips = trip_count(instr, comps, raw)
+                    trips = trip_count(instr, comps, raw, instrs)
                     op = re.search(r'op_name="([^"]*)"', instr.attrs)
                     loops.append((op.group(1) if op else callee, trips))
                     callers[callee].append((cname, float(trips or 1), 1.0))
@@ -261,8 +294,6 @@ def analyze(text: str, num_devices: int) -> HloStats:
                     continue  # no FLOPs or traffic worth counting
                 else:
                     callers[callee].append((cname, 1.0, 1.0))
-                    if key in ("calls", "to_apply"):
-                        fused.add(callee)
 
     memo: dict[tuple[str, bool], float] = {}
 
@@ -276,24 +307,17 @@ def analyze(text: str, num_devices: int) -> HloStats:
         return memo[(c, once)]
 
     flops = {False: 0.0, True: 0.0}
-    traffic = {False: 0.0, True: 0.0}
     coll: dict[str, dict] = {}
     for cname, instrs in comps.items():
         m_true, m_once = mult(cname, False), mult(cname, True)
         if not m_true and not m_once:
             continue
         shapes = {i.name: i.shapes[0][1] for i in instrs if len(i.shapes) == 1}
-        all_shapes = {i.name: i.shapes for i in instrs}
         for instr in instrs:
             f = _dot_flops(instr, shapes)
             if f:
                 flops[False] += f * m_true
                 flops[True] += f * m_once
-            if cname not in fused and instr.opcode not in _NO_TRAFFIC and not instr.opcode.endswith("-done"):
-                b = _shape_bytes(instr.shapes) + sum(
-                    _shape_bytes(all_shapes.get(op, [])) for op in instr.operands)
-                traffic[False] += b * m_true
-                traffic[True] += b * m_once
             kind = instr.opcode[:-6] if instr.opcode.endswith("-start") else instr.opcode
             if kind in COLLECTIVES:
                 arrays = instr.shapes
@@ -308,4 +332,4 @@ def analyze(text: str, num_devices: int) -> HloStats:
                 entry_["groups"].add(group)
     collectives = [Collective(k, int(round(v["count"])), v["bytes"], v["wire"], tuple(sorted(v["groups"])))
                    for k, v in sorted(coll.items())]
-    return HloStats(loops, flops[True], flops[False], traffic[True], traffic[False], collectives)
+    return HloStats(loops, flops[True], flops[False], collectives)

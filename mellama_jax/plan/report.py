@@ -101,7 +101,7 @@ def format_estimate(est: Estimate, mc: Any, gbs: int, micro: int, lora: bool, no
     lines += [
         f"  gradients      {gib(est.grads_bytes):>9}",
         f"  activations    {gib(est.saved_activation_bytes):>9}   (kept for backward, remat {est.remat_policy})",
-        f"  transient      {gib(est.transient_bytes):>9}   (one layer's backward or the loss)",
+        f"  transient      {gib(est.transient_bytes):>9}   (one layer's backward or the loss; gathered weights)",
         fit_line(est.total_bytes, est.hbm_bytes, est.fits),
         f"roofline (peak {est.peak_flops / 1e12:.0f} TFLOP/s per device): compute {_seconds(est.compute_s)} "
         f"({_si(est.flops, 'FLOP')} executed), collectives {_seconds(est.collective_s)}",
@@ -112,7 +112,7 @@ def format_estimate(est: Estimate, mc: Any, gbs: int, micro: int, lora: bool, no
 
 def format_sweep(title: str, rows: list[dict]) -> str:
     """rows: {mesh, remat, fits, total, hbm, temp, step_s, mfu, error}."""
-    head = f"{'mesh (data,fsdp,tensor)':<24} {'remat':<33} {'fits':<5} {'GiB/dev':>8} {'temp':>7} {'step':>10} {'MFU':>6}"
+    head = f"{'mesh (data,fsdp,tensor)':<24} {'remat':<33} {'fits':<5} {'GiB/dev':>8} {'temp':>7} {'step >=':>10} {'MFU <=':>6}"
     out = [title, head, "-" * len(head)]
     for r in rows:
         mesh = ",".join(str(v) for v in r["mesh"]) if isinstance(r["mesh"], (list, tuple)) else str(r["mesh"])
