@@ -228,3 +228,21 @@ def test_layouts_resolve(hf_model, tmp_path):
     cfg, params = load_pretrained(out)
     ref = resolve_artifact(hf_model["hf"]).load_params()
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, ref)
+
+
+def test_checkpoint_dir_carries_tokenizer_and_refuses_another_on_resume(hf_model, tmp_path):
+    from configs.pretrain import get_config
+    from mellama_jax.model.presets import get_preset
+    from mellama_jax.train import loop
+
+    config = get_config("tiny")
+    model_config = get_preset("tiny", vocab_size=512)
+    directory = str(tmp_path / "checkpoints")
+    loop.write_artifact(directory, config, model_config, hf_model["tok"], pipeline=None)
+    assert Tokenizer(os.path.join(directory, "tokenizer.model")).sha256() == Tokenizer(hf_model["tok"]).sha256()
+    assert os.path.isfile(os.path.join(directory, "tokenizer_config.json"))
+    provenance = json.load(open(os.path.join(directory, "provenance.json")))
+    assert provenance["tokenizer_sha256"] == Tokenizer(hf_model["tok"]).sha256()
+    loop.write_artifact(directory, config, model_config, hf_model["tok"], pipeline=None)  # same: fine
+    with pytest.raises(ValueError, match="different tokenizer"):
+        loop.write_artifact(directory, config, model_config, BUNDLED, pipeline=None)
