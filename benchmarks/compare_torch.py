@@ -10,6 +10,11 @@ transformers' static-cache generate, which compiles the forward). float32 on CPU
 --dtype bfloat16 (PyTorch then uses sdpa attention). Prints one Markdown table with ratios (project /
 PyTorch eager; higher is better for the project), greedy-token equality, XLA's bytes accessed per
 decode step against the minimum, versions and the device. Needs no TensorFlow or ml_collections.
+
+Memory: both models plus, for the train phase, each side's AdamW state one after the other; about
+12 GB for llama2_1b without the train phase, about 20 GB with it (float32). On a CPU shared with other
+work, multi-threaded PyTorch slows down sharply (OpenMP threads wait on each other); compare with
+--threads 1 and XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" there.
 """
 from __future__ import annotations
 
