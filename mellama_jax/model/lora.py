@@ -95,7 +95,7 @@ def _parse_targets(targets: Any) -> tuple[str, ...]:
 
 def spec_from_config(lora_cfg: Any) -> LoraSpec | None:
     """LoraSpec from config.lora (None when absent or `enabled` is false); errors name the key."""
-    if lora_cfg is None or not bool(lora_cfg.get("enabled", False)):
+    if lora_cfg is None or not bool(getattr(lora_cfg, "enabled", False)):
         return None
     rank, alpha, dropout = int(lora_cfg.rank), float(lora_cfg.alpha), float(lora_cfg.dropout)
     if rank < 1:

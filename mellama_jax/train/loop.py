@@ -139,7 +139,7 @@ class Trainer:
         # LoRA (config.lora.enabled): the state's params are the adapters; the base is frozen, an
         # argument of the step outside the state (no gradient, no optimizer state, never saved again).
         from mellama_jax.model import lora as lora_lib
-        self.lora = lora_lib.spec_from_config(config.get("lora"))
+        self.lora = lora_lib.spec_from_config(getattr(config, "lora", None))
         self.frozen_shapes = self.frozen_shardings = self._frozen = None
         if self.lora is not None:
             self.frozen_shapes, self.frozen_shardings = self.abstract_params, self.param_shardings
