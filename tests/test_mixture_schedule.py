@@ -126,6 +126,7 @@ def _launch(workdir, *args):
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # two launch.py runs (~1 min on 2 shared cores); the 2-process resume test also checks tokens
 def test_tokens_per_source_continue_across_a_resume(tmp_path):
     w = tmp_path / "w"
     r = _launch(w, "--config.train.steps=4", "--config.data.mixture.clinical=0")
