@@ -28,7 +28,7 @@ def model_overrides(model_cfg: Any) -> dict:
 
 def init_artifact(model_cfg: Any) -> ModelArtifact | None:
     """The artifact config.model.init_from names ("" = none: random init)."""
-    init_from = os.path.expanduser(model_cfg.get("init_from", "") or "")
+    init_from = os.path.expanduser(getattr(model_cfg, "init_from", "") or "")  # ConfigDict or namespace
     if not init_from:
         return None
     if not os.path.exists(init_from):
