@@ -236,3 +236,16 @@ def test_sft_lora_config_compiles_with_frozen_base():
     specs = jax.tree.map(lambda s: s.spec, trainer.param_shardings)
     assert jax.tree.structure(specs) == jax.tree.structure(plan.param_specs)  # the adapters' tree
     assert jax.tree.leaves(specs) == jax.tree.leaves(plan.param_specs)
+
+
+def test_readme_gpu_commands_as_written():
+    """The README's 8xH100 and 64xH100 commands (analytic: no compile) fit, exit 0."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for args in (["--config", "configs/pretrain.py:llama2_13b", "--gpus", "8xH100",
+                  "--config.train.micro_batches=32", "--config.model.remat_policy=full"],
+                 ["--config", "configs/pretrain.py:llama2_70b", "--gpus", "64xH100",
+                  "--config.train.micro_batches=8"]):
+        assert "python -m mellama_jax.plan " + " ".join(args) in readme
+        out = _plan_cli(*args)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "FITS" in out.stdout and out.stdout.splitlines()[1].startswith(args[3])
