@@ -249,3 +249,17 @@ def test_readme_gpu_commands_as_written():
         out = _plan_cli(*args)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "FITS" in out.stdout and out.stdout.splitlines()[1].startswith(args[3])
+
+
+def test_topology_sweep_table(tmp_path):
+    """--sweep compiles every mesh x remat policy and prints one row each."""
+    path = tmp_path / "sweep.json"
+    out = _plan_cli("--config", "configs/pretrain.py:tiny", "--topology", "v5e:2x2", "--sweep",
+                    "--sweep_tensor=1,2", "--sweep_remat=full,none", f"--json={path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+    rows = json.loads(path.read_text())["sweep"]
+    assert [(tuple(r["mesh"]), r["remat"]) for r in rows] == [
+        ((1, 4, 1), "full"), ((1, 4, 1), "none"), ((1, 2, 2), "full"), ((1, 2, 2), "none")]
+    assert all(r["fits"] and r["step_s"] > 0 for r in rows)
+    assert "1,2,2" in out.stdout and out.stdout.count("yes") == 4
