@@ -263,3 +263,6 @@ def test_topology_sweep_table(tmp_path):
         ((1, 4, 1), "full"), ((1, 4, 1), "none"), ((1, 2, 2), "full"), ((1, 2, 2), "none")]
     assert all(r["fits"] and r["step_s"] > 0 for r in rows)
     assert "1,2,2" in out.stdout and out.stdout.count("yes") == 4
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert ("python -m mellama_jax.plan --config configs/pretrain.py:tiny --topology v5e:2x2 --sweep "
+            "--sweep_tensor=1,2 --sweep_remat=full,none") in readme
