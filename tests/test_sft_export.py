@@ -115,3 +115,32 @@ def test_merge_flags_need_a_lora_checkpoint(sft_workdir, tmp_path):
 
     base, _ = sft_workdir
     assert convert_main(["orbax_to_hf", "--ckpt", base, "--out", str(tmp_path / "x"), "--adapter_only"]) == 2
+
+
+def test_eval_takes_the_chat_template_from_the_sft_workdir(sft_workdir, tmp_path):
+    """The seam SFT -> eval needs no flag: chat_template=auto (the default) finds the trained template,
+    in the workdir and in its HF export; a base without one is evaluated on raw prompts."""
+    import ml_collections
+
+    from configs.eval import get_config
+    from mellama_jax.convert import orbax_to_hf
+    from mellama_jax.eval.runner import resolve_chat_template
+
+    base, workdir = sft_workdir
+    config = get_config()
+    assert config.chat_template == "auto"
+
+    def resolved(checkpoint, value="auto"):
+        c = ml_collections.ConfigDict({"checkpoint": checkpoint, "chat_template": value})
+        return resolve_chat_template(c)
+
+    assert resolved(workdir) == "mellama"  # configs/sft.py trains with the Me-LLaMA wrapper
+    assert resolved(orbax_to_hf(workdir, str(tmp_path / "hf"), merge_lora=True)) == "mellama"
+    assert resolved(base) == "none"
+    assert resolved(workdir, "llama2") == "llama2"  # an explicit choice wins
+    foreign = tmp_path / "foreign"
+    shutil.copytree(base, foreign)
+    with open(foreign / "chat_template.jinja", "w") as f:
+        f.write("{{ messages[0]['content'] }}")
+    with pytest.raises(ValueError, match="not one of"):
+        resolved(str(foreign))

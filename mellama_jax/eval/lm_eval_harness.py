@@ -166,7 +166,10 @@ def run(config, workdir: str) -> dict:
     rules = config.sharding.rules if config.get("sharding") is not None else None
     engine = load_engine(config.checkpoint, config.tokenizer_path, batch_size=int(config.batch_size),
                          mesh_config=mesh_cfg, rules=rules, dtype=config.dtype, show_progress=False)
-    chat = config.chat_template if config.chat_template and config.chat_template != "none" else None
+    from mellama_jax.eval.runner import resolve_chat_template
+
+    chat = resolve_chat_template(config)  # "auto": the checkpoint's own template, else none
+    chat = None if chat == "none" else chat
     lm = MellamaJaxLM(config.checkpoint, engine=engine, chat_template=chat,
                       max_gen_toks=int(config.get("lm_eval_max_gen_toks", 256)))
     manager = TaskManager(include_path=include, metadata=_metadata(config))

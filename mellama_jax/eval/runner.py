@@ -109,6 +109,29 @@ def load_task_file(spec: TaskSpec, path: str, config) -> tuple[list[Example], Lo
     return examples, report
 
 
+def resolve_chat_template(config) -> str:
+    """config.chat_template, with "auto" (the default) replaced by the checkpoint's own template.
+
+    An SFT checkpoint carries the template it was trained with (chat_template.jinja / the
+    tokenizer_config.json of an export), so evaluating it needs no flag; a checkpoint without one is
+    evaluated on raw prompts. A template that is none of ours is an error rather than a guess.
+    """
+    name = config.chat_template or "none"
+    if name != "auto":
+        return name
+    from mellama_jax.checkpoint.artifact import resolve_artifact
+    from mellama_jax.sft.chat import template_name_for_jinja
+
+    jinja = resolve_artifact(config.checkpoint).chat_template
+    found = template_name_for_jinja(jinja)
+    if found is None:
+        raise ValueError(f"config.chat_template=auto: {config.checkpoint} carries a chat template that is not "
+                         "one of mellama_jax.sft.chat's (none, mellama, llama2); set --config.chat_template "
+                         "explicitly")
+    log.info("chat template from the checkpoint: %s", found)
+    return found
+
+
 def _chat(prompt: str, config) -> str:
     if not config.chat_template or config.chat_template == "none":
         return prompt
@@ -392,6 +415,7 @@ def run(config, workdir: str) -> dict:
     if harness != "builtin":
         raise ValueError(f"config.harness={harness!r}: expected 'builtin' or 'lm_eval'")
     _validate(config)
+    config.chat_template = resolve_chat_template(config)  # results.json records the resolved name
     tasks = _task_list(config)
     prepared = {}
     for name in tasks:

@@ -214,6 +214,20 @@ def hf_chat_template(name: str) -> str:
     return _JINJA[name]
 
 
+def template_name_for_jinja(jinja: str | None) -> str | None:
+    """The name of our template whose Jinja text is `jinja` ("none" for no template; None if unknown).
+
+    Checkpoints carry the template as Jinja text (what transformers reads); evaluation renders by name,
+    so a checkpoint written by our SFT maps back to the exact template it was trained with.
+    """
+    if not jinja:
+        return "none"
+    for name in TEMPLATES:
+        if _JINJA.get(name, "").strip() == jinja.strip():
+            return name
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Tokenization with trained-token flags
 # --------------------------------------------------------------------------------------------------
