@@ -90,7 +90,8 @@ def check_output_dir(path: str, tool: str, overwrite: bool,
     return "owned"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (also used by the workdir lock)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -124,7 +125,7 @@ class StagedOutput:
             if not owner or owner.get("tool") != self.tool or d == self.staging:
                 continue
             if owner.get("host") == self.host and isinstance(owner.get("pid"), int) \
-                    and not _pid_alive(owner["pid"]):
+                    and not pid_alive(owner["pid"]):
                 shutil.rmtree(d, ignore_errors=True)
 
     def __enter__(self) -> str:

@@ -90,30 +90,25 @@ def _split_system(messages: list[dict]) -> tuple[str | None, list[dict]]:
     return None, messages
 
 
-def _render_none(messages: list[dict], add_generation_prompt: bool) -> list[Part]:
-    system, body = _split_system(messages)
-    parts = [Part(BOS)]
-    if system:
-        parts.append(Part("text", system + "\n\n"))
-    for m in body:
-        if m["role"] == "user":
-            parts.append(Part("text", m["content"]))
-        else:
-            parts += [Part("text", m["content"], True), Part(EOS, trained=True)]
-    return parts
+def _render_plain(user_format: str) -> Callable[[list[dict], bool], list[Part]]:
+    """A single-BOS template: system text, then each user turn through `user_format`, each answer + EOS."""
+    def render(messages: list[dict], add_generation_prompt: bool) -> list[Part]:
+        system, body = _split_system(messages)
+        parts = [Part(BOS)]
+        if system:
+            parts.append(Part("text", system + "\n\n"))
+        for m in body:
+            if m["role"] == "user":
+                parts.append(Part("text", user_format.format(m["content"])))
+            else:
+                parts += [Part("text", m["content"], True), Part(EOS, trained=True)]
+        return parts
+    return render
 
 
-def _render_mellama(messages: list[dict], add_generation_prompt: bool) -> list[Part]:
-    system, body = _split_system(messages)
-    parts = [Part(BOS)]
-    if system:
-        parts.append(Part("text", system + "\n\n"))
-    for m in body:
-        if m["role"] == "user":
-            parts.append(Part("text", "Human: \n" + m["content"] + "\n\nAssistant: \n"))
-        else:
-            parts += [Part("text", m["content"], True), Part(EOS, trained=True)]
-    return parts
+_render_none = _render_plain("{}")
+# Me-LLaMA's released wrapper (src/model_prompt.py: mellama_prompt).
+_render_mellama = _render_plain("Human: \n{}\n\nAssistant: \n")
 
 
 B_INST, E_INST, B_SYS, E_SYS = "[INST]", "[/INST]", "<<SYS>>\n", "\n<</SYS>>\n\n"

@@ -25,6 +25,8 @@ import socket
 import sys
 import threading
 
+from mellama_jax.output_dir import pid_alive as _pid_alive
+
 __all__ = ["WorkdirLocked", "WorkdirLock", "acquire", "lock_path"]
 
 _HELD: dict[str, "WorkdirLock"] = {}
@@ -57,16 +59,6 @@ def _describe(owner: dict) -> str:
     if not owner:
         return "another process (owner unknown)"
     return f"pid {owner.get('pid')} on host {owner.get('host')!r} (since {owner.get('started')})"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class WorkdirLock:
