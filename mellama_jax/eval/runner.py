@@ -9,6 +9,7 @@ is written beside it; predictions are a pure function of those, byte for byte.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -117,15 +118,19 @@ def resolve_chat_template(config) -> str:
     evaluated on raw prompts. A template that is none of ours is an error rather than a guess.
     """
     name = config.chat_template or "none"
-    if name != "auto":
-        return name
+    return _checkpoint_chat_template(config.get("checkpoint") or "") if name == "auto" else name
+
+
+@functools.lru_cache(maxsize=16)
+def _checkpoint_chat_template(checkpoint: str) -> str:
+    if not checkpoint or not os.path.exists(checkpoint):
+        return "none"  # a missing checkpoint is reported when the model loads, after every task file is checked
     from mellama_jax.checkpoint.artifact import resolve_artifact
     from mellama_jax.sft.chat import template_name_for_jinja
 
-    jinja = resolve_artifact(config.checkpoint).chat_template
-    found = template_name_for_jinja(jinja)
+    found = template_name_for_jinja(resolve_artifact(checkpoint).chat_template)
     if found is None:
-        raise ValueError(f"config.chat_template=auto: {config.checkpoint} carries a chat template that is not "
+        raise ValueError(f"config.chat_template=auto: {checkpoint} carries a chat template that is not "
                          "one of mellama_jax.sft.chat's (none, mellama, llama2); set --config.chat_template "
                          "explicitly")
     log.info("chat template from the checkpoint: %s", found)
@@ -133,14 +138,15 @@ def resolve_chat_template(config) -> str:
 
 
 def _chat(prompt: str, config) -> str:
-    if not config.chat_template or config.chat_template == "none":
+    name = resolve_chat_template(config)
+    if name == "none":
         return prompt
     try:
         from mellama_jax.sft import chat  # owned by the SFT work
     except ImportError as e:
         raise ValueError(f"config.chat_template={config.chat_template!r} needs mellama_jax.sft.chat, "
                          f"which this checkout lacks ({e})") from None
-    return chat.apply_chat_template(config.chat_template, [{"role": "user", "content": prompt}],
+    return chat.apply_chat_template(name, [{"role": "user", "content": prompt}],
                                     add_generation_prompt=True)
 
 
@@ -366,7 +372,7 @@ def _evaluate_task(engine, t: PreparedTask, config) -> tuple[dict, list[dict]]:
         "choices": list(choices) if shared_choices else "per example (in predictions)",
         "headline_metric": spec.headline,
         "decoding": decoding, "few_shot": t.few_shot,
-        "chat_template": config.chat_template or "none",
+        "chat_template": resolve_chat_template(config),
         "data": {"path": os.path.abspath(t.path), "sha256": provenance.data_fingerprint(t.path),
                  "read": t.report.to_dict(), "official_test_size": t.size},
         "warnings": warnings,
@@ -415,7 +421,6 @@ def run(config, workdir: str) -> dict:
     if harness != "builtin":
         raise ValueError(f"config.harness={harness!r}: expected 'builtin' or 'lm_eval'")
     _validate(config)
-    config.chat_template = resolve_chat_template(config)  # results.json records the resolved name
     tasks = _task_list(config)
     prepared = {}
     for name in tasks:
