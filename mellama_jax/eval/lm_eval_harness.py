@@ -20,7 +20,7 @@ import os
 import time
 from typing import Any
 
-from mellama_jax.eval import provenance
+from mellama_jax.eval import provenance, report
 
 log = logging.getLogger(__name__)
 
@@ -119,21 +119,15 @@ def markdown(results: dict) -> str:
         head = r["headline_metric"]
         rest = [k for k in r["metrics"] if k != head and not k.endswith("_stderr")]
         other = ", ".join(f"{k} {_fmt(r['metrics'][k])}" for k in rest)
-        proto = r["protocol"] + (f" ({r['few_shot']['k']}-shot)" if r["few_shot"].get("k") else "")
-        lines.append(f"| {r['display_name']} | {proto} | {r['num_examples']} | {head} | "
-                     f"{_fmt(r['metrics'].get(head))} | {other} |")
+        lines.append(report.task_row(r, head, _fmt(r["metrics"].get(head)), other))
     lines.append("")
     return "\n".join(lines)
 
 
 def _write(workdir: str, results: dict) -> None:
-    for name, text in (("results.json", json.dumps(results, indent=2, sort_keys=True, ensure_ascii=False,
-                                                   default=str) + "\n"),
-                       ("results.md", markdown(results))):
-        tmp = os.path.join(workdir, f".{name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(workdir, name))
+    report.write_files(workdir, {
+        "results.json": json.dumps(results, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n",
+        "results.md": markdown(results)})
 
 
 def run(config, workdir: str) -> dict:

@@ -38,18 +38,28 @@ def markdown(results: dict) -> str:
         other = ", ".join(f"{c} {_fmt(r['metrics'][c])}" for c in rest)
         if r.get("truncated_prompts"):
             other += f"; {r['truncated_prompts']} prompts truncated"
-        proto = r["protocol"] + (f" ({r['few_shot']['k']}-shot)" if r["few_shot"].get("k") else "")
-        lines.append(f"| {r['display_name']} | {proto} | {r['num_examples']} | {head} | "
-                     f"{_fmt(r['metrics'][head])} | {other} |")
+        lines.append(task_row(r, head, _fmt(r["metrics"][head]), other))
     lines.append("")
     return "\n".join(lines)
 
 
-def write_results(workdir: str, results: dict) -> None:
-    """Atomically (write + rename) update results.json and results.md."""
-    for name, text in (("results.json", json.dumps(results, indent=2, sort_keys=True, ensure_ascii=False) + "\n"),
-                       ("results.md", markdown(results))):
+def task_row(r: dict, head: str, score: str, other: str) -> str:
+    """One results.md row (task, protocol with few-shot k, N, headline metric, score, other metrics);
+    shared with the lm-eval harness so both reports read alike."""
+    proto = r["protocol"] + (f" ({r['few_shot']['k']}-shot)" if r["few_shot"].get("k") else "")
+    return f"| {r['display_name']} | {proto} | {r['num_examples']} | {head} | {score} | {other} |"
+
+
+def write_files(workdir: str, files: dict[str, str]) -> None:
+    """Write each {name: text} into workdir atomically (temporary file + rename)."""
+    for name, text in files.items():
         tmp = os.path.join(workdir, f".{name}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, os.path.join(workdir, name))
+
+
+def write_results(workdir: str, results: dict) -> None:
+    """Atomically (write + rename) update results.json and results.md."""
+    write_files(workdir, {"results.json": json.dumps(results, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                          "results.md": markdown(results)})
