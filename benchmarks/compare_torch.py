@@ -126,12 +126,11 @@ def project_train(config, params, batch: int, seq_len: int, repeats: int) -> flo
     return seconds
 
 
-def torch_train(model, vocab: int, batch: int, seq_len: int, repeats: int, compiled: bool) -> float:
+def torch_train_step(model, tokens, forward=None):
+    """One AdamW step of `model` on `tokens` (the project's optimizer settings and clipping), as a closure."""
     import torch
 
-    tokens = torch.from_numpy(np.random.RandomState(0).randint(0, vocab, (batch, seq_len)))
-    model.train()
-    forward = torch.compile(model) if compiled else model
+    forward = forward or model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
     def step():
@@ -141,9 +140,18 @@ def torch_train(model, vocab: int, batch: int, seq_len: int, repeats: int, compi
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def torch_train(model, vocab: int, batch: int, seq_len: int, repeats: int, compiled: bool) -> float:
+    import torch
+
+    tokens = torch.from_numpy(np.random.RandomState(0).randint(0, vocab, (batch, seq_len)))
+    model.train()
+    step = torch_train_step(model, tokens, torch.compile(model) if compiled else model)
     seconds = median_time(step, repeats)
     model.eval()
-    del optimizer
+    del step
     gc.collect()
     return seconds
 

@@ -271,21 +271,12 @@ def torch_setup(args, config, params):
     import numpy as np
     import torch
 
-    from benchmarks.compare_torch import to_hf
+    from benchmarks.compare_torch import to_hf, torch_train_step
 
     torch.set_num_threads(args.threads)
     model = to_hf(config, params, "float32").train()
     tokens = torch.from_numpy(np.random.RandomState(0).randint(0, config.vocab_size, (args.batch, args.seq_len)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-
-    def step():
-        loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return model, tokens, step
+    return model, tokens, torch_train_step(model, tokens)
 
 
 def torch_phases(model, tokens, step) -> dict:
