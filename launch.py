@@ -75,7 +75,7 @@ def validate(config) -> None:
         return
     if config.task == "sft":
         from mellama_jax.model.lora import spec_from_config
-        from mellama_jax.sft.chat import template_names
+        from mellama_jax.tokenizer.chat_templates import template_names
         if config.data.chat_template not in template_names():
             raise ConfigError(f"config.data.chat_template={config.data.chat_template!r}: expected one of "
                               f"{list(template_names())}")

@@ -30,7 +30,7 @@ from mellama_jax.data.config import demo_data_config, source_config  # noqa: E40
 from mellama_jax.data.pipeline import build_train_pipeline  # noqa: E402
 from mellama_jax.data.sources.readers import iter_documents  # noqa: E402
 from mellama_jax.data.sources.report import BadInputReport  # noqa: E402
-from mellama_jax.data.tokenizer import Tokenizer  # noqa: E402
+from mellama_jax.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
 
 
 def sentencepiece_speed(tok: Tokenizer, texts: list[str], threads: int) -> float:
@@ -137,7 +137,7 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}", flush=True)
 
     demo = demo_data_config()
-    tok = Tokenizer(demo.tokenizer_path)
+    tok = load_tokenizer(demo.tokenizer_path)
     texts = [d["text"] for n, s in demo.sources.items() for d in iter_documents(n, s, BadInputReport(n))] * 20
     for th in (1, 0):
         print(json.dumps({"run": f"sentencepiece_alone_threads={th or os.cpu_count()}",

@@ -57,7 +57,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 8
     c.few_shot = 0  # k demonstrations from the training split
     # "auto": the template the checkpoint carries (an SFT workdir or its export), else none;
-    # or a name from mellama_jax.sft.chat: none | mellama | llama2.
+    # or a name from mellama_jax.tokenizer.chat_templates: none | mellama | llama2.
     c.chat_template = "auto"
     # "mellama": lower-case per task as Me-LLaMA's harness did; "always": lower-case every task.
     c.parse_lower_case = "mellama"

@@ -41,7 +41,7 @@ def sft_data_config() -> ml_collections.ConfigDict:
     # 'name=[format:]glob[,glob...][:weight];...' replaces sources + mixture (formats: auto, alpaca,
     # messages, sharegpt); set on the command line.
     d.sources_spec = ""
-    d.chat_template = "mellama"   # none | mellama | llama2 (mellama_jax.sft.chat)
+    d.chat_template = "mellama"   # none | mellama | llama2 (mellama_jax.tokenizer.chat_templates)
     d.packing = "pack"            # pack: several examples per row (segment ids); pad: one per row
     d.seq_len = 512
     d.seed = 0

@@ -23,12 +23,14 @@ import sys
 import numpy as np
 
 from mellama_jax.checkpoint import hf as hf_mapping
-from mellama_jax.checkpoint.artifact import (CHAT_TEMPLATE_FILE, TOKENIZER_FILES, TokenizerMismatchError,
-                                             resolve_artifact, write_artifact_files)
+from mellama_jax.checkpoint.artifact import CHAT_TEMPLATE_FILE, resolve_artifact, write_artifact_files
 from mellama_jax.checkpoint.hf_dir import HFWeights, read_hf_config
 from mellama_jax.checkpoint.orbax_io import PARAMS_ITEM, StreamingParamsWriter, write_model_config
 from mellama_jax.checkpoint.safetensors_io import write_file
 from mellama_jax.output_dir import OutputDirError, StagedOutput
+from mellama_jax.tokenizer import (MAX_VOCAB_MULTIPLE, TOKENIZER_FILES, TokenizerMismatchError,
+                                   UnsupportedTokenizerError, copy_tokenizer_files, load_tokenizer, read_json,
+                                   write_hf_tokenizer)
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -89,7 +91,7 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
     `peft.PeftModel.from_pretrained(base_model, out)`.
 
     The tokenizer files are written so that `transformers.AutoTokenizer.from_pretrained(out)` gives
-    the project Tokenizer's ids (see checkpoint/hf_tokenizer.py).
+    the project tokenizer's ids (see tokenizer/sentencepiece_hf.py).
     """
     staged = _staged(out, "orbax_to_hf", overwrite)
     artifact = resolve_artifact(ckpt, step)
@@ -156,9 +158,7 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
 def export_tokenizer(artifact, out: str) -> None:
     """The artifact's tokenizer as HF files (+ its chat template). A tokenizer that does not fit the
     model is exported with a warning (the export converts what there is; training and eval refuse it)."""
-    from mellama_jax.checkpoint.artifact import (TokenizerMismatchError, check_artifact_tokenizer,
-                                                 copy_tokenizer_files, read_json)
-    from mellama_jax.checkpoint.hf_tokenizer import UnsupportedTokenizerError, write_hf_tokenizer
+    from mellama_jax.checkpoint.artifact import check_artifact_tokenizer
 
     if not artifact.tokenizer_file:
         print(f"warning: {artifact.root} carries no tokenizer.model; {out} has no tokenizer files",
@@ -186,10 +186,9 @@ def resize_vocab(ckpt: str, tokenizer: str, out: str, pad_to_multiple: int = 64,
                  overwrite: bool = False) -> str:
     """A model artifact at `out` whose vocabulary is that of the extended `tokenizer` (see
     checkpoint/vocab.py for how new rows are initialised)."""
-    from mellama_jax.checkpoint.artifact import MAX_VOCAB_MULTIPLE, check_artifact_tokenizer
+    from mellama_jax.checkpoint.artifact import check_artifact_tokenizer
     from mellama_jax.checkpoint.orbax_io import save_params
     from mellama_jax.checkpoint.vocab import new_row_sources, resize_params, round_up
-    from mellama_jax.data.tokenizer import load_tokenizer
 
     m = int(pad_to_multiple)
     if m < 1 or m & (m - 1) or m > MAX_VOCAB_MULTIPLE:

@@ -79,7 +79,7 @@ def write_hf_llama_with_tokenizer(directory: str, seed: int = 0, max_positions: 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mellama_jax.checkpoint.hf_tokenizer import write_hf_tokenizer
+    from mellama_jax.tokenizer import write_hf_tokenizer
 
     import random
     import shutil

@@ -15,10 +15,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from hf_fixtures import make_hf_model  # noqa: E402
-from mellama_jax.checkpoint.artifact import (TokenizerMismatchError, check_tokenizer, checkpoint_kind,  # noqa: E402
-                                             resolve_artifact)
+from mellama_jax.checkpoint.artifact import checkpoint_kind, resolve_artifact  # noqa: E402
 from mellama_jax.data.config import SAMPLES_DIR  # noqa: E402
-from mellama_jax.data.tokenizer import Tokenizer  # noqa: E402
+from mellama_jax.tokenizer import TokenizerMismatchError, check_tokenizer, load_tokenizer  # noqa: E402
 
 BUNDLED = os.path.join(SAMPLES_DIR, "tokenizer.model")
 TEXTS = ["Metformin 500 mg twice daily.", " leading space", "  two  spaces here", "BP 142/91, HbA1c 7.8%",
@@ -75,14 +74,14 @@ def test_training_workdir_is_a_checkpoint_everywhere(hf_model, workdir, tmp_path
     art = resolve_artifact(workdir)
     assert (art.kind, art.step) == ("training", 4) and resolve_artifact(workdir, step=2).step == 2
     assert art.tokenizer_file == os.path.join(workdir, "checkpoints", "tokenizer.model")
-    assert Tokenizer(art.tokenizer_file).sha256() == Tokenizer(hf_model["tok"]).sha256()
+    assert load_tokenizer(art.tokenizer_file).sha256() == load_tokenizer(hf_model["tok"]).sha256()
     assert art.provenance["source"]["init_from"] == hf_model["hf"] and art.provenance["step"] == 4
     with pytest.raises(FileNotFoundError, match=r"step 3 \(have \[2, 4\]\)"):
         resolve_artifact(workdir, step=3)
 
     # evaluation: the workdir with no tokenizer flag
     engine = load_engine(workdir, show_progress=False)
-    assert engine.tokenizer.sha256() == Tokenizer(hf_model["tok"]).sha256()
+    assert engine.tokenizer.sha256() == load_tokenizer(hf_model["tok"]).sha256()
     ids = engine.tokenizer.encode(TEXTS[0])
     (ours,), _ = engine.loglik([(ids[:3], ids[3:])])
 
@@ -91,7 +90,7 @@ def test_training_workdir_is_a_checkpoint_everywhere(hf_model, workdir, tmp_path
     assert convert_main(["orbax_to_hf", "--ckpt", workdir, "--out", out]) == 0
     assert convert_main(["orbax_to_hf", "--ckpt", workdir, "--step", "2", "--out", out2]) == 0
     hf_tok = AutoTokenizer.from_pretrained(out)
-    project = Tokenizer(os.path.join(out, "tokenizer.model"))
+    project = load_tokenizer(os.path.join(out, "tokenizer.model"))
     for text in TEXTS:
         assert hf_tok(text)["input_ids"] == project.encode(text), repr(text)
     model = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -142,7 +141,7 @@ def test_init_from_only_uses_the_models_tokenizer(hf_model, tmp_path, monkeypatc
 
     path = training_tokenizer_file(config)
     assert path == os.path.join(hf_model["hf"], "tokenizer.model")
-    tok = Tokenizer(path)
+    tok = load_tokenizer(path)
     model_config = loop.resolve_model_config(config, tok.vocab_size)
     check_training_tokenizer(config, tok, path, model_config)
     pipe = loop.build_pipeline(config, None, tok)
@@ -157,7 +156,7 @@ def test_init_from_only_uses_the_models_tokenizer(hf_model, tmp_path, monkeypatc
             assert any(_contains(doc, piece) for doc in encoded), "a segment is not the model tokenizer's ids"
             checked += 1
     assert checked >= 8
-    bundled = Tokenizer(BUNDLED)
+    bundled = load_tokenizer(BUNDLED)
     assert any(bundled.encode(json.loads(line)["text"], bos=True, eos=True) != encoded[i]
                for i, line in enumerate(open(general)))
 
@@ -239,10 +238,10 @@ def test_checkpoint_dir_carries_tokenizer_and_refuses_another_on_resume(hf_model
     model_config = get_preset("tiny", vocab_size=512)
     directory = str(tmp_path / "checkpoints")
     loop.write_artifact(directory, config, model_config, hf_model["tok"], pipeline=None)
-    assert Tokenizer(os.path.join(directory, "tokenizer.model")).sha256() == Tokenizer(hf_model["tok"]).sha256()
+    assert load_tokenizer(os.path.join(directory, "tokenizer.model")).sha256() == load_tokenizer(hf_model["tok"]).sha256()
     assert os.path.isfile(os.path.join(directory, "tokenizer_config.json"))
     provenance = json.load(open(os.path.join(directory, "provenance.json")))
-    assert provenance["tokenizer_sha256"] == Tokenizer(hf_model["tok"]).sha256()
+    assert provenance["tokenizer_sha256"] == load_tokenizer(hf_model["tok"]).sha256()
     loop.write_artifact(directory, config, model_config, hf_model["tok"], pipeline=None)  # same: fine
     with pytest.raises(ValueError, match="different tokenizer"):
         loop.write_artifact(directory, config, model_config, BUNDLED, pipeline=None)

@@ -67,7 +67,7 @@ def _stand_ins(cwd: str) -> None:
 def test_readme_python_api_and_converting_commands_run_as_written(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mellama_jax.data.tokenizer import Tokenizer
+    from mellama_jax.tokenizer import load_tokenizer
 
     cwd = str(tmp_path)
     _stand_ins(cwd)
@@ -87,12 +87,12 @@ def test_readme_python_api_and_converting_commands_run_as_written(tmp_path):
     for out, step in (("hf/demo", 100), ("hf/demo-step50", 50)):
         AutoModelForCausalLM.from_pretrained(os.path.join(cwd, out))
         hf_tok = AutoTokenizer.from_pretrained(os.path.join(cwd, out))
-        ours = Tokenizer(os.path.join(cwd, out, "tokenizer.model"))
+        ours = load_tokenizer(os.path.join(cwd, out, "tokenizer.model"))
         for text in ("Metformin 500 mg twice daily.", " leading space"):
             assert hf_tok(text)["input_ids"] == ours.encode(text)
     from mellama_jax.checkpoint.artifact import resolve_artifact
     bio = resolve_artifact(os.path.join(cwd, "ckpt/llama2-7b-bio"))
-    ext = Tokenizer(os.path.join(cwd, "tok/llama2-bio/tokenizer.model"))
-    assert bio.tokenizer_file and Tokenizer(bio.tokenizer_file).sha256() == ext.sha256()
+    ext = load_tokenizer(os.path.join(cwd, "tok/llama2-bio/tokenizer.model"))
+    assert bio.tokenizer_file and load_tokenizer(bio.tokenizer_file).sha256() == ext.sha256()
     assert ext.vocab_size > 512 and bio.model_config.vocab_size % 64 == 0
     assert os.path.isfile(os.path.join(cwd, "tok/llama2-bio/fertility.json"))

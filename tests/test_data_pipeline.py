@@ -9,7 +9,7 @@ import pytest
 from mellama_jax.data.config import demo_data_config, source_config
 from mellama_jax.data.pipeline import TokenizedDocs, build_train_pipeline, pack_rows
 from mellama_jax.data.sources.report import DataError
-from mellama_jax.data.tokenizer import Tokenizer
+from mellama_jax.tokenizer import load_tokenizer
 
 KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask", "source_ids")
 
@@ -145,7 +145,7 @@ def test_packed_row_logits_equal_documents_alone():
     from mellama_jax.model.llama import Llama, init_params
     from mellama_jax.model.presets import get_preset
 
-    tok = Tokenizer(demo_data_config().tokenizer_path)
+    tok = load_tokenizer(demo_data_config().tokenizer_path)
     texts = ["Patient with sepsis started on vancomycin.", "The water cycle is easy.",
              "BP 140/90, HR 88.", "Metformin reduced HbA1c in adults with type 2 diabetes."]
     docs = TokenizedDocs.from_lists([tok.encode(t, bos=True, eos=True) for t in texts])

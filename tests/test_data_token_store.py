@@ -170,7 +170,7 @@ _RSS_SCRIPT = textwrap.dedent("""
     import numpy as np
     from mellama_jax.data import pipeline
     from mellama_jax.data.config import demo_data_config, source_config
-    from mellama_jax.data.tokenizer import Tokenizer
+    from mellama_jax.tokenizer import load_tokenizer
 
     def status(key):
         for line in open("/proc/self/status"):
@@ -182,7 +182,7 @@ _RSS_SCRIPT = textwrap.dedent("""
     cfg = demo_data_config()
     cfg.data_dir, cfg.reader, cfg.max_bad_fraction = {data_dir!r}, "direct", 0.0
     cfg.sources.big = source_config([{path!r}], "jsonl", eval_fraction=0.0)
-    tok = Tokenizer(cfg.tokenizer_path)
+    tok = load_tokenizer(cfg.tokenizer_path)
     tok.encode_batch(["warm up the tokenizer"] * 64)
     before = status("VmRSS")
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
@@ -217,8 +217,8 @@ def _measure(tmp_path, n_docs, chunk_docs):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    from mellama_jax.data.tokenizer import Tokenizer
-    tok = Tokenizer(demo_data_config().tokenizer_path)
+    from mellama_jax.tokenizer import load_tokenizer
+    tok = load_tokenizer(demo_data_config().tokenizer_path)
     assert res["first"] == [tok.encode(pool[i], bos=True, eos=True) for i in range(3)]
     assert res["memmap"] and res["docs"] == n_docs
     growth = res["peak"] - res["before"]

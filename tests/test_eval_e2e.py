@@ -147,7 +147,7 @@ def _hf_sequence_logprob(model, ctx, cont):
 
 
 def test_loglik_agrees_with_transformers(env, tmp_path):
-    from mellama_jax.data.tokenizer import load_tokenizer
+    from mellama_jax.tokenizer import load_tokenizer
     from mellama_jax.eval.runner import run
 
     c = _config(checkpoint=env["model"], data_dir=env["data"], tasks="pubmedqa,medqa,mednli", protocol="loglik",
@@ -194,7 +194,7 @@ def _biased_checkpoint(directory, env, prefer_ids):
 
 @pytest.mark.parametrize("prefer", ["maybe", "no"])
 def test_loglik_follows_a_model_made_to_prefer_an_answer(env, tmp_path, prefer):
-    from mellama_jax.data.tokenizer import load_tokenizer
+    from mellama_jax.tokenizer import load_tokenizer
     from mellama_jax.eval.runner import run
 
     tok = load_tokenizer(env["tok"])

@@ -49,7 +49,7 @@ def balanced(env):
     import shutil
 
     import torch
-    from mellama_jax.data.tokenizer import load_tokenizer
+    from mellama_jax.tokenizer import load_tokenizer
     from mellama_jax.eval import prompts
     from mellama_jax.eval.tasks.classification import load_hoc
 
@@ -116,7 +116,7 @@ def test_hoc_loglik_predictions_recompute_metrics_and_rerun_is_byte_identical(en
 
 
 def test_hoc_loglik_decisions_agree_with_transformers(env, balanced, tmp_path):
-    from mellama_jax.data.tokenizer import load_tokenizer
+    from mellama_jax.tokenizer import load_tokenizer
     from mellama_jax.eval import prompts
     from mellama_jax.eval.tasks.classification import load_hoc
 
@@ -145,7 +145,7 @@ def test_hoc_loglik_decisions_agree_with_transformers(env, balanced, tmp_path):
 
 @pytest.mark.parametrize("prefer", ["yes", "no"])
 def test_hoc_loglik_follows_a_model_biased_toward_an_answer(env, tmp_path, prefer):
-    from mellama_jax.data.tokenizer import load_tokenizer
+    from mellama_jax.tokenizer import load_tokenizer
 
     tok = load_tokenizer(env["tok"])
     ckpt = _biased_checkpoint(str(tmp_path / "ckpt"), env, tok.encode(prefer, bos=False, eos=False))

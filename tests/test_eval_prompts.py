@@ -289,10 +289,10 @@ def test_mellama_release_test_sets_round_trip(task, fmt, tmp_path):
 
 
 def test_chat_template_applies_on_top_of_any_prompt_set(tmp_path):
-    chat = pytest.importorskip("mellama_jax.sft.chat")
     from configs.eval import get_config
     from mellama_jax.eval.runner import prepare_task
     from mellama_jax.eval.tasks import get_task
+    from mellama_jax.tokenizer import chat_templates as chat
 
     paths = F.write_all(str(tmp_path))
     for set_name in ("mellama-release", "mellama-v1"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mellama_jax.data.config import SAMPLES_DIR
-from mellama_jax.data.tokenizer import Tokenizer
+from mellama_jax.tokenizer import load_tokenizer
 
 S = SAMPLES_DIR
 BIOMEDICAL = ",".join([f"{S}/pubmed/*.xml*", f"{S}/pmc/*.jsonl", f"{S}/pmc/*.txt"])
@@ -41,13 +41,13 @@ def _general():
 def test_extension_keeps_ids_and_transformers_agrees(tokenizers):
     from transformers import AutoTokenizer
 
-    from mellama_jax.checkpoint.hf_tokenizer import read_model_proto
+    from mellama_jax.tokenizer import read_model_proto
 
     base, ext = read_model_proto(tokenizers["base"]), read_model_proto(tokenizers["ext"])
     assert len(ext.pieces) == len(base.pieces) + 200
     for i, piece in enumerate(base.pieces):
         assert (ext.pieces[i].piece, ext.pieces[i].type, ext.pieces[i].score) == (piece.piece, piece.type, piece.score)
-    ours, b = Tokenizer(tokenizers["ext"]), Tokenizer(tokenizers["base"])
+    ours, b = load_tokenizer(tokenizers["ext"]), load_tokenizer(tokenizers["base"])
     hf = AutoTokenizer.from_pretrained(tokenizers["out"])
     texts = _heldout_biomedical() + _general()[:20] + [" leading space", "tocilizumab 8 mg/kg IV q4w", ""]
     for text in texts:
@@ -76,7 +76,7 @@ def test_fertility_report(tokenizers):
 
     docs = _heldout_biomedical()
     f = fertility(spm.SentencePieceProcessor(model_file=tokenizers["ext"]), docs)
-    assert f["tokens"] == sum(len(Tokenizer(tokenizers["ext"]).encode(d, bos=False)) for d in docs)
+    assert f["tokens"] == sum(len(load_tokenizer(tokenizers["ext"]).encode(d, bos=False)) for d in docs)
     assert f == sets["biomedical"]["extended"]
 
 
@@ -120,7 +120,7 @@ def test_resized_model_matches_base_and_exports(tokenizers, resized, tmp_path):
     np.testing.assert_array_equal(emb[:1000], base_emb)
     np.testing.assert_array_equal(head[:, :1000], base_head)
     # new rows: the mean of the base rows of the base tokenizer's pieces for the new piece's text
-    base_tok, ext_tok = Tokenizer(tokenizers["base"]), Tokenizer(tokenizers["ext"])
+    base_tok, ext_tok = load_tokenizer(tokenizers["base"]), load_tokenizer(tokenizers["ext"])
     checked = 0
     for i in range(1000, 1200):
         piece = ext_tok.id_to_piece(i)
@@ -166,8 +166,8 @@ def test_resized_model_trains_and_rejects_non_extensions(tokenizers, resized, tm
     config.data.tokenizer_path = ""
     config.model.init_from = resized["out"]
     path = training_tokenizer_file(config)
-    tok = Tokenizer(path)
-    assert tok.sha256() == Tokenizer(tokenizers["ext"]).sha256()
+    tok = load_tokenizer(path)
+    assert tok.sha256() == load_tokenizer(tokenizers["ext"]).sha256()
     model_config = loop.resolve_model_config(config, tok.vocab_size)
     check_training_tokenizer(config, tok, path, model_config)  # 1200 pieces on a 1216-row model: fine
     # a tokenizer that is not an extension of the base is refused, naming both files

@@ -162,7 +162,7 @@ def test_chat_template_renders_and_encodes_like_hf(env, tmp_path):
     from lm_eval.models.huggingface import HFLM
 
     from mellama_jax.eval.lm_eval_adapter import MellamaJaxLM
-    from mellama_jax.sft.chat import hf_chat_template
+    from mellama_jax.tokenizer.chat_templates import hf_chat_template
 
     hf_dir = str(tmp_path / "chat_model")
     shutil.copytree(env["model"], hf_dir)

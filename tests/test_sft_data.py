@@ -14,8 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mellama_jax.data.sources.report import DataError  # noqa: E402
-from mellama_jax.data.tokenizer import Tokenizer  # noqa: E402
-from mellama_jax.sft import chat, data as sft_data  # noqa: E402
+from mellama_jax.sft import data as sft_data  # noqa: E402
+from mellama_jax.tokenizer import chat_templates as chat, load_tokenizer  # noqa: E402
 
 SAMPLES = os.path.join(ROOT, "mellama_jax", "data", "samples")
 CONVS = [
@@ -42,7 +42,7 @@ def tok_dir(request, tmp_path_factory):
 def test_templates_match_transformers_ids_and_assistant_masks(tok_dir, name):
     from transformers import AutoTokenizer
 
-    tok = Tokenizer(os.path.join(tok_dir, "tokenizer.model"))
+    tok = load_tokenizer(os.path.join(tok_dir, "tokenizer.model"))
     hf = AutoTokenizer.from_pretrained(tok_dir)
     hf.chat_template = chat.hf_chat_template(name)
     for conv in CONVS:
@@ -73,7 +73,7 @@ def test_llama2_ids_match_meta_reference_encoding():
     """Meta's reference: each (prompt, answer) pair is sp.encode(f"[INST] {p} [/INST] {a} ") with BOS/EOS."""
     import sentencepiece as spm
 
-    tok = Tokenizer(os.path.join(SAMPLES, "tokenizer.model"))  # legacy: true, like LLaMA-2's reference
+    tok = load_tokenizer(os.path.join(SAMPLES, "tokenizer.model"))  # legacy: true, like LLaMA-2's reference
     sp = spm.SentencePieceProcessor(model_file=os.path.join(SAMPLES, "tokenizer.model"))
     conv = CONVS[1]
     first = "<<SYS>>\nYou are a doctor.\n<</SYS>>\n\n Is aspirin good? ".strip()
@@ -84,7 +84,7 @@ def test_llama2_ids_match_meta_reference_encoding():
 
 def test_readers_all_formats_and_bad_records(tmp_path):
     pd = pytest.importorskip("pandas")
-    tok = Tokenizer(os.path.join(SAMPLES, "tokenizer.model"))
+    tok = load_tokenizer(os.path.join(SAMPLES, "tokenizer.model"))
     good = [
         {"instruction": "Is X a drug?", "input": "X is metformin.", "output": "yes"},
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
@@ -124,7 +124,7 @@ def test_readers_all_formats_and_bad_records(tmp_path):
 
 
 def test_masks_and_left_truncation_counted():
-    tok = Tokenizer(os.path.join(SAMPLES, "tokenizer.model"))
+    tok = load_tokenizer(os.path.join(SAMPLES, "tokenizer.model"))
     msgs = [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "yes"}]
     full, trained = chat.encode_chat(tok, "mellama", msgs)
     ids, tr, cut = sft_data.encode_example(tok, "mellama", msgs, 32)
@@ -137,7 +137,7 @@ def test_masks_and_left_truncation_counted():
 
 
 def test_packed_rows_carry_masks_and_segments():
-    tok = Tokenizer(os.path.join(SAMPLES, "tokenizer.model"))
+    tok = load_tokenizer(os.path.join(SAMPLES, "tokenizer.model"))
     exs = [chat.encode_chat(tok, "mellama", [{"role": "user", "content": f"question {i}"},
                                              {"role": "assistant", "content": "no" if i % 2 else "yes"}])
            for i in range(5)]

@@ -87,14 +87,14 @@ def test_exported_chat_template_gives_trained_ids(sft_workdir, tmp_path):
     from transformers import AutoTokenizer
 
     from mellama_jax.convert import orbax_to_hf
-    from mellama_jax.data.tokenizer import Tokenizer
-    from mellama_jax.sft.chat import encode_chat
+    from mellama_jax.tokenizer import load_tokenizer
+    from mellama_jax.tokenizer.chat_templates import encode_chat
 
     _, workdir = sft_workdir
     out = orbax_to_hf(workdir, str(tmp_path / "hf"))
     hf = AutoTokenizer.from_pretrained(out)
     conv = [{"role": "user", "content": "Is aspirin an NSAID?"}, {"role": "assistant", "content": "yes"}]
-    ids, _ = encode_chat(Tokenizer(os.path.join(workdir, "checkpoints", "tokenizer.model")), "mellama", conv)
+    ids, _ = encode_chat(load_tokenizer(os.path.join(workdir, "checkpoints", "tokenizer.model")), "mellama", conv)
     assert hf.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"] == ids.tolist()
 
 

@@ -1,5 +1,8 @@
-"""Tokenizer wrapper: ids equal transformers' LlamaTokenizer on the same tokenizer.model; BOS/EOS
-conventions (LLaMA-2 defaults, tokenizer_config.json honoured); the LLaMA-style trainer settings."""
+"""The tokenizer layer: sentencepiece ids equal transformers' LlamaTokenizer on the same
+tokenizer.model; BOS/EOS conventions (LLaMA-2 defaults, tokenizer_config.json honoured); the
+LLaMA-style trainer settings; the Tokenizer interface and factory; the layer imports nothing above it."""
+import ast
+import glob
 import json
 import os
 import random
@@ -9,7 +12,8 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from mellama_jax.data.tokenizer import Tokenizer, load_tokenizer
+from mellama_jax.tokenizer import (SentencePieceTokenizer, Tokenizer, copy_tokenizer_files, load_tokenizer,
+                                   tokenizer_file_in)
 from mellama_jax.data.train_tokenizer import train_tokenizer, main as train_main
 
 CASES = [
@@ -44,7 +48,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hf_tokenizer(trained):
+def hf_llama(trained):
     transformers = pytest.importorskip("transformers")
     # transformers 5 converts a tokenizer.model when loading a directory (LlamaTokenizer is the
     # tokenizers-backed class there; LlamaTokenizerFast is an alias). The directory also holds the
@@ -77,7 +81,7 @@ def test_trainer_spec_is_llama_like(trained):
 
 
 def test_round_trip(trained):
-    tok = Tokenizer(trained)
+    tok = SentencePieceTokenizer(trained)
     for text in CASES + _generated_text(50, seed=1):
         assert tok.decode(tok.encode(text)) == text, repr(text)
         assert tok.decode(tok.encode(text, bos=False, eos=True)) == text, repr(text)
@@ -101,9 +105,9 @@ def _leading_space_quirk(hf, text, ours):
 
 
 @pytest.mark.parametrize("which", ["with_config", "bare"])
-def test_ids_match_transformers_llama_tokenizer(trained, hf_tokenizer, hf_bare, which):
-    tok = Tokenizer(trained)
-    hf = hf_tokenizer if which == "with_config" else hf_bare
+def test_ids_match_transformers_llama_tokenizer(trained, hf_llama, hf_bare, which):
+    tok = SentencePieceTokenizer(trained)
+    hf = hf_llama if which == "with_config" else hf_bare
     assert hf.bos_token_id == tok.bos_id == 1 and hf.eos_token_id == tok.eos_id == 2
     assert len(hf) == tok.vocab_size
     quirks = 0
@@ -137,7 +141,7 @@ def test_ids_match_transformers_sentencepiece_backend(trained):
 
     slow = SentencePieceBackend(vocab_file=trained, legacy=True, unk_token="<unk>", bos_token="<s>",
                                 eos_token="</s>")
-    tok = Tokenizer(trained)
+    tok = SentencePieceTokenizer(trained)
     for text in CASES + _generated_text(30, seed=4):
         if "<s>" in text:  # the slow class splits control tokens out of text; we deliberately do not
             continue
@@ -147,7 +151,7 @@ def test_ids_match_transformers_sentencepiece_backend(trained):
 def test_ids_match_raw_sentencepiece(trained):
     # The slow (legacy) LlamaTokenizer of LLaMA-2 is sentencepiece's encode plus BOS.
     sp = spm.SentencePieceProcessor(model_file=trained)
-    tok = Tokenizer(trained)
+    tok = SentencePieceTokenizer(trained)
     for text in CASES:
         assert tok.encode(text) == [1] + sp.encode(text)
     batch = tok.encode_batch(CASES, eos=True, num_threads=2)
@@ -170,26 +174,101 @@ def test_tokenizer_config_json_is_honoured(trained, tmp_path):
 def test_trained_file_writes_llama2_defaults(trained):
     cfg = json.load(open(os.path.join(os.path.dirname(trained), "tokenizer_config.json")))
     assert cfg["add_bos_token"] is True and cfg["add_eos_token"] is False
-    assert Tokenizer(trained).add_bos and not Tokenizer(trained).add_eos
+    assert SentencePieceTokenizer(trained).add_bos and not SentencePieceTokenizer(trained).add_eos
 
 
 def test_bad_model_path_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.model"):
-        Tokenizer(str(tmp_path / "nope.model"))
+        SentencePieceTokenizer(str(tmp_path / "nope.model"))
     bad = tmp_path / "bad.model"
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="bad.model"):
-        Tokenizer(str(bad))
+        SentencePieceTokenizer(str(bad))
 
 
 def test_bundled_tokenizer_and_cli(tmp_path):
     from mellama_jax.data.config import demo_data_config
 
-    tok = Tokenizer(demo_data_config().tokenizer_path)
+    tok = SentencePieceTokenizer(demo_data_config().tokenizer_path)
     assert 2000 <= tok.vocab_size <= 4000
     text = "Patient with type 2 diabetes started on metformin 500 mg BID."
     assert tok.decode(tok.encode(text)) == text
     f = tmp_path / "corpus.jsonl"
     f.write_text("\n".join(json.dumps({"text": t}) for t in _generated_text(500, seed=3)))
     train_main(["--input", str(f), "--out", str(tmp_path / "out"), "--vocab_size", "400"])
-    assert Tokenizer(str(tmp_path / "out" / "tokenizer.model")).vocab_size == 400
+    assert SentencePieceTokenizer(str(tmp_path / "out" / "tokenizer.model")).vocab_size == 400
+
+
+def test_sentencepiece_backend_is_a_tokenizer(trained, tmp_path):
+    tok = load_tokenizer(trained)
+    assert isinstance(tok, SentencePieceTokenizer) and isinstance(tok, Tokenizer)
+    assert tok.special_tokens == {"<unk>": 0, "<s>": 1, "</s>": 2}
+    assert (tok.pad_id, tok.declared_pad_id, tok.unk_id) == (0, -1, 0)
+    d = os.path.dirname(trained)
+    assert tok.files == [os.path.abspath(trained), os.path.join(d, "tokenizer_config.json")]
+    # A directory resolves to its tokenizer.model; one without is reported under that name.
+    shutil.copy(trained, tmp_path / "tokenizer.model")
+    assert tokenizer_file_in(str(tmp_path)) == str(tmp_path / "tokenizer.model")
+    assert load_tokenizer(str(tmp_path)).encode("Hello world") == tok.encode("Hello world")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert tokenizer_file_in(str(empty)) is None
+    with pytest.raises(FileNotFoundError, match="tokenizer.model"):
+        load_tokenizer(str(empty))
+
+
+def test_encode_chunk_offsets_and_dummy_prefix(trained, tmp_path):
+    """Pieces of a chunk carry byte offsets; without `legacy`, only the chunk at the start gets "▁"."""
+    sp = spm.SentencePieceProcessor(model_file=trained)
+    tok = SentencePieceTokenizer(trained)  # train_tokenizer's config: legacy true
+    text = "café dose 500 mg"
+    pieces = tok.encode_chunk(text, at_start=False)
+    assert [i for i, _, _ in pieces] == sp.encode(text)
+    assert pieces[0][1] == 0 and pieces[-1][2] == len(text.encode("utf-8"))
+    shutil.copy(trained, tmp_path / "tokenizer.model")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"legacy": False}))
+    strict = SentencePieceTokenizer(str(tmp_path / "tokenizer.model"))
+    assert [i for i, _, _ in strict.encode_chunk(text, at_start=True)] == sp.encode(text)
+    no_prefix = [i for i, _, _ in strict.encode_chunk(text, at_start=False)]
+    assert no_prefix != sp.encode(text) and sp.decode(no_prefix) == text
+
+
+def test_one_llama_tokenizer_config(trained, tmp_path):
+    """train_tokenizer and the artifact writer write the same LLaMA-2 tokenizer_config.json."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(trained, bare / "tokenizer.model")
+    copy_tokenizer_files(str(bare / "tokenizer.model"), str(tmp_path / "out"))
+    written = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert written == json.loads(open(os.path.join(os.path.dirname(trained), "tokenizer_config.json")).read())
+    assert written["add_bos_token"] is True and written["legacy"] is True
+
+
+def test_write_hf_files_loads_in_transformers(trained, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tok = SentencePieceTokenizer(trained)
+    written = tok.write_hf_files(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in written) == ["special_tokens_map.json", "tokenizer.json",
+                                                           "tokenizer.model", "tokenizer_config.json"]
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    for text in CASES:
+        assert hf(text, split_special_tokens=True)["input_ids"] == tok.encode(text), repr(text)
+
+
+def test_tokenizer_package_imports_nothing_else_of_mellama_jax():
+    """The tokenizer layer is on the ground floor: data, checkpoint, SFT and eval build on it."""
+    package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mellama_jax", "tokenizer")
+    files = sorted(glob.glob(os.path.join(package, "**", "*.py"), recursive=True))
+    assert files
+    outside = []
+    for path in files:
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                if name.split(".")[0] == "mellama_jax" and not name.startswith("mellama_jax.tokenizer"):
+                    outside.append(f"{os.path.relpath(path, package)}:{node.lineno}: {name}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                    "import_module", "__import__"):
+                outside.append(f"{os.path.relpath(path, package)}:{node.lineno}: a string-named import")
+    assert not outside, outside

@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 import re
-import shutil
 from typing import Any, Callable
 
 from mellama_jax.checkpoint.orbax_io import MODEL_CONFIG, PARAMS_ITEM, read_model_config, restore_params
 from mellama_jax.model.config import LlamaConfig
+from mellama_jax.tokenizer import (Tokenizer, check_tokenizer, copy_tokenizer_files, load_tokenizer, read_json,
+                                   tokenizer_file_in, write_json)
 
 __all__ = [
-    "ModelArtifact", "resolve_artifact", "checkpoint_kind", "write_artifact_files", "copy_tokenizer_files",
-    "check_tokenizer", "TokenizerMismatchError", "register_adapter_loader", "ADAPTER_LOADERS",
-    "EXPERIMENT_CONFIG", "PROVENANCE", "ADAPTER_CONFIG", "ADAPTERS_ITEM", "TOKENIZER_FILES",
-    "CHAT_TEMPLATE_FILE", "CHECKPOINTS_DIR",
+    "ModelArtifact", "resolve_artifact", "checkpoint_kind", "write_artifact_files", "check_artifact_tokenizer",
+    "register_adapter_loader", "ADAPTER_LOADERS", "EXPERIMENT_CONFIG", "PROVENANCE", "ADAPTER_CONFIG",
+    "ADAPTERS_ITEM", "CHAT_TEMPLATE_FILE", "CHECKPOINTS_DIR",
 ]
 
 EXPERIMENT_CONFIG = "experiment_config.json"  # launch.py's resolved experiment config in a workdir
@@ -45,9 +44,6 @@ PROVENANCE = "provenance.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTERS_ITEM = "adapters"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
-# Files of a LLaMA tokenizer, in the names transformers reads them by.
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
-                   "added_tokens.json")
 _STEP = re.compile(r"^\d+$")
 
 # kind -> "module:function"; function(base_params, adapters: dict, artifact, target) -> params.
@@ -57,10 +53,6 @@ ADAPTER_LOADERS: dict[str, str] = {"lora": "mellama_jax.model.lora:merge_adapter
 def register_adapter_loader(kind: str, loader: str | Callable) -> None:
     """Teach the artifact loader one adapter kind (a callable or a lazy "module:function" path)."""
     ADAPTER_LOADERS[kind] = loader
-
-
-class TokenizerMismatchError(ValueError):
-    """A tokenizer that does not fit a model (vocab size or special ids)."""
 
 
 @dataclasses.dataclass
@@ -106,14 +98,12 @@ class ModelArtifact:
             params = _adapter_loader(self.adapters["kind"], self)(params, self.adapters, self, target)
         return params
 
-    def load_tokenizer(self):
-        """The project's Tokenizer for this model (error when the artifact carries none)."""
-        from mellama_jax.data.tokenizer import Tokenizer
-
+    def load_tokenizer(self) -> Tokenizer:
+        """The tokenizer for this model (error when the artifact carries none)."""
         if not self.tokenizer_file:
             raise FileNotFoundError(f"{self.root}: no tokenizer.model travels with this model; give a "
                                     "tokenizer path explicitly")
-        return Tokenizer(self.tokenizer_file)
+        return load_tokenizer(self.tokenizer_file)
 
     def describe(self) -> str:
         where = f"{self.root} step {self.step}" if self.step is not None else self.root
@@ -232,8 +222,7 @@ def _no_step(path: str, step: int | None, kind: str) -> None:
 def _finish(artifact: ModelArtifact) -> ModelArtifact:
     """Fill in tokenizer, chat template and provenance from the artifact's root."""
     root = artifact.root
-    spm = os.path.join(root, "tokenizer.model")
-    artifact.tokenizer_file = spm if os.path.isfile(spm) else None
+    artifact.tokenizer_file = tokenizer_file_in(root)
     artifact.chat_template = _chat_template(root)
     provenance = read_json(os.path.join(root, PROVENANCE))
     artifact.provenance = {**artifact.provenance, **provenance}
@@ -254,61 +243,9 @@ def _chat_template(root: str) -> str | None:
     return None
 
 
-def read_json(path: str) -> dict:
-    """A JSON object file ({} when absent); errors name the file."""
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 # ------------------------------------------------------------------------------------------------
 # Writing the files that make a directory an artifact
 # ------------------------------------------------------------------------------------------------
-def copy_tokenizer_files(tokenizer_file: str, directory: str) -> list[str]:
-    """Copy tokenizer.model and the HF tokenizer files beside it into `directory`.
-
-    When the source lacks tokenizer_config.json, one with LLaMA-2's conventions (BOS on, EOS off)
-    is written, which is also what the project's Tokenizer assumes without one, so transformers and
-    the project agree on the exported tokenizer.
-    """
-    source_dir = os.path.dirname(os.path.abspath(tokenizer_file))
-    os.makedirs(directory, exist_ok=True)
-    copied = []
-    for name in TOKENIZER_FILES:
-        source = os.path.join(source_dir, name)
-        if name == "tokenizer.model":
-            source = os.path.abspath(tokenizer_file)
-        if not os.path.isfile(source):
-            continue
-        target = os.path.join(directory, name)
-        if os.path.abspath(source) != os.path.abspath(target):
-            tmp = target + ".tmp"
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        copied.append(target)
-    config_path = os.path.join(directory, "tokenizer_config.json")
-    if not os.path.isfile(config_path):
-        _write_json(config_path, llama_tokenizer_config())
-        copied.append(config_path)
-    return copied
-
-
-def llama_tokenizer_config(**overrides: Any) -> dict:
-    """LLaMA-2's tokenizer_config.json conventions (what our Tokenizer assumes by default)."""
-    config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
-              "unk_token": "<unk>", "pad_token": None, "legacy": True, "model_max_length": 4096,
-              "tokenizer_class": "LlamaTokenizer", "clean_up_tokenization_spaces": False}
-    config.update(overrides)
-    return config
-
-
 def write_artifact_files(directory: str, model_config: LlamaConfig, *, tokenizer_file: str | None = None,
                          provenance: dict | None = None, chat_template: str | None = None) -> None:
     """model_config.json, the tokenizer files, chat_template.jinja and provenance.json into `directory`.
@@ -327,64 +264,14 @@ def write_artifact_files(directory: str, model_config: LlamaConfig, *, tokenizer
             f.write(chat_template)
         os.replace(tmp, os.path.join(directory, CHAT_TEMPLATE_FILE))
     if provenance is not None:
-        _write_json(os.path.join(directory, PROVENANCE), provenance)
+        write_json(os.path.join(directory, PROVENANCE), provenance)
     write_model_config(directory, model_config)
 
 
-def _write_json(path: str, value: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------
-# Tokenizer <-> model consistency
+# Tokenizer <-> model consistency (the checks themselves live with the tokenizer)
 # ------------------------------------------------------------------------------------------------
-MAX_VOCAB_MULTIPLE = 1024  # resize_vocab pads embedding rows to a power of two up to this
-
-
-def padded_vocab_sizes(n_tokens: int) -> set[int]:
-    """Model vocab sizes that fit a tokenizer of n_tokens: itself, or rounded up to a power-of-two
-    multiple (<= MAX_VOCAB_MULTIPLE and <= n_tokens / 8) for sharding; the extra rows are never
-    produced by the tokenizer. A 2,000-piece tokenizer never fits a 32,000-row model."""
-    sizes, multiple = {n_tokens}, 2
-    while multiple <= MAX_VOCAB_MULTIPLE and 8 * multiple <= n_tokens:  # padding < 1/8 of the vocab
-        sizes.add(-(-n_tokens // multiple) * multiple)
-        multiple *= 2
-    return sizes
-
-
-def check_tokenizer(tokenizer: Any, model_config: LlamaConfig, tokenizer_file: str, model_file: str, *,
-                    allow_larger_model: bool = False) -> None:
-    """Raise TokenizerMismatchError (naming both files) when `tokenizer` cannot drive the model.
-
-    The model's vocab must equal the tokenizer's or be it padded to a power-of-two multiple
-    (`padded_vocab_sizes`); `allow_larger_model` accepts any larger vocab (a fresh model whose
-    vocab_size was set by hand). BOS and EOS must be the same ids; a model pad id must be inside the
-    vocab and equal the tokenizer's pad piece when it has one.
-    """
-    def fail(what: str) -> None:
-        raise TokenizerMismatchError(f"tokenizer {tokenizer_file} does not match model {model_file}: {what}")
-
-    n_tok, n_model = int(tokenizer.vocab_size), int(model_config.vocab_size)
-    if n_model < n_tok or (n_model not in padded_vocab_sizes(n_tok) and not allow_larger_model):
-        fail(f"tokenizer has {n_tok} pieces, model vocab_size is {n_model}")
-    if int(tokenizer.bos_id) != int(model_config.bos_token_id):
-        fail(f"BOS id {tokenizer.bos_id} in the tokenizer, bos_token_id {model_config.bos_token_id} in the model")
-    if int(tokenizer.eos_id) != int(model_config.eos_token_id):
-        fail(f"EOS id {tokenizer.eos_id} in the tokenizer, eos_token_id {model_config.eos_token_id} in the model")
-    pad = model_config.pad_token_id
-    if pad is not None:
-        tok_pad = getattr(tokenizer, "declared_pad_id", -1)
-        if not 0 <= int(pad) < n_model:
-            fail(f"pad_token_id {pad} is outside the model's vocab")
-        if tok_pad >= 0 and int(pad) != int(tok_pad):
-            fail(f"pad id {tok_pad} in the tokenizer, pad_token_id {pad} in the model")
-
-
-def check_artifact_tokenizer(artifact: ModelArtifact, tokenizer: Any, tokenizer_file: str,
+def check_artifact_tokenizer(artifact: ModelArtifact, tokenizer: Tokenizer, tokenizer_file: str,
                              model_config: LlamaConfig | None = None) -> None:
     """check_tokenizer against an artifact's model (or `model_config` derived from it)."""
     check_tokenizer(tokenizer, model_config or artifact.model_config, tokenizer_file, artifact.model_config_file)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mellama_jax.checkpoint.artifact import ModelArtifact, check_artifact_tokenizer, check_tokenizer, resolve_artifact
+from mellama_jax.checkpoint.artifact import ModelArtifact, check_artifact_tokenizer, resolve_artifact
 from mellama_jax.model.config import LlamaConfig
+from mellama_jax.tokenizer import check_tokenizer
 
 __all__ = ["NUMERIC_FIELDS", "model_overrides", "init_artifact", "resolve_model_config",
            "training_tokenizer_file", "check_training_tokenizer"]

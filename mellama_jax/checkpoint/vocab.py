@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from mellama_jax.checkpoint.hf_tokenizer import read_model_proto
+from mellama_jax.tokenizer import read_model_proto
 
 __all__ = ["check_extends", "new_row_sources", "resize_params", "round_up"]
 

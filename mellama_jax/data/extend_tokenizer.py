@@ -220,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from mellama_jax.checkpoint.artifact import read_json
-    from mellama_jax.checkpoint.hf_tokenizer import read_model_proto, write_hf_tokenizer
+    from mellama_jax.tokenizer import read_json, read_model_proto, write_hf_tokenizer
 
     if args.add < 1:
         raise ValueError(f"--add {args.add}: must be >= 1")

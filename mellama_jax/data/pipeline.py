@@ -51,7 +51,7 @@ from mellama_jax.data.sources.readers import expand_paths, iter_documents
 from mellama_jax.data.sources.report import BadInputReport, DataError
 from mellama_jax.data.sources.splits import split_of
 from mellama_jax.data.token_store import SplitWriter, load_split, split_files
-from mellama_jax.data.tokenizer import Tokenizer
+from mellama_jax.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["TrainPipeline", "build_train_pipeline", "TokenizedDocs", "pack_rows", "concat_rows",
            "mixture_choices", "load_source_tokens"]
@@ -440,7 +440,7 @@ class TrainPipeline:
             if not data_config.get("tokenizer_path", ""):
                 raise DataError("data.tokenizer_path is empty: name a tokenizer.model (the train loop fills "
                                 "it in from config.model.init_from)")
-            tokenizer = Tokenizer(os.path.expanduser(data_config.tokenizer_path))
+            tokenizer = load_tokenizer(os.path.expanduser(data_config.tokenizer_path))
         self.tokenizer = tokenizer
         self.vocab_size = self.tokenizer.vocab_size
 

@@ -10,11 +10,12 @@ NFKC), a dummy prefix, whitespace kept as is, <unk>=0 <s>=1 </s>=2 and no pad pi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Iterable, Iterator
 
 import sentencepiece as spm
+
+from mellama_jax.tokenizer import write_llama_tokenizer_config
 
 __all__ = ["train_tokenizer", "LLAMA_TRAINER_SPEC", "texts_from_data_config", "main"]
 
@@ -58,10 +59,7 @@ def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 4000, 
         shuffle_input_sentence=True, seed_sentencepiece_size=seed_sentencepiece_size,
         num_threads=num_threads, minloglevel=2, **LLAMA_TRAINER_SPEC)
     os.remove(prefix + ".vocab")
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
-                   "unk_token": "<unk>", "pad_token": None, "legacy": True, "model_max_length": 4096,
-                   "tokenizer_class": "LlamaTokenizer", "clean_up_tokenization_spaces": False}, f, indent=2)
+    write_llama_tokenizer_config(out_dir)
     return prefix + ".model"
 
 

@@ -359,7 +359,7 @@ def load_engine(checkpoint: str, tokenizer_path: str = "", batch_size: int = 8, 
     """Load a model artifact (HF dir, converter output, training workdir or one of its steps) with
     the tokenizer that travels with it (or `tokenizer_path`, checked against the model), on a mesh."""
     from mellama_jax.checkpoint.artifact import check_artifact_tokenizer, resolve_artifact
-    from mellama_jax.data.tokenizer import load_tokenizer
+    from mellama_jax.tokenizer import load_tokenizer
 
     artifact = resolve_artifact(checkpoint)
     tok_path = tokenizer_path or artifact.tokenizer_file

@@ -237,7 +237,7 @@ class MellamaJaxLM(TemplateLM):
     def _encode_with_specials(self, string: str) -> list[int]:
         if not any(s in string for s in self._specials):
             return self.tok.encode(string, bos=False, eos=False)
-        from mellama_jax.sft.chat import BOS, EOS, Part, encode_parts
+        from mellama_jax.tokenizer.chat_templates import BOS, EOS, Part, encode_parts
 
         kinds = {self.tok.bos_id: BOS, self.tok.eos_id: EOS}
         parts, rest = [], string
@@ -352,7 +352,7 @@ class MellamaJaxLM(TemplateLM):
                              "chat_template=NAME (none, mellama, llama2) or evaluate a checkpoint that ships one")
         kind, template = self._chat
         if kind == "name":
-            from mellama_jax.sft.chat import render_text
+            from mellama_jax.tokenizer.chat_templates import render_text
 
             bos, eos = (self.tok.id_to_piece(self.tok.bos_id), self.tok.id_to_piece(self.tok.eos_id))
             return render_text(template, chat_history, add_generation_prompt, bos_token=bos, eos_token=eos)
@@ -364,7 +364,7 @@ class MellamaJaxLM(TemplateLM):
             return None
         kind, template = self._chat
         if kind == "name":
-            from mellama_jax.sft.chat import hf_chat_template
+            from mellama_jax.tokenizer.chat_templates import hf_chat_template
 
             return hf_chat_template(template)
         return template
@@ -386,9 +386,9 @@ def _batch_size(value: Any) -> int:
 
 
 def _resolve_chat_template(chat_template: str | None, checkpoint: str | None) -> tuple[str, str] | None:
-    """("name", template name from mellama_jax.sft.chat) or ("jinja", text): the explicit argument first,
+    """("name", template name from mellama_jax.tokenizer.chat_templates) or ("jinja", text): the explicit argument first,
     else what the checkpoint ships (a template name or Jinja text), else None."""
-    from mellama_jax.sft.chat import template_names
+    from mellama_jax.tokenizer.chat_templates import template_names
 
     if chat_template:
         if chat_template in template_names():

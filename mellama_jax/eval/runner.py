@@ -126,12 +126,12 @@ def _checkpoint_chat_template(checkpoint: str) -> str:
     if not checkpoint or not os.path.exists(checkpoint):
         return "none"  # a missing checkpoint is reported when the model loads, after every task file is checked
     from mellama_jax.checkpoint.artifact import resolve_artifact
-    from mellama_jax.sft.chat import template_name_for_jinja
+    from mellama_jax.tokenizer.chat_templates import template_name_for_jinja
 
     found = template_name_for_jinja(resolve_artifact(checkpoint).chat_template)
     if found is None:
         raise ValueError(f"config.chat_template=auto: {checkpoint} carries a chat template that is not "
-                         "one of mellama_jax.sft.chat's (none, mellama, llama2); set --config.chat_template "
+                         "one of mellama_jax.tokenizer.chat_templates' (none, mellama, llama2); set --config.chat_template "
                          "explicitly")
     log.info("chat template from the checkpoint: %s", found)
     return found
@@ -141,13 +141,9 @@ def _chat(prompt: str, config) -> str:
     name = resolve_chat_template(config)
     if name == "none":
         return prompt
-    try:
-        from mellama_jax.sft import chat  # owned by the SFT work
-    except ImportError as e:
-        raise ValueError(f"config.chat_template={config.chat_template!r} needs mellama_jax.sft.chat, "
-                         f"which this checkout lacks ({e})") from None
-    return chat.apply_chat_template(name, [{"role": "user", "content": prompt}],
-                                    add_generation_prompt=True)
+    from mellama_jax.tokenizer.chat_templates import apply_chat_template
+
+    return apply_chat_template(name, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
 
 def _demos(spec: TaskSpec, config, k: int, template: prompts.Template) -> tuple[list[Example], dict]:

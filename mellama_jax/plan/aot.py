@@ -139,7 +139,7 @@ def plan_model_config(config: Any) -> tuple[Any, LlamaConfig, list[str]]:
     if not init_from and not config.data.get("synthetic", False):
         try:
             from mellama_jax.checkpoint.model_spec import training_tokenizer_file
-            from mellama_jax.data.tokenizer import load_tokenizer
+            from mellama_jax.tokenizer import load_tokenizer
             vocab = load_tokenizer(training_tokenizer_file(config)).vocab_size
         except Exception as err:  # planning should not need the data; say what was assumed
             notes.append(f"vocab_size from the preset (training tokenizer not readable: {err})")

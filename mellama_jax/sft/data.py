@@ -34,7 +34,7 @@ import numpy as np
 from mellama_jax.data.pipeline import PackedRows, TokenizedDocs, TrainPipeline, pack_rows
 from mellama_jax.data.sources.report import BadInputReport, DataError
 from mellama_jax.data.sources.splits import split_of
-from mellama_jax.sft import chat
+from mellama_jax.tokenizer import chat_templates as chat
 
 __all__ = ["FORMATS", "SFT_FORMATS", "to_messages", "iter_records", "read_source", "encode_example",
            "MaskedDocs", "MaskedPackedRows", "SFTPipeline", "build_sft_pipeline", "sft_source_config"]

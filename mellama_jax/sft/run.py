@@ -17,7 +17,7 @@ from mellama_jax.train.checkpointing import checkpoint_dir
 
 
 def run(config: Any, workdir: str) -> dict:
-    from mellama_jax.sft.chat import hf_chat_template
+    from mellama_jax.tokenizer.chat_templates import hf_chat_template
     from mellama_jax.train import loop
 
     hf_chat_template(config.data.chat_template)  # an unknown template fails before any work

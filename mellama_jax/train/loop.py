@@ -86,7 +86,7 @@ def write_artifact(directory: str, config: Any, model_config: LlamaConfig, token
     """
     from mellama_jax.checkpoint.artifact import write_artifact_files
     from mellama_jax.checkpoint.model_spec import init_artifact
-    from mellama_jax.data.tokenizer import file_sha256
+    from mellama_jax.tokenizer import file_sha256
     if jax.process_index() != 0:
         return
     saved = os.path.join(directory, "tokenizer.model")
@@ -334,9 +334,9 @@ def _run(config: Any, workdir: str) -> dict:
         # The tokenizer (config.data.tokenizer_path, else init_from's) is checked against the model
         # before any data is read.
         from mellama_jax.checkpoint.model_spec import check_training_tokenizer, training_tokenizer_file
-        from mellama_jax.data.tokenizer import Tokenizer
+        from mellama_jax.tokenizer import load_tokenizer
         tokenizer_file = os.path.abspath(training_tokenizer_file(config))
-        tokenizer = Tokenizer(tokenizer_file)
+        tokenizer = load_tokenizer(tokenizer_file)
         model_config = resolve_model_config(config, tokenizer.vocab_size)
         check_training_tokenizer(config, tokenizer, tokenizer_file, model_config)
         pipeline = build_pipeline(config, None, tokenizer)

@@ -1,4 +1,4 @@
-"""Hugging Face tokenizer files that encode exactly like the project's sentencepiece Tokenizer.
+"""Hugging Face tokenizer files that encode exactly like SentencePieceTokenizer.
 
 transformers 5 rebuilds a `LlamaTokenizer` from tokenizer.model with a Metaspace pre-tokenizer that
 does not prepend "▁" to text already starting with a space, so its ids differ from sentencepiece's
@@ -17,6 +17,8 @@ import shutil
 
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from mellama_jax.tokenizer.files import llama_tokenizer_config
+
 __all__ = ["write_hf_tokenizer", "tokenizer_json", "read_model_proto", "UnsupportedTokenizerError"]
 
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
@@ -27,6 +29,7 @@ class UnsupportedTokenizerError(ValueError):
 
 
 def read_model_proto(path: str) -> sp_pb2.ModelProto:
+    """The sentencepiece model file as its protobuf (pieces, trainer and normalizer specs)."""
     proto = sp_pb2.ModelProto()
     with open(path, "rb") as f:
         try:
@@ -107,8 +110,6 @@ def write_hf_tokenizer(tokenizer_model: str, out_dir: str, tokenizer_config: dic
     `tokenizer_config`: the source's tokenizer_config.json (add_bos_token / add_eos_token /
     chat_template / model_max_length are kept); LLaMA-2's conventions when None.
     """
-    from mellama_jax.checkpoint.artifact import llama_tokenizer_config
-
     proto = read_model_proto(tokenizer_model)
     source = dict(tokenizer_config or {})
     add_bos = bool(source.get("add_bos_token", True))

@@ -16,20 +16,21 @@ Templates:
            `<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {answer} </s>` per turn, contents
            stripped, BOS and EOS around every turn.
 
-Tokenization matches Hugging Face's for the same tokenizer.model + tokenizer_config.json: the rendered
-text is split at the special tokens and each text chunk is encoded by sentencepiece, with its dummy
-"▁" prefix on every chunk when `legacy` is true (LLaMA-2's reference behaviour) and only on a chunk at
-the very start when it is false. A token is trained when its text overlaps a trained span.
+Tokenization matches Hugging Face's for the same tokenizer files: the rendered text is split at the
+special tokens and each text chunk is encoded by the tokenizer (`Tokenizer.encode_chunk`; for
+sentencepiece, its dummy "▁" prefix on every chunk when `legacy` is true, LLaMA-2's reference
+behaviour, and only on a chunk at the very start when it is false). A token is trained when its text
+overlaps a trained span. Templates live with the tokenizer because SFT, evaluation and export all
+render them, and a checkpoint carries its template in tokenizer_config.json.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from mellama_jax.tokenizer.base import Tokenizer
 
 __all__ = ["TEMPLATES", "ROLES", "ChatError", "Part", "normalize_messages", "render_parts", "render_text",
            "apply_chat_template", "encode_chat", "hf_chat_template", "template_names"]
@@ -199,7 +200,7 @@ def apply_chat_template(name: str, messages: Sequence[Any], add_generation_promp
         parts = parts[1:]
     if any(p.kind != "text" for p in parts):
         raise ChatError(f"chat template {name!r}: this conversation has special tokens inside the text; "
-                        "use mellama_jax.sft.chat.encode_chat for its token ids")
+                        "use mellama_jax.tokenizer.chat_templates.encode_chat for its token ids")
     return "".join(p.text for p in parts)
 
 
@@ -226,49 +227,20 @@ def template_name_for_jinja(jinja: str | None) -> str | None:
 # --------------------------------------------------------------------------------------------------
 # Tokenization with trained-token flags
 # --------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=8)
-def _processors(model_path: str) -> tuple[Any, Any]:
-    """(sentencepiece with its dummy prefix, the same model without it)."""
-    import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2 as model_pb2
-
-    with_prefix = spm.SentencePieceProcessor(model_file=model_path)
-    proto = model_pb2.ModelProto()
-    with open(model_path, "rb") as f:
-        proto.ParseFromString(f.read())
-    proto.normalizer_spec.add_dummy_prefix = False
-    without = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    return with_prefix, without
-
-
-@functools.lru_cache(maxsize=8)
-def _legacy(model_path: str) -> bool:
-    """tokenizer_config.json's `legacy` beside the model (transformers' default when absent: true)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "tokenizer_config.json")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f).get("legacy", True)
-        return True if value is None else bool(value)
-    return True
-
-
-def _encode_chunk(sp: Any, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
+def _encode_chunk(tokenizer: Tokenizer, text: str, at_start: bool,
+                  spans: list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
     """Ids of one text chunk and whether each overlaps a trained byte span of the chunk."""
-    proto = sp.encode(text, return_type="proto")
     ids, flags = [], []
-    for piece in proto.pieces:
-        ids.append(int(piece.id))
-        b, e = int(piece.begin), int(piece.end)
+    for i, b, e in tokenizer.encode_chunk(text, at_start):
+        ids.append(i)
         if e == b:  # a byte-fallback piece that starts a multi-byte char: attach to that char
             e = b + 1
         flags.append(any(b < s1 and e > s0 for s0, s1 in spans))
     return ids, flags
 
 
-def encode_parts(tokenizer: Any, parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int32 [n], trained bool [n]) of rendered parts with `tokenizer` (a data.tokenizer.Tokenizer)."""
-    with_prefix, without = _processors(tokenizer.model_path)
-    legacy = _legacy(tokenizer.model_path)
+def encode_parts(tokenizer: Tokenizer, parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int32 [n], trained bool [n]) of rendered parts with `tokenizer`."""
     ids: list[int] = []
     flags: list[bool] = []
     chunk: list[Part] = []
@@ -283,8 +255,7 @@ def encode_parts(tokenizer: Any, parts: Sequence[Part]) -> tuple[np.ndarray, np.
                 spans.append((pos, pos + len(data)))
             raw += data
             pos += len(data)
-        sp = with_prefix if (legacy or first) else without
-        i, f = _encode_chunk(sp, raw.decode("utf-8"), spans)
+        i, f = _encode_chunk(tokenizer, raw.decode("utf-8"), first, spans)
         ids.extend(i)
         flags.extend(f)
         chunk.clear()
@@ -301,7 +272,7 @@ def encode_parts(tokenizer: Any, parts: Sequence[Part]) -> tuple[np.ndarray, np.
     return np.asarray(ids, np.int32), np.asarray(flags, bool)
 
 
-def encode_chat(tokenizer: Any, name: str, messages: Sequence[Any], add_generation_prompt: bool = False,
+def encode_chat(tokenizer: Tokenizer, name: str, messages: Sequence[Any], add_generation_prompt: bool = False,
                 require_answer: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and trained flags of a conversation under template `name` (see module docstring)."""
     return encode_parts(tokenizer, render_parts(name, messages, add_generation_prompt, require_answer))

@@ -7,17 +7,19 @@ is one (LLaMA-2: add_bos_token true, add_eos_token false), else those LLaMA-2 de
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
 import os
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
-__all__ = ["Tokenizer", "load_tokenizer", "file_sha256"]
+from mellama_jax.tokenizer.files import TOKENIZER_CONFIG, file_sha256, read_json, tokenizer_files
+from mellama_jax.tokenizer.sentencepiece_hf import read_model_proto, write_hf_tokenizer
+
+__all__ = ["SentencePieceTokenizer"]
 
 
-class Tokenizer:
+class SentencePieceTokenizer:
     """Encode/decode text with a sentencepiece model, LLaMA conventions (<unk>=0, <s>=1, </s>=2)."""
 
     def __init__(self, model_path: str, *, add_bos: bool | None = None, add_eos: bool | None = None):
@@ -30,10 +32,12 @@ class Tokenizer:
             self._sp.Load(model_path)
         except Exception as e:  # sentencepiece raises a bare OSError/RuntimeError without the path
             raise ValueError(f"{model_path}: not a valid sentencepiece model ({e})") from e
-        cfg = _read_tokenizer_config(os.path.join(os.path.dirname(os.path.abspath(model_path)),
-                                                  "tokenizer_config.json"))
+        cfg = read_json(os.path.join(os.path.dirname(os.path.abspath(model_path)), TOKENIZER_CONFIG))
         self.add_bos = bool(cfg.get("add_bos_token", True)) if add_bos is None else add_bos
         self.add_eos = bool(cfg.get("add_eos_token", False)) if add_eos is None else add_eos
+        # transformers' `legacy` (default true): whether text after a special token gets the dummy "▁".
+        legacy = cfg.get("legacy", True)
+        self.legacy = True if legacy is None else bool(legacy)
 
     # --- ids -----------------------------------------------------------------------------------
     @property
@@ -67,9 +71,29 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return int(self._sp.GetPieceSize())
 
+    @functools.cached_property
+    def special_tokens(self) -> dict[str, int]:
+        """Piece -> id of the control and unknown pieces (<unk>, <s>, </s>): never produced from text."""
+        return {self._sp.IdToPiece(i): i for i in range(self.vocab_size)
+                if self._sp.IsControl(i) or self._sp.IsUnknown(i)}
+
+    # --- files ---------------------------------------------------------------------------------
+    @property
+    def files(self) -> list[str]:
+        """The model file and the Hugging Face tokenizer files beside it."""
+        return tokenizer_files(self.model_path)
+
     def sha256(self) -> str:
         """Content hash of the model file (used in data cache keys)."""
         return file_sha256(self.model_path)
+
+    def write_hf_files(self, directory: str, tokenizer_config: dict | None = None) -> list[str]:
+        """tokenizer.model, tokenizer.json, tokenizer_config.json and special_tokens_map.json that
+        transformers loads with these ids; `tokenizer_config` defaults to the one beside the model."""
+        if tokenizer_config is None:
+            tokenizer_config = read_json(os.path.join(os.path.dirname(os.path.abspath(self.model_path)),
+                                                      TOKENIZER_CONFIG))
+        return write_hf_tokenizer(self.model_path, directory, tokenizer_config)
 
     # --- encode / decode -------------------------------------------------------------------------
     def encode(self, text: str, bos: bool | None = None, eos: bool | None = None) -> list[int]:
@@ -92,6 +116,23 @@ class Tokenizer:
             ids = ids + [self.eos_id]
         return ids
 
+    def encode_chunk(self, text: str, at_start: bool) -> list[tuple[int, int, int]]:
+        """(id, begin byte, end byte) of each piece of a text chunk that sits between special tokens.
+
+        As Hugging Face splits text at special tokens: every chunk gets sentencepiece's dummy "▁"
+        prefix when `legacy` is true (LLaMA-2's reference behaviour), else only the chunk at the very
+        start (`at_start`). Offsets index the chunk's UTF-8 bytes.
+        """
+        sp = self._sp if (self.legacy or at_start) else self._sp_without_prefix
+        proto = sp.encode(text, return_type="proto")
+        return [(int(p.id), int(p.begin), int(p.end)) for p in proto.pieces]
+
+    @functools.cached_property
+    def _sp_without_prefix(self) -> spm.SentencePieceProcessor:
+        proto = read_model_proto(self.model_path)
+        proto.normalizer_spec.add_dummy_prefix = False
+        return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`; BOS/EOS/pad are dropped (as LlamaTokenizer.decode(skip_special_tokens=True))."""
         ids = [int(i) for i in ids]
@@ -104,31 +145,5 @@ class Tokenizer:
         return self._sp.IdToPiece(int(i))
 
     def __repr__(self) -> str:
-        return (f"Tokenizer({self.model_path!r}, vocab_size={self.vocab_size}, add_bos={self.add_bos}, "
-                f"add_eos={self.add_eos})")
-
-
-def file_sha256(path: str) -> str:
-    """Content hash of a tokenizer file (cache keys, provenance, same-tokenizer checks)."""
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def _read_tokenizer_config(path: str) -> dict:
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
-    return cfg
-
-
-def load_tokenizer(path: str) -> Tokenizer:
-    """Load from a `tokenizer.model` file or a directory that holds one."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "tokenizer.model")
-    return Tokenizer(path)
+        return (f"SentencePieceTokenizer({self.model_path!r}, vocab_size={self.vocab_size}, "
+                f"add_bos={self.add_bos}, add_eos={self.add_eos})")

@@ -1,0 +1,83 @@
+"""The one tokenizer interface every stage codes against, and the factory that picks its backend.
+
+A backend is a class built from one file path; `BACKENDS` maps the file name a model directory holds
+it under to the class, in order of preference. Today: sentencepiece (`tokenizer.model`, LLaMA-2).
+A Hugging Face BPE backend (LLaMA-3 / Qwen `tokenizer.json`, via `tokenizers`) slots in as one more
+entry after it, so a LLaMA-2 directory that carries both files keeps its sentencepiece tokenizer.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
+
+from mellama_jax.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer
+
+__all__ = ["Tokenizer", "BACKENDS", "load_tokenizer", "tokenizer_file_in"]
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What data, SFT, checkpoint, eval and export need from a tokenizer."""
+
+    model_path: str   # the file that defines the vocabulary (tokenizer.model; tokenizer.json for BPE)
+    add_bos: bool     # encode's defaults, from the checkpoint's tokenizer_config.json
+    add_eos: bool
+
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def bos_id(self) -> int: ...
+    @property
+    def eos_id(self) -> int: ...
+    @property
+    def unk_id(self) -> int: ...
+    @property
+    def pad_id(self) -> int:
+        """A valid embedding index for padding positions (always masked out)."""
+    @property
+    def declared_pad_id(self) -> int:
+        """The pad token the tokenizer itself defines (-1: none); checked against a model's pad id."""
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Text -> id of the special tokens (never produced by encoding plain text)."""
+    @property
+    def files(self) -> list[str]:
+        """The files this tokenizer is made of (what travels with a model)."""
+
+    def sha256(self) -> str:
+        """Content hash of `model_path` (data cache keys, provenance, same-tokenizer checks)."""
+    def encode(self, text: str, bos: bool | None = None, eos: bool | None = None) -> list[int]: ...
+    def encode_batch(self, texts: Sequence[str], bos: bool | None = None, eos: bool | None = None,
+                     num_threads: int = 0) -> list[list[int]]: ...
+    def encode_chunk(self, text: str, at_start: bool) -> list[tuple[int, int, int]]:
+        """(id, begin byte, end byte) per token of text between special tokens, as HF tokenizes it."""
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str: ...
+    def id_to_piece(self, i: int) -> str: ...
+    def write_hf_files(self, directory: str, tokenizer_config: dict | None = None) -> list[str]:
+        """The Hugging Face files that make transformers encode with these ids, into `directory`."""
+
+
+# File name in a model directory -> backend, most preferred first.
+BACKENDS: dict[str, Callable[[str], Tokenizer]] = {
+    "tokenizer.model": SentencePieceTokenizer,
+}
+
+
+def tokenizer_file_in(directory: str) -> str | None:
+    """The file in `directory` a tokenizer loads from (the first of `BACKENDS` present), or None."""
+    for name in BACKENDS:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """The tokenizer of a file, or of a directory that holds one of the `BACKENDS` files.
+
+    A file whose name is not in `BACKENDS` is read as a sentencepiece model (trainers name them
+    freely, e.g. bio.model); a directory without any is reported as missing its tokenizer.model.
+    """
+    if os.path.isdir(path):
+        path = tokenizer_file_in(path) or os.path.join(path, next(iter(BACKENDS)))
+    return BACKENDS.get(os.path.basename(path), SentencePieceTokenizer)(path)

@@ -1,0 +1,102 @@
+"""The files a tokenizer is made of, in the names transformers reads them by, and the small JSON
+files beside a model (tokenizer_config.json and its LLaMA-2 defaults, provenance, adapter configs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from typing import Any
+
+__all__ = ["TOKENIZER_FILES", "TOKENIZER_CONFIG", "file_sha256", "read_json", "write_json", "tokenizer_files",
+           "llama_tokenizer_config", "write_llama_tokenizer_config", "copy_tokenizer_files"]
+
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# Files of a LLaMA tokenizer, in the names transformers reads them by.
+TOKENIZER_FILES = ("tokenizer.model", TOKENIZER_CONFIG, "special_tokens_map.json", "tokenizer.json",
+                   "added_tokens.json")
+
+
+def file_sha256(path: str) -> str:
+    """Content hash of a tokenizer file (cache keys, provenance, same-tokenizer checks)."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def read_json(path: str) -> dict:
+    """A JSON object file ({} when absent); errors name the file."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def write_json(path: str, value: dict) -> None:
+    """Write `value` through a temporary sibling, so a reader never sees half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def llama_tokenizer_config(**overrides: Any) -> dict:
+    """LLaMA-2's tokenizer_config.json conventions (what our tokenizer assumes without one)."""
+    config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "pad_token": None, "legacy": True, "model_max_length": 4096,
+              "tokenizer_class": "LlamaTokenizer", "clean_up_tokenization_spaces": False}
+    config.update(overrides)
+    return config
+
+
+def write_llama_tokenizer_config(directory: str) -> str:
+    """`directory`/tokenizer_config.json with LLaMA-2's conventions, so transformers and our
+    tokenizer agree on BOS/EOS for a model file that came without one; returns its path."""
+    path = os.path.join(directory, TOKENIZER_CONFIG)
+    write_json(path, llama_tokenizer_config())
+    return path
+
+
+def tokenizer_files(tokenizer_file: str) -> list[str]:
+    """`tokenizer_file` and the Hugging Face tokenizer files that exist beside it."""
+    source_dir = os.path.dirname(os.path.abspath(tokenizer_file))
+    found = [os.path.abspath(tokenizer_file)]
+    for name in TOKENIZER_FILES[1:]:
+        path = os.path.join(source_dir, name)
+        if os.path.isfile(path):
+            found.append(path)
+    return found
+
+
+def copy_tokenizer_files(tokenizer_file: str, directory: str) -> list[str]:
+    """Copy tokenizer.model and the HF tokenizer files beside it into `directory`.
+
+    When the source lacks tokenizer_config.json, one with LLaMA-2's conventions (BOS on, EOS off)
+    is written, which is also what the project's tokenizer assumes without one, so transformers and
+    the project agree on the exported tokenizer.
+    """
+    source_dir = os.path.dirname(os.path.abspath(tokenizer_file))
+    os.makedirs(directory, exist_ok=True)
+    copied = []
+    for name in TOKENIZER_FILES:
+        source = os.path.join(source_dir, name)
+        if name == "tokenizer.model":
+            source = os.path.abspath(tokenizer_file)
+        if not os.path.isfile(source):
+            continue
+        target = os.path.join(directory, name)
+        if os.path.abspath(source) != os.path.abspath(target):
+            tmp = target + ".tmp"
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        copied.append(target)
+    if not os.path.isfile(os.path.join(directory, TOKENIZER_CONFIG)):
+        copied.append(write_llama_tokenizer_config(directory))
+    return copied
