@@ -23,14 +23,14 @@ import sys
 import numpy as np
 
 from mellama_jax.checkpoint import hf as hf_mapping
-from mellama_jax.checkpoint.artifact import CHAT_TEMPLATE_FILE, resolve_artifact, write_artifact_files
+from mellama_jax.checkpoint.artifact import resolve_artifact, write_artifact_files
 from mellama_jax.checkpoint.hf_dir import HFWeights, read_hf_config
 from mellama_jax.checkpoint.orbax_io import PARAMS_ITEM, StreamingParamsWriter, write_model_config
 from mellama_jax.checkpoint.safetensors_io import write_file
 from mellama_jax.output_dir import OutputDirError, StagedOutput
-from mellama_jax.tokenizer import (MAX_VOCAB_MULTIPLE, TOKENIZER_FILES, TokenizerMismatchError,
+from mellama_jax.tokenizer import (CHAT_TEMPLATE_FILE, MAX_VOCAB_MULTIPLE, TOKENIZER_FILES, TokenizerMismatchError,
                                    UnsupportedTokenizerError, copy_tokenizer_files, load_tokenizer, read_json,
-                                   write_hf_tokenizer)
+                                   write_sentencepiece_hf_files)
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -174,7 +174,7 @@ def export_tokenizer(artifact, out: str) -> None:
         with open(os.path.join(out, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
             f.write(artifact.chat_template)
     try:
-        write_hf_tokenizer(artifact.tokenizer_file, out, source_config)
+        write_sentencepiece_hf_files(artifact.tokenizer_file, out, source_config)
     except UnsupportedTokenizerError as err:  # not LLaMA-style: hand over the files as they are
         print(f"warning: {artifact.tokenizer_file}: {err}; copied its tokenizer files unchanged", file=sys.stderr)
         copy_tokenizer_files(artifact.tokenizer_file, out)

@@ -79,7 +79,7 @@ def write_hf_llama_with_tokenizer(directory: str, seed: int = 0, max_positions: 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mellama_jax.tokenizer import write_hf_tokenizer
+    from mellama_jax.tokenizer import write_sentencepiece_hf_files
 
     import random
     import shutil
@@ -94,7 +94,7 @@ def write_hf_llama_with_tokenizer(directory: str, seed: int = 0, max_positions: 
     model_file = train_tokenizer(corpus, spm_dir, vocab_size=vocab_size, num_threads=1)
     with open(os.path.join(spm_dir, "tokenizer_config.json"), encoding="utf-8") as f:
         tokenizer_config = json.load(f)
-    write_hf_tokenizer(model_file, directory, tokenizer_config)
+    write_sentencepiece_hf_files(model_file, directory, tokenizer_config)
     shutil.rmtree(spm_dir)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,

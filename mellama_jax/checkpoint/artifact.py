@@ -28,13 +28,13 @@ from typing import Any, Callable
 
 from mellama_jax.checkpoint.orbax_io import MODEL_CONFIG, PARAMS_ITEM, read_model_config, restore_params
 from mellama_jax.model.config import LlamaConfig
-from mellama_jax.tokenizer import (Tokenizer, check_tokenizer, copy_tokenizer_files, load_tokenizer, read_json,
-                                   tokenizer_file_in, write_json)
+from mellama_jax.tokenizer import (Tokenizer, check_tokenizer, copy_tokenizer_files, load_tokenizer,
+                                   read_chat_template, read_json, tokenizer_file_in, write_chat_template, write_json)
 
 __all__ = [
     "ModelArtifact", "resolve_artifact", "checkpoint_kind", "write_artifact_files", "check_artifact_tokenizer",
     "register_adapter_loader", "ADAPTER_LOADERS", "EXPERIMENT_CONFIG", "PROVENANCE", "ADAPTER_CONFIG",
-    "ADAPTERS_ITEM", "CHAT_TEMPLATE_FILE", "CHECKPOINTS_DIR",
+    "ADAPTERS_ITEM", "CHECKPOINTS_DIR",
 ]
 
 EXPERIMENT_CONFIG = "experiment_config.json"  # launch.py's resolved experiment config in a workdir
@@ -43,7 +43,6 @@ CHECKPOINTS_DIR = "checkpoints"
 PROVENANCE = "provenance.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTERS_ITEM = "adapters"
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _STEP = re.compile(r"^\d+$")
 
 # kind -> "module:function"; function(base_params, adapters: dict, artifact, target) -> params.
@@ -223,24 +222,12 @@ def _finish(artifact: ModelArtifact) -> ModelArtifact:
     """Fill in tokenizer, chat template and provenance from the artifact's root."""
     root = artifact.root
     artifact.tokenizer_file = tokenizer_file_in(root)
-    artifact.chat_template = _chat_template(root)
+    artifact.chat_template = read_chat_template(root)
     provenance = read_json(os.path.join(root, PROVENANCE))
     artifact.provenance = {**artifact.provenance, **provenance}
     if artifact.step is not None:
         artifact.provenance["step"] = artifact.step
     return artifact
-
-
-def _chat_template(root: str) -> str | None:
-    jinja = os.path.join(root, CHAT_TEMPLATE_FILE)
-    if os.path.isfile(jinja):
-        with open(jinja, encoding="utf-8") as f:
-            return f.read()
-    for name, key in (("chat_template.json", "chat_template"), ("tokenizer_config.json", "chat_template")):
-        value = read_json(os.path.join(root, name)).get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,10 +246,7 @@ def write_artifact_files(directory: str, model_config: LlamaConfig, *, tokenizer
     if tokenizer_file:
         copy_tokenizer_files(tokenizer_file, directory)
     if chat_template:
-        tmp = os.path.join(directory, CHAT_TEMPLATE_FILE + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(chat_template)
-        os.replace(tmp, os.path.join(directory, CHAT_TEMPLATE_FILE))
+        write_chat_template(directory, chat_template)
     if provenance is not None:
         write_json(os.path.join(directory, PROVENANCE), provenance)
     write_model_config(directory, model_config)

@@ -11,8 +11,6 @@ from mellama_jax.checkpoint.hf import ConversionError, check_tensor_names, confi
 from mellama_jax.checkpoint.safetensors_io import SafetensorsFile
 from mellama_jax.model.config import LlamaConfig
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
-
 
 def is_hf_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json"))

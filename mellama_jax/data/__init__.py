@@ -1,6 +1,5 @@
-"""Data: sentencepiece tokenizer, corpus readers and tfds builders, and the pretraining pipeline.
+"""Data: corpus readers and tfds builders, and the pretraining pipeline (tokenizers: mellama_jax.tokenizer).
 
-- `tokenizer.Tokenizer`: LLaMA-style sentencepiece model with LLaMA-2 BOS/EOS conventions.
 - `train_tokenizer`: train a LLaMA-style tokenizer.model from configured corpora (tiny experiments).
 - `config.default_data_config()` / `demo_data_config()`: `config.data` (sources, mixture, seq_len, ...).
 - `sources/`: format readers (PubMed XML, JSONL, text, MIMIC CSV, prepared clinical notes, instruction

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from mellama_jax.tokenizer import read_json, read_model_proto, write_hf_tokenizer
+    from mellama_jax.tokenizer import read_json, read_model_proto, write_sentencepiece_hf_files
 
     if args.add < 1:
         raise ValueError(f"--add {args.add}: must be >= 1")
@@ -240,7 +240,8 @@ def _run(args) -> int:
     with open(out_model + ".tmp", "wb") as f:
         f.write(extended.SerializeToString())
     os.replace(out_model + ".tmp", out_model)
-    write_hf_tokenizer(out_model, args.out, read_json(os.path.join(os.path.dirname(base_file), "tokenizer_config.json")))
+    write_sentencepiece_hf_files(out_model, args.out,
+                                 read_json(os.path.join(os.path.dirname(base_file), "tokenizer_config.json")))
 
     sets = {"biomedical": list(read_texts("corpus", globs, args.format, heldout_fraction=args.heldout_fraction,
                                           split="heldout"))}

@@ -1,5 +1,6 @@
-"""The files a tokenizer is made of, in the names transformers reads them by, and the small JSON
-files beside a model (tokenizer_config.json and its LLaMA-2 defaults, provenance, adapter configs).
+"""The files a tokenizer is made of, in the names transformers reads them by: tokenizer_config.json
+(and its LLaMA-2 defaults), the chat template, and the one reader of the small JSON files beside a
+model (tokenizer_config.json, provenance, adapter configs).
 """
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import os
 import shutil
 from typing import Any
 
-__all__ = ["TOKENIZER_FILES", "TOKENIZER_CONFIG", "file_sha256", "read_json", "write_json", "tokenizer_files",
-           "llama_tokenizer_config", "write_llama_tokenizer_config", "copy_tokenizer_files"]
+__all__ = ["TOKENIZER_FILES", "TOKENIZER_CONFIG", "CHAT_TEMPLATE_FILE", "file_sha256", "read_json", "write_json",
+           "tokenizer_files", "llama_tokenizer_config", "write_llama_tokenizer_config", "copy_tokenizer_files",
+           "read_chat_template", "write_chat_template"]
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # Files of a LLaMA tokenizer, in the names transformers reads them by.
 TOKENIZER_FILES = ("tokenizer.model", TOKENIZER_CONFIG, "special_tokens_map.json", "tokenizer.json",
                    "added_tokens.json")
@@ -100,3 +103,26 @@ def copy_tokenizer_files(tokenizer_file: str, directory: str) -> list[str]:
     if not os.path.isfile(os.path.join(directory, TOKENIZER_CONFIG)):
         copied.append(write_llama_tokenizer_config(directory))
     return copied
+
+
+def read_chat_template(directory: str) -> str | None:
+    """The Jinja chat template a model directory carries: chat_template.jinja, else the
+    `chat_template` of chat_template.json or tokenizer_config.json (where transformers keeps it)."""
+    jinja = os.path.join(directory, CHAT_TEMPLATE_FILE)
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            return f.read()
+    for name in ("chat_template.json", TOKENIZER_CONFIG):
+        value = read_json(os.path.join(directory, name)).get("chat_template")
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def write_chat_template(directory: str, chat_template: str) -> str:
+    """`directory`/chat_template.jinja (through a temporary sibling); returns its path."""
+    path = os.path.join(directory, CHAT_TEMPLATE_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(chat_template)
+    os.replace(path + ".tmp", path)
+    return path

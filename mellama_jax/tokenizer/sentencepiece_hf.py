@@ -19,7 +19,7 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from mellama_jax.tokenizer.files import llama_tokenizer_config
 
-__all__ = ["write_hf_tokenizer", "tokenizer_json", "read_model_proto", "UnsupportedTokenizerError"]
+__all__ = ["write_sentencepiece_hf_files", "tokenizer_json", "read_model_proto", "UnsupportedTokenizerError"]
 
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
@@ -104,7 +104,7 @@ def tokenizer_json(proto: sp_pb2.ModelProto, add_bos: bool = True, add_eos: bool
     }
 
 
-def write_hf_tokenizer(tokenizer_model: str, out_dir: str, tokenizer_config: dict | None = None) -> list[str]:
+def write_sentencepiece_hf_files(tokenizer_model: str, out_dir: str, tokenizer_config: dict | None = None) -> list[str]:
     """tokenizer.model + tokenizer.json + tokenizer_config.json + special_tokens_map.json in `out_dir`.
 
     `tokenizer_config`: the source's tokenizer_config.json (add_bos_token / add_eos_token /

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from mellama_jax.tokenizer.files import TOKENIZER_CONFIG, file_sha256, read_json, tokenizer_files
-from mellama_jax.tokenizer.sentencepiece_hf import read_model_proto, write_hf_tokenizer
+from mellama_jax.tokenizer.sentencepiece_hf import read_model_proto, write_sentencepiece_hf_files
 
 __all__ = ["SentencePieceTokenizer"]
 
@@ -93,7 +93,7 @@ class SentencePieceTokenizer:
         if tokenizer_config is None:
             tokenizer_config = read_json(os.path.join(os.path.dirname(os.path.abspath(self.model_path)),
                                                       TOKENIZER_CONFIG))
-        return write_hf_tokenizer(self.model_path, directory, tokenizer_config)
+        return write_sentencepiece_hf_files(self.model_path, directory, tokenizer_config)
 
     # --- encode / decode -------------------------------------------------------------------------
     def encode(self, text: str, bos: bool | None = None, eos: bool | None = None) -> list[int]:
