@@ -386,8 +386,8 @@ def _batch_size(value: Any) -> int:
 
 
 def _resolve_chat_template(chat_template: str | None, checkpoint: str | None) -> tuple[str, str] | None:
-    """("name", template name from mellama_jax.tokenizer.chat_templates) or ("jinja", text): the explicit argument first,
-    else what the checkpoint ships (a template name or Jinja text), else None."""
+    """("name", template name from mellama_jax.tokenizer.chat_templates) or ("jinja", text): the
+    explicit argument first, else what the checkpoint ships (a template name or Jinja text), else None."""
     from mellama_jax.tokenizer.chat_templates import template_names
 
     if chat_template:

@@ -131,8 +131,8 @@ def _checkpoint_chat_template(checkpoint: str) -> str:
     found = template_name_for_jinja(resolve_artifact(checkpoint).chat_template)
     if found is None:
         raise ValueError(f"config.chat_template=auto: {checkpoint} carries a chat template that is not "
-                         "one of mellama_jax.tokenizer.chat_templates' (none, mellama, llama2); set --config.chat_template "
-                         "explicitly")
+                         "one of mellama_jax.tokenizer.chat_templates' (none, mellama, llama2); set "
+                         "--config.chat_template explicitly")
     log.info("chat template from the checkpoint: %s", found)
     return found
 
