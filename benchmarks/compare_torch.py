@@ -219,7 +219,7 @@ def main() -> None:
         tokens = args.batch * args.new_tokens
         step = jax.jit(functools.partial(decode.decode_step, config), donate_argnums=(3,)).lower(
             prepared, jnp.zeros((args.batch,), jnp.int32), jnp.zeros((args.batch,), jnp.int32),
-            decode.init_caches(config, args.batch, args.prompt_len + args.new_tokens), jnp.int32(0)).compile()
+            decode.init_cache(config, args.batch, args.prompt_len + args.new_tokens), jnp.int32(0)).compile()
         cost = step.cost_analysis()
         accessed = (cost[0] if isinstance(cost, list) else cost)["bytes accessed"]
         minimum = decode.min_step_bytes(config, args.batch, args.prompt_len + args.new_tokens)["total"]

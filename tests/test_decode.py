@@ -1,9 +1,11 @@
-"""The decode fast path (model/decode.py): same tokens as the model's full forward, as the scanned
-`Llama.apply(cache=)` path and as transformers; sharded == unsharded; and, from XLA's own cost
-analysis and optimized HLO, a decode step that reads each weight once and never rewrites the cache."""
+"""The decode fast path (model/decode.py): same tokens as the model's full forward, as a scanned
+stacked-cache model (the path before it) and as transformers; sharded == unsharded; and, from XLA's
+own cost analysis and optimized HLO, a decode step that reads each weight once and never rewrites
+the cache."""
 import functools
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +15,9 @@ from hf_fixtures import make_hf_model
 from mellama_jax import generate, load_pretrained
 from mellama_jax import sharding as shd
 from mellama_jax.model import decode
-from mellama_jax.model.generate import init_cache
-from mellama_jax.model.llama import Llama, init_params, param_logical_axes
+from mellama_jax.model.llama import Embedding, LMHead, Llama, RMSNorm, _scanned_layers, init_params, param_logical_axes
 from mellama_jax.model.presets import get_preset
+from mellama_jax.model.rope import rotary_tables
 
 NEW = 10
 
@@ -57,23 +59,49 @@ def full_forward_greedy(params, tokens, mask, *, config, new):
     return jax.lax.fori_loop(0, new, body, buf)
 
 
+class ScannedCacheLlama(nn.Module):
+    """The model as inference ran it before model/decode.py: layers scanned over the stacked weights
+    (the same params tree as `Llama`), with a stacked cache {"k", "v": [L, b * kv, S, d],
+    "segment_ids": [b, S]} as the scan's xs and ys. A reference, and the control of the HLO test."""
+
+    config: object
+
+    @nn.compact
+    def __call__(self, tokens, positions, segment_ids, cache, cache_index):
+        cfg = self.config
+        embed = Embedding(cfg, name="embed_tokens")
+        x = embed(tokens)
+        cos, sin = rotary_tables(positions, cfg)
+        kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, cache_index))
+        x, layers = _scanned_layers(cfg)(cfg, False, 0.0, name="layers")(
+            x, {"k": cache["k"], "v": cache["v"]}, cos, sin, segment_ids, kv_segment_ids, cache_index)
+        x = RMSNorm(cfg, name="final_norm")(x)
+        logits = embed.attend(x) if cfg.tie_word_embeddings else LMHead(cfg, name="lm_head")(x)
+        return logits, {**layers, "segment_ids": kv_segment_ids}
+
+
+def init_stacked_cache(config, batch: int, length: int) -> dict:
+    shape = (config.num_hidden_layers, batch * config.num_key_value_heads, length, config.head_dim)
+    dtype = jnp.dtype(config.dtype)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "segment_ids": jnp.zeros((batch, length), jnp.int32)}
+
+
 @functools.partial(jax.jit, static_argnames=("config", "new"))
 def scanned_cache_greedy(params, tokens, mask, *, config, new):
-    """Reference through the scanned model's explicit cache (`Llama.apply(cache=...)`), the interface
-    prefix-sharing scorers use; this was `generate`'s loop before the fast path."""
-    model = Llama(config)
+    """Reference through the scanned model's stacked cache; this was `generate`'s loop before the
+    fast path."""
+    model = ScannedCacheLlama(config)
     b, p = tokens.shape
-    cache = init_cache(config, b, p + new)
+    cache = init_stacked_cache(config, b, p + new)
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    logits, cache = model.apply({"params": params}, tokens, positions=positions, segment_ids=mask,
-                                cache=cache, cache_index=jnp.int32(0))
+    logits, cache = model.apply({"params": params}, tokens, positions, mask, cache, jnp.int32(0))
     token = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
     out = [token]
     position = positions[:, -1] + 1
     for i in range(new - 1):
-        logits, cache = model.apply({"params": params}, token[:, None], positions=position[:, None],
-                                    segment_ids=jnp.ones((b, 1), jnp.int32), cache=cache,
-                                    cache_index=jnp.int32(p + i))
+        logits, cache = model.apply({"params": params}, token[:, None], position[:, None],
+                                    jnp.ones((b, 1), jnp.int32), cache, jnp.int32(p + i))
         token = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
         out.append(token)
         position = position + 1
@@ -111,6 +139,22 @@ def test_prepared_params_give_the_same_tokens(hf_and_ours):
                                   np.asarray(generate(config, params, tokens, NEW, prompt_mask=mask)))
 
 
+def test_kv_cache_take_rows_picks_whole_sequences():
+    """KVCache names its batch axis: take_rows gathers every layer's kv-head rows of each sequence."""
+    config = get_preset("tiny")
+    kv, length, d = config.num_key_value_heads, 5, config.head_dim
+    cache = decode.init_cache(config, 3, length)
+    assert (cache.batch, cache.length) == (3, length) and len(cache.k) == config.num_hidden_layers
+    assert cache.k[0].shape == (3 * kv, length, d)
+    numbered = jnp.broadcast_to(jnp.arange(3 * kv, dtype=cache.k[0].dtype)[:, None, None], cache.k[0].shape)
+    cache = cache.replace(k=(numbered,) * len(cache.k), segment_ids=jnp.arange(3)[:, None] * jnp.ones((1, length), jnp.int32))
+    taken = cache.take_rows(jnp.array([2, 0, 2]))
+    rows = np.concatenate([np.arange(2 * kv, 3 * kv), np.arange(0, kv), np.arange(2 * kv, 3 * kv)])
+    np.testing.assert_array_equal(np.asarray(taken.k[-1][:, 0, 0]), rows)
+    np.testing.assert_array_equal(np.asarray(taken.segment_ids[:, 0]), [2, 0, 2])
+    assert taken.batch == 3 and taken.v[0].shape == (3 * kv, length, d)
+
+
 def test_sharded_generate_equals_unsharded(hf_and_ours):
     _, config, params = hf_and_ours
     assert jax.device_count() == 8
@@ -135,7 +179,7 @@ def _bytes_accessed(compiled) -> float:
 
 def compiled_decode_step(config, batch: int, length: int):
     params = jax.eval_shape(lambda: decode.prepare_params(config, init_params(config, jax.random.key(0))))
-    caches = jax.eval_shape(lambda: decode.init_caches(config, batch, length))
+    caches = jax.eval_shape(lambda: decode.init_cache(config, batch, length))
     row = jax.ShapeDtypeStruct((batch,), jnp.int32)
     step = jax.jit(functools.partial(decode.decode_step, config), donate_argnums=(3,))
     return step.lower(params, row, row, caches, jax.ShapeDtypeStruct((), jnp.int32)).compile()
@@ -186,14 +230,13 @@ def test_decode_loop_copies_no_weight_and_no_cache():
     assert _big_copies(_while_body(fast), smallest) == []
 
     def scanned_loop(params, tokens):  # the pre-fast-path loop body: scanned layers, stacked cache
-        model = Llama(config)
-        cache = init_cache(config, batch, prompt + new)
+        model = ScannedCacheLlama(config)
+        cache = init_stacked_cache(config, batch, prompt + new)
 
         def step(i, carry):
             cache, token = carry
-            logits, cache = model.apply({"params": params}, token, positions=jnp.full((batch, 1), prompt + i),
-                                        segment_ids=jnp.ones((batch, 1), jnp.int32), cache=cache,
-                                        cache_index=prompt + i)
+            logits, cache = model.apply({"params": params}, token, jnp.full((batch, 1), prompt + i),
+                                        jnp.ones((batch, 1), jnp.int32), cache, prompt + i)
             return cache, jnp.argmax(logits[:, -1], -1)[:, None].astype(jnp.int32)
         return jax.lax.fori_loop(0, new, step, (cache, tokens[:, -1:]))[1]
 

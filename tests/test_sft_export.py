@@ -124,7 +124,7 @@ def test_eval_takes_the_chat_template_from_the_sft_workdir(sft_workdir, tmp_path
 
     from configs.eval import get_config
     from mellama_jax.convert import orbax_to_hf
-    from mellama_jax.eval.runner import resolve_chat_template
+    from mellama_jax.eval.session import resolve_chat_template
 
     base, workdir = sft_workdir
     config = get_config()

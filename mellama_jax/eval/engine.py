@@ -18,6 +18,15 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+
+from mellama_jax.checkpoint.artifact import check_artifact_tokenizer, resolve_artifact
+from mellama_jax.tokenizer import load_tokenizer
+from mellama_jax.model import decode
+from mellama_jax.model.generate import generate
+from mellama_jax.model.llama import Llama, param_logical_axes
+from mellama_jax.sharding import (DEFAULT_RULES, batch_shards, batch_sharding, logical_to_sharding, make_mesh,
+                                  mesh_context)
 
 __all__ = ["Engine", "bucket_length", "small_bucket", "truncate_left", "load_engine"]
 
@@ -53,67 +62,24 @@ def _progress(label: str, done: int, total: int) -> None:
 def _target_logprobs(params, tokens, *, config):
     """log p(tokens[:, t+1] | tokens[:, :t+1]) for every t: [b, s-1] float32 (right padding is harmless:
     attention is causal)."""
-    from mellama_jax.model.llama import Llama
-
     logits = Llama(config).apply({"params": params}, tokens)
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "cache_len"))
-def _prefill(params, tokens, mask, *, config, cache_len):
-    """KV cache of left-padded prefixes [b, p] (mask 1 = real token) in a cache of cache_len slots;
-    through the model's public cache interface (generate.init_cache + Llama.apply(cache=, cache_index=))."""
-    from mellama_jax.model.generate import init_cache
-    from mellama_jax.model.llama import Llama
-
-    cache = init_cache(config, tokens.shape[0], cache_len)
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
-    _, cache = Llama(config).apply({"params": params}, tokens, positions=positions, segment_ids=mask,
-                                   return_hidden=True, cache=cache, cache_index=jnp.int32(0))
-    return cache
-
-
-def _batch_axes(config, length: int) -> dict:
-    """Per cache leaf: (the axis that carries the batch, how many slots one sequence takes on it),
-    found by comparing init_cache's shapes for batch 1 and 2, so this works whatever layout the
-    model's cache uses ([L, b, kv, S, d], [L, b * kv, S, d], ...), sequence-major on that axis."""
-    from mellama_jax.model.generate import init_cache
-
-    one = jax.eval_shape(lambda: init_cache(config, 1, length))
-    two = jax.eval_shape(lambda: init_cache(config, 2, length))
-    out = {}
-    for key in one:
-        axes = [a for a, (x, y) in enumerate(zip(one[key].shape, two[key].shape)) if y == 2 * x]
-        if len(axes) != 1:
-            raise ValueError(f"cannot tell the batch axis of KV-cache leaf {key!r} {one[key].shape}")
-        out[key] = (axes[0], one[key].shape[axes[0]])
-    return out
-
-
-def _take_rows(cache: dict, rows, config):
-    """The cache of sequences `rows` (an int array) out of a batched cache."""
-    length = cache["segment_ids"].shape[-1]
-    out = {}
-    for key, (axis, per) in _batch_axes(config, length).items():
-        leaf = cache[key]
-        shape = leaf.shape
-        split = leaf.reshape(shape[:axis] + (shape[axis] // per, per) + shape[axis + 1:])
-        taken = jnp.take(split, rows, axis=axis)
-        out[key] = taken.reshape(shape[:axis] + (rows.shape[0] * per,) + shape[axis + 1:])
-    return out
+def _prefill(params, tokens, mask, *, config, cache_len) -> decode.KVCache:
+    """KV cache of left-padded prefixes [b, p] (mask 1 = real token) in a cache of cache_len slots:
+    the prefill `generate` runs (its logits are unused, so XLA drops the output projection)."""
+    return decode.prefill(config, params, tokens, mask, cache_len)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "cache_index"))
 def _continuation_logprobs(params, cache, rows, tokens, positions, *, cache_index, config):
     """log p(tokens[:, t+1] | prefix of row `rows[i]` in `cache`, tokens[:, :t+1]): [b, r-1] float32.
     Each continuation row reads the cached prefix of its group (gathered on device)."""
-    from mellama_jax.model.llama import Llama
-
-    own = _take_rows(cache, rows, config)
-    logits, _ = Llama(config).apply({"params": params}, tokens, positions=positions,
-                                    segment_ids=jnp.ones_like(tokens), cache=own,
-                                    cache_index=jnp.int32(cache_index))
+    logits, _ = decode.forward(config, params, tokens, positions, jnp.ones_like(tokens), cache.take_rows(rows),
+                               jnp.int32(cache_index))
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
@@ -152,16 +118,12 @@ class Engine:
 
     # --- placement -----------------------------------------------------------------------------
     def _context(self):
-        from mellama_jax.sharding import mesh_context
-
         return mesh_context(self.mesh, self.rules if self.mesh is not None else None)
 
     def _rows(self, n: int) -> int:
         """Batch rows per call: batch_size rounded up to a multiple of the mesh's batch shards."""
         shards = 1
         if self.mesh is not None:
-            from mellama_jax.sharding import batch_shards
-
             shards = batch_shards(self.mesh)
         return int(math.ceil(max(self.batch_size, 1) / shards) * shards)
 
@@ -170,8 +132,6 @@ class Engine:
         Built from per-device slices, so it works when the mesh spans several processes."""
         if self.mesh is None:
             return jnp.asarray(x)
-        from mellama_jax.sharding import batch_sharding
-
         sharding = batch_sharding(self.mesh)
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
@@ -181,8 +141,6 @@ class Engine:
         process does not hold every shard (never np.asarray of a non-addressable array)."""
         if getattr(x, "is_fully_addressable", True):
             return np.asarray(jax.device_get(x))
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     def _shape(self, *key) -> None:
@@ -206,8 +164,6 @@ class Engine:
         Prompts are sorted by length and batched into power-of-two length buckets (a few compiled
         shapes per task, listed in results.json); each batch stops as soon as every row has ended.
         """
-        from mellama_jax.model.generate import generate
-
         cap = self.max_len - max_new_tokens
         if cap < 2:
             raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
@@ -358,9 +314,6 @@ def load_engine(checkpoint: str, tokenizer_path: str = "", batch_size: int = 8, 
                 rules: Any = None, dtype: str = "", show_progress: bool = True) -> Engine:
     """Load a model artifact (HF dir, converter output, training workdir or one of its steps) with
     the tokenizer that travels with it (or `tokenizer_path`, checked against the model), on a mesh."""
-    from mellama_jax.checkpoint.artifact import check_artifact_tokenizer, resolve_artifact
-    from mellama_jax.tokenizer import load_tokenizer
-
     artifact = resolve_artifact(checkpoint)
     tok_path = tokenizer_path or artifact.tokenizer_file
     if not tok_path:
@@ -373,9 +326,6 @@ def load_engine(checkpoint: str, tokenizer_path: str = "", batch_size: int = 8, 
         config = config.replace(dtype=dtype)
     mesh = None
     if mesh_config is not None:
-        from mellama_jax.model.llama import param_logical_axes
-        from mellama_jax.sharding import DEFAULT_RULES, logical_to_sharding, make_mesh
-
         rules = tuple(rules) if rules else DEFAULT_RULES
         mesh = make_mesh(mesh_config)
         shardings = logical_to_sharding(param_logical_axes(config), mesh, rules, shapes=params)

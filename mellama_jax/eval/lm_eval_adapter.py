@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
 
 import jax
@@ -40,7 +41,9 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from mellama_jax.eval.engine import bucket_length
+from mellama_jax.checkpoint.artifact import resolve_artifact
+from mellama_jax.eval.engine import bucket_length, load_engine
+from mellama_jax.model.llama import Llama
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,6 @@ def _target_scores(params, inputs, targets, last, *, config):
     the whole log-distribution at position last[b] ([b, vocab], for requests that share the input).
 
     Right padding is harmless: attention is causal and padded positions are never read."""
-    from mellama_jax.model.llama import Llama
-
     logits = Llama(config).apply({"params": params}, inputs)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     target_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
@@ -127,8 +128,6 @@ def score_continuations(engine, pairs: Sequence[tuple[Sequence[int], Sequence[in
 
 
 def _mesh_config(data: int, fsdp: int, tensor: int):
-    from types import SimpleNamespace
-
     return SimpleNamespace(data=int(data), fsdp=int(fsdp), tensor=int(tensor))
 
 
@@ -157,8 +156,6 @@ class MellamaJaxLM(TemplateLM):
             if not checkpoint:
                 raise ValueError(f"--model {MODEL_NAME} needs --model_args checkpoint=PATH (an HF directory, an "
                                  "Orbax checkpoint or a training / instruction-tuning workdir)")
-            from mellama_jax.eval.engine import load_engine
-
             mesh = _mesh_config(mesh_data, mesh_fsdp, mesh_tensor) if use_mesh else None
             engine = load_engine(str(checkpoint), tokenizer or "", batch_size=rows, mesh_config=mesh,
                                  dtype=dtype or "", show_progress=False)
@@ -400,8 +397,6 @@ def _resolve_chat_template(chat_template: str | None, checkpoint: str | None) ->
     if checkpoint is None:
         return None
     try:
-        from mellama_jax.checkpoint.artifact import resolve_artifact
-
         shipped = resolve_artifact(checkpoint).chat_template
     except (ImportError, FileNotFoundError, ValueError):
         return None

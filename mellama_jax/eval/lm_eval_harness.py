@@ -20,21 +20,14 @@ import os
 import time
 from typing import Any
 
-from mellama_jax.eval import provenance, report
+import jax
+
+from mellama_jax.eval import provenance, report, session
+from mellama_jax.eval.tasks import get_task, resolve_path
 
 log = logging.getLogger(__name__)
 
 __all__ = ["run", "task_hash", "markdown"]
-
-
-def _task_list(config) -> list[str]:
-    tasks = config.get("lm_eval_tasks") or ""
-    if isinstance(tasks, str):
-        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-    if not tasks:
-        raise ValueError("config.lm_eval_tasks is empty: name lm-eval tasks, e.g. "
-                         "--config.lm_eval_tasks=pubmedqa_mellama,mmlu_clinical_knowledge")
-    return list(tasks)
 
 
 def _metadata(config) -> dict:
@@ -48,8 +41,6 @@ def _metadata(config) -> dict:
     if not isinstance(meta, dict):
         raise ValueError("config.lm_eval_metadata: expected a JSON object")
     if "pubmedqa_file" not in meta and (config.get("data_dir") or config.task_paths.get("pubmedqa")):
-        from mellama_jax.eval.tasks import get_task, resolve_path
-
         try:
             meta["pubmedqa_file"] = os.path.abspath(resolve_path(get_task("pubmedqa"), config.data_dir,
                                                                  config.task_paths.get("pubmedqa") or ""))
@@ -132,37 +123,31 @@ def _write(workdir: str, results: dict) -> None:
 
 def run(config, workdir: str) -> dict:
     """Evaluate config.checkpoint on config.lm_eval_tasks with lm-eval; returns what results.json holds."""
-    try:
+    try:  # lm-eval is an optional dependency (requirements-eval.txt): imported only when this harness runs
         import lm_eval
         from lm_eval.tasks import TaskManager
     except ImportError as err:
         raise ImportError(f"config.harness=lm_eval needs lm-eval ({err}): pip install -r requirements-eval.txt") from err
 
-    from mellama_jax.eval.engine import load_engine
-    from mellama_jax.eval.lm_eval_adapter import MellamaJaxLM, TASKS_DIR
+    from mellama_jax.eval.lm_eval_adapter import MellamaJaxLM, TASKS_DIR  # imports lm-eval at its top
 
     if not config.checkpoint:
         raise ValueError("config.checkpoint is required: an HF LLaMA directory, an Orbax checkpoint or a workdir")
-    tasks = _task_list(config)
+    tasks = session.task_names(config.get("lm_eval_tasks") or "",
+                               "config.lm_eval_tasks is empty: name lm-eval tasks, e.g. "
+                               "--config.lm_eval_tasks=pubmedqa_mellama,mmlu_clinical_knowledge")
     include = [TASKS_DIR] + [p for p in str(config.get("lm_eval_include_path") or "").split(",") if p]
     for p in include[1:]:
         if not os.path.isdir(p):
             raise FileNotFoundError(f"config.lm_eval_include_path: {p!r} is not a directory")
-    import jax
-
     # Every process runs every request (each holds its shards of the sharded model calls); the
     # first one writes the files.
     main = jax.process_index() == 0
     if main:
         os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
     t0 = time.time()
-    mesh_cfg = config.get("mesh") if config.get("use_mesh", True) else None
-    rules = config.sharding.rules if config.get("sharding") is not None else None
-    engine = load_engine(config.checkpoint, config.tokenizer_path, batch_size=int(config.batch_size),
-                         mesh_config=mesh_cfg, rules=rules, dtype=config.dtype, show_progress=False)
-    from mellama_jax.eval.runner import resolve_chat_template
-
-    chat = resolve_chat_template(config)  # "auto": the checkpoint's own template, else none
+    engine = session.engine_from_config(config, show_progress=False)
+    chat = session.resolve_chat_template(config)  # "auto": the checkpoint's own template, else none
     chat = None if chat == "none" else chat
     lm = MellamaJaxLM(config.checkpoint, engine=engine, chat_template=chat,
                       max_gen_toks=int(config.get("lm_eval_max_gen_toks", 256)))
@@ -174,19 +159,13 @@ def run(config, workdir: str) -> dict:
         bootstrap_iters=int(config.get("lm_eval_bootstrap_iters", 1000)), apply_chat_template=bool(chat),
         random_seed=int(config.seed), numpy_random_seed=int(config.seed), torch_random_seed=int(config.seed),
         fewshot_random_seed=int(config.seed))
+    header = session.results_header(config, engine)
     results = {
+        **header,
         "harness": "lm_eval",
-        "checkpoint": provenance.checkpoint_fingerprint(config.checkpoint, bool(config.hash_weights)),
-        "model_config": engine.model_config.to_dict(),
-        "tokenizer": {"path": os.path.abspath(engine.tokenizer.model_path), "sha256": engine.tokenizer.sha256(),
-                      "add_bos": engine.tokenizer.add_bos},
-        "code": provenance.git_state(),
-        "packages": {**provenance.package_versions(), "lm-eval": importlib.metadata.version("lm_eval"),
+        "packages": {**header["packages"], "lm-eval": importlib.metadata.version("lm_eval"),
                      "datasets": importlib.metadata.version("datasets")},
-        "seed": int(config.seed),
         "protocol": "lm_eval",
-        "mesh": None if engine.mesh is None else dict(engine.mesh.shape),
-        "batch_size": int(config.batch_size),
         "chat_template": chat or "none",
         "lm_eval": {"version": importlib.metadata.version("lm_eval"), "include_path": include,
                     "metadata": _metadata(config), "n-shot": out.get("n-shot", {}),

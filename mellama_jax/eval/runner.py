@@ -9,7 +9,6 @@ is written beside it; predictions are a pure function of those, byte for byte.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -18,20 +17,23 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from mellama_jax.data.sources.report import DataError
+from mellama_jax.eval import bertscore, lm_eval_harness, parsing, prompts, provenance, report, session
 from mellama_jax.eval import loglik as ll
 from mellama_jax.eval import metrics as M
-from mellama_jax.eval import parsing, prompts, provenance, report
+from mellama_jax.eval.session import resolve_chat_template
 from mellama_jax.eval.tasks import (CHOICE, DIAGNOSIS, EXTRACTIVE, MULTILABEL, NER, SUMMARIZATION, TaskSpec,
                                     cards, get_task, resolve_path)
 from mellama_jax.eval.tasks.common import Example, FormatError, LoadReport
+from mellama_jax.tokenizer import chat_templates as chat
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "metrics_from_records", "prepare_task", "load_task_file", "prompt_set_name", "PROTOCOLS",
-           "MELLAMA_TASKS"]
+__all__ = ["run", "run_builtin", "HARNESSES", "metrics_from_records", "prepare_task", "load_task_file",
+           "prompt_set_name", "PROTOCOLS", "MELLAMA_TASKS"]
 
 PROTOCOLS = ("generate", "loglik")
 # "all": the twelve benchmarks of Me-LLaMA's evaluation (BC5CDR, NCBI-disease and the clinical cases
@@ -41,14 +43,9 @@ MELLAMA_TASKS = ("pubmedqa", "medqa", "medmcqa", "emrqa", "i2b2", "ddi", "hoc", 
 
 
 def _task_list(config) -> list[str]:
-    tasks = config.tasks
-    if isinstance(tasks, str):
-        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-    tasks = list(tasks)
+    tasks = session.task_names(config.tasks, "config.tasks is empty; e.g. --config.tasks=pubmedqa,medqa (or 'all')")
     if tasks == ["all"]:
         tasks = list(MELLAMA_TASKS)
-    if not tasks:
-        raise ValueError("config.tasks is empty; e.g. --config.tasks=pubmedqa,medqa (or 'all')")
     for t in tasks:
         get_task(t)
     return tasks
@@ -110,40 +107,12 @@ def load_task_file(spec: TaskSpec, path: str, config) -> tuple[list[Example], Lo
     return examples, report
 
 
-def resolve_chat_template(config) -> str:
-    """config.chat_template, with "auto" (the default) replaced by the checkpoint's own template.
-
-    An SFT checkpoint carries the template it was trained with (chat_template.jinja / the
-    tokenizer_config.json of an export), so evaluating it needs no flag; a checkpoint without one is
-    evaluated on raw prompts. A template that is none of ours is an error rather than a guess.
-    """
-    name = config.chat_template or "none"
-    return _checkpoint_chat_template(config.get("checkpoint") or "") if name == "auto" else name
-
-
-@functools.lru_cache(maxsize=16)
-def _checkpoint_chat_template(checkpoint: str) -> str:
-    if not checkpoint or not os.path.exists(checkpoint):
-        return "none"  # a missing checkpoint is reported when the model loads, after every task file is checked
-    from mellama_jax.checkpoint.artifact import resolve_artifact
-    from mellama_jax.tokenizer.chat_templates import template_name_for_jinja
-
-    found = template_name_for_jinja(resolve_artifact(checkpoint).chat_template)
-    if found is None:
-        raise ValueError(f"config.chat_template=auto: {checkpoint} carries a chat template that is not "
-                         "one of mellama_jax.tokenizer.chat_templates' (none, mellama, llama2); set "
-                         "--config.chat_template explicitly")
-    log.info("chat template from the checkpoint: %s", found)
-    return found
-
-
 def _chat(prompt: str, config) -> str:
     name = resolve_chat_template(config)
     if name == "none":
         return prompt
-    from mellama_jax.tokenizer.chat_templates import apply_chat_template
-
-    return apply_chat_template(name, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return chat.apply_chat_template(name, [{"role": "user", "content": prompt}],
+                                    add_generation_prompt=True)
 
 
 def _demos(spec: TaskSpec, config, k: int, template: prompts.Template) -> tuple[list[Example], dict]:
@@ -381,19 +350,11 @@ def _evaluate_task(engine, t: PreparedTask, config) -> tuple[dict, list[dict]]:
     return result, records
 
 
-def _bertscore_impl(config) -> str:
-    from mellama_jax.eval.bertscore import implementation
-
-    return implementation()
-
-
 def _bertscore(records: list[dict], config) -> dict:
     if not config.bertscore_model:
         return {"bertscore_f1": None}
-    from mellama_jax.eval.bertscore import bertscore_f1
-
-    return {"bertscore_f1": bertscore_f1([r["prediction"] for r in records], [r["reference"] for r in records],
-                                         config.bertscore_model, layer=int(config.bertscore_layer))}
+    return {"bertscore_f1": bertscore.bertscore_f1([r["prediction"] for r in records], [r["reference"] for r in records],
+                                                   config.bertscore_model, layer=int(config.bertscore_layer))}
 
 
 def write_predictions(path: str, records: list[dict]) -> None:
@@ -402,20 +363,11 @@ def write_predictions(path: str, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n")
 
 
-def run(config, workdir: str) -> dict:
+def run_builtin(config, workdir: str) -> dict:
     """Evaluate config.checkpoint on config.tasks; returns the results dict also written to results.json.
 
     Every task's file is read, validated and its prompts rendered before the model is loaded, so a
     wrong or partial download fails in seconds, not after hours of model time."""
-    from mellama_jax.eval.engine import load_engine
-
-    harness = config.get("harness", "builtin")
-    if harness == "lm_eval":  # lm-evaluation-harness tasks through the mellama_jax adapter
-        from mellama_jax.eval.lm_eval_harness import run as run_lm_eval
-
-        return run_lm_eval(config, workdir)
-    if harness != "builtin":
-        raise ValueError(f"config.harness={harness!r}: expected 'builtin' or 'lm_eval'")
     _validate(config)
     tasks = _task_list(config)
     prepared = {}
@@ -423,28 +375,16 @@ def run(config, workdir: str) -> dict:
         prepared[name] = prepare_task(get_task(name), config)
         log.info("%s: %d examples from %s", name, len(prepared[name].examples), prepared[name].path)
     os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
-    mesh_cfg = config.get("mesh") if config.get("use_mesh", True) else None
-    rules = config.sharding.rules if config.get("sharding") is not None else None
-    engine = load_engine(config.checkpoint, config.tokenizer_path, batch_size=int(config.batch_size),
-                         mesh_config=mesh_cfg, rules=rules, dtype=config.dtype,
-                         show_progress=bool(config.show_progress))
-    main = jax_process_index() == 0
+    engine = session.engine_from_config(config, show_progress=bool(config.show_progress))
+    main = jax.process_index() == 0
     results = {
-        "checkpoint": provenance.checkpoint_fingerprint(config.checkpoint, bool(config.hash_weights)),
-        "model_config": engine.model_config.to_dict(),
-        "tokenizer": {"path": os.path.abspath(engine.tokenizer.model_path), "sha256": engine.tokenizer.sha256(),
-                      "add_bos": engine.tokenizer.add_bos},
-        "code": provenance.git_state(),
-        "packages": provenance.package_versions(),
-        "seed": int(config.seed),
+        **session.results_header(config, engine),
         "protocol": config.protocol,
         "prompt_set": prompt_set_name(config),
         "max_bad_fraction": float(config.get("max_bad_fraction", 0.0)),
-        "mesh": None if engine.mesh is None else dict(engine.mesh.shape),
-        "processes": jax_process_count(),
-        "batch_size": int(config.batch_size),
+        "processes": jax.process_count(),
         "bertscore": ({"model": config.bertscore_model, "layer": int(config.bertscore_layer),
-                       "implementation": _bertscore_impl(config)}
+                       "implementation": bertscore.implementation()}
                       if config.bertscore_model else "not computed: set config.bertscore_model to a local "
                                                      "model directory"),
         "tasks": {},
@@ -462,13 +402,15 @@ def run(config, workdir: str) -> dict:
     return results
 
 
-def jax_process_index() -> int:
-    import jax
+# config.harness -> the function that runs it: the built-in Me-LLaMA suite (config.tasks) or
+# lm-evaluation-harness tasks through the mellama_jax adapter (config.lm_eval_tasks).
+HARNESSES = {"builtin": run_builtin, "lm_eval": lm_eval_harness.run}
 
-    return jax.process_index()
 
-
-def jax_process_count() -> int:
-    import jax
-
-    return jax.process_count()
+def run(config, workdir: str) -> dict:
+    """Evaluate config.checkpoint with the harness config.harness names (default "builtin"); returns
+    the results dict also written to workdir/results.json."""
+    harness = config.get("harness", "builtin")
+    if harness not in HARNESSES:
+        raise ValueError(f"config.harness={harness!r}: expected one of {sorted(HARNESSES)}")
+    return HARNESSES[harness](config, workdir)

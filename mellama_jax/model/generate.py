@@ -1,8 +1,9 @@
 """Autoregressive generation: one prefill over the prompt, then a jit-compiled decode loop over a
 preallocated KV cache. Pure function of (params, tokens, rng); left padding via a prompt mask.
 
-The loop runs the layers unrolled over per-layer weights and caches (`mellama_jax.model.decode`), so
-each decode step reads every weight once; `init_cache` is the stacked cache for `Llama.apply`.
+Prefill and decode step are `mellama_jax.model.decode`'s (the path evaluation scores with too): the
+layers run unrolled over per-layer weights and one `KVCache`, so each decode step reads every weight
+once.
 """
 from __future__ import annotations
 
@@ -14,15 +15,6 @@ import numpy as np
 
 from mellama_jax.model.config import LlamaConfig
 from mellama_jax.model import decode
-
-
-def init_cache(config: LlamaConfig, batch: int, length: int) -> dict:
-    """Zeroed stacked KV cache for `Llama.apply(..., cache=)`: k, v [L, b * kv, length, d] and
-    segment_ids [b, length], where segment id 0 marks empty slots (never attended)."""
-    shape = (config.num_hidden_layers, batch * config.num_key_value_heads, length, config.head_dim)
-    dtype = jnp.dtype(config.dtype)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "segment_ids": jnp.zeros((batch, length), jnp.int32)}
 
 
 def sample_next(logits: jnp.ndarray, rng: jax.Array, temperature: float, top_p: float) -> jnp.ndarray:
@@ -45,35 +37,31 @@ def _generate(params, prompt_tokens, prompt_mask, rng, *, config: LlamaConfig, m
               temperature: float, top_p: float, eos_id: int | None):
     batch, prompt_len = prompt_tokens.shape
     pad_id = 0 if config.pad_token_id is None else config.pad_token_id
-    # Per-layer weights and caches (see model/decode.py): the decode loop below then reads each weight
-    # once per token and writes only the new token's keys and values.
+    # Per-layer weights (see model/decode.py): the decode loop below then reads each weight once per
+    # token and writes only the new token's keys and values.
     params = decode.prepare_params(config, params)
-    caches = decode.init_caches(config, batch, prompt_len + max_new_tokens)
-
-    # Real tokens are numbered from 0 after any left padding, as HF does from the attention mask.
-    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
-    logits, caches = decode.forward(config, params, prompt_tokens, positions, prompt_mask, caches, jnp.int32(0))
-    next_position = positions[:, -1] + 1
+    logits, cache, next_position = decode.prefill(config, params, prompt_tokens, prompt_mask,
+                                                  prompt_len + max_new_tokens)
 
     out = jnp.concatenate([prompt_tokens, jnp.full((batch, max_new_tokens), pad_id, jnp.int32)], axis=1)
 
     def step(state):
-        i, last_logits, caches, out, done, position, rng = state
+        i, last_logits, cache, out, done, position, rng = state
         rng, sample_rng = jax.random.split(rng)
         token = sample_next(last_logits, sample_rng, temperature, top_p)
         token = jnp.where(done, pad_id, token)
         out = jax.lax.dynamic_update_slice(out, token[:, None], (0, prompt_len + i))
         if eos_id is not None:
             done = done | (token == eos_id)
-        logits, caches = decode.decode_step(config, params, token, position, caches, prompt_len + i)
-        return i + 1, logits, caches, out, done, position + 1, rng
+        logits, cache = decode.decode_step(config, params, token, position, cache, prompt_len + i)
+        return i + 1, logits, cache, out, done, position + 1, rng
 
     def keep_going(state):
         i, done = state[0], state[4]
         return (i < max_new_tokens) & ~jnp.all(done)
 
     done = jnp.zeros((batch,), bool)
-    state = (jnp.int32(0), logits[:, -1], caches, out, done, next_position, rng)
+    state = (jnp.int32(0), logits[:, -1], cache, out, done, next_position, rng)
     return jax.lax.while_loop(keep_going, step, state)[3]
 
 

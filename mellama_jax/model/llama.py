@@ -5,10 +5,10 @@ activations are constrained by logical name (`nn.with_logical_constraint`), so t
 device mesh is a table in the config, never code. Layers are scanned (`nn.scan`) so compile time
 does not grow with depth, and rematerialised with a configurable policy.
 
-The optional KV cache is an explicit pytree passed in and returned (never a hidden Flax collection),
-which keeps `generate` a pure function: cache = {"k": [L, b * kv, S, d], "v": [L, b * kv, S, d],
-"segment_ids": [b, S]} (one row per sequence and kv head, as attention reads them). Token-by-token decoding runs
-the same layers unrolled over per-layer weights and caches (`mellama_jax.model.decode`).
+`Llama` is the training (and full-sequence scoring) forward. Prefill and token-by-token decoding
+run the same layers unrolled over per-layer weights and one KV cache (`mellama_jax.model.decode`):
+a layer takes its cache as an explicit pytree and returns the updated one (never a hidden Flax
+collection), which keeps generation a pure function.
 """
 from __future__ import annotations
 
@@ -223,19 +223,17 @@ class Llama(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None,
-                 return_hidden: bool = False, cache: dict | None = None,
-                 cache_index: Array | None = None) -> Any:
+                 return_hidden: bool = False) -> Any:
         """Forward pass.
 
-        positions default to 0..s-1 (offset by cache_index when decoding); segment_ids (0 = padding)
-        restrict attention to each packed document. With `cache`, returns (logits, new_cache).
+        positions default to 0..s-1; segment_ids (0 = padding) restrict attention to each packed
+        document.
         """
         cfg = self.config
         b, s = tokens.shape
         if positions is None:
-            offset = 0 if cache_index is None else cache_index
-            positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32) + offset, (b, s))
-        plain_causal = segment_ids is None and cache is None
+            positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        plain_causal = segment_ids is None
         if segment_ids is None:
             segment_ids = jnp.ones((b, s), jnp.int32)
 
@@ -244,23 +242,15 @@ class Llama(nn.Module):
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         cos, sin = rotary_tables(positions, cfg)
 
-        kv_segment_ids, layer_caches = None, None
-        if cache is not None:
-            kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, cache_index))
-            layer_caches = {"k": cache["k"], "v": cache["v"]}
-        x, new_layer_caches = _scanned_layers(cfg)(cfg, plain_causal, self.lora_dropout, name="layers")(
-            x, layer_caches, cos, sin, segment_ids, kv_segment_ids, cache_index)
+        x, _ = _scanned_layers(cfg)(cfg, plain_causal, self.lora_dropout, name="layers")(
+            x, None, cos, sin, segment_ids, None, None)
         x = RMSNorm(cfg, name="final_norm")(x)
 
         if return_hidden:
-            out = x
-        elif cfg.tie_word_embeddings:
-            out = embed.attend(x)
-        else:
-            out = LMHead(cfg, name="lm_head")(x)
-        if cache is None:
-            return out
-        return out, {**new_layer_caches, "segment_ids": kv_segment_ids}
+            return x
+        if cfg.tie_word_embeddings:
+            return embed.attend(x)
+        return LMHead(cfg, name="lm_head")(x)
 
 
 def lm_head_kernel(params: dict, config: LlamaConfig) -> Array:
