@@ -23,7 +23,7 @@ import numpy as np
 from mellama_jax.data.sources.report import DataError
 from mellama_jax.eval import loglik as ll
 from mellama_jax.eval import metrics as M
-from mellama_jax.eval import parsing, prompts, provenance, report
+from mellama_jax.eval import parsing, prompts, provenance, published, report, stats
 from mellama_jax.eval.tasks import (CHOICE, DIAGNOSIS, EXTRACTIVE, MULTILABEL, NER, SUMMARIZATION, TaskSpec,
                                     cards, get_task, resolve_path)
 from mellama_jax.eval.tasks.common import Example, FormatError, LoadReport
@@ -69,6 +69,8 @@ def _validate(config) -> None:
         raise ValueError(f"config.max_bad_fraction={config.max_bad_fraction}: expected a fraction in [0, 1]")
     ll.normalized_scores([0.0], [1], ["x"], config.loglik_normalize)
     prompts.load_prompt_set(prompt_set_name(config))
+    stats.check_config(config)  # bootstrap settings
+    published.check_config(config)  # an unknown published column fails before the model loads
 
 
 def prompt_set_name(config) -> str:
@@ -346,6 +348,7 @@ def _evaluate_task(engine, t: PreparedTask, config) -> tuple[dict, list[dict]]:
             rec["option_texts"] = ex.meta.get("option_texts")
     metrics = metrics_from_records(spec, records, choices, rouge_stemmer=bool(config.rouge_stemmer))
     if spec.family == SUMMARIZATION:
+        stats.add_rouge_scores(records, bool(config.rouge_stemmer))  # per-example, for intervals
         metrics.update(_bertscore(records, config))
     protocol = "loglik" if t.use_loglik else "generate"
     warnings = []
@@ -382,6 +385,8 @@ def _evaluate_task(engine, t: PreparedTask, config) -> tuple[dict, list[dict]]:
         "compiled_shapes": engine.take_task_shapes(),
         "seconds": round(time.time() - t0, 3),
     }
+    result["intervals"] = stats.intervals(spec.name, spec.family, records, choices, config)
+    result.update(published.task_block(spec.name, config))
     return result, records
 
 
@@ -394,10 +399,13 @@ def _bertscore_impl(config) -> str:
 def _bertscore(records: list[dict], config) -> dict:
     if not config.bertscore_model:
         return {"bertscore_f1": None}
-    from mellama_jax.eval.bertscore import bertscore_f1
+    from mellama_jax.eval.bertscore import bertscore_scores
 
-    return {"bertscore_f1": bertscore_f1([r["prediction"] for r in records], [r["reference"] for r in records],
-                                         config.bertscore_model, layer=int(config.bertscore_layer))}
+    mean, per_pair = bertscore_scores([r["prediction"] for r in records], [r["reference"] for r in records],
+                                      config.bertscore_model, layer=int(config.bertscore_layer))
+    for r, v in zip(records, per_pair):  # per-example, for intervals
+        r.setdefault("scores", {})["bertscore_f1"] = v
+    return {"bertscore_f1": mean}
 
 
 def write_predictions(path: str, records: list[dict]) -> None:
