@@ -238,3 +238,48 @@ def test_report_without_intervals_reads_as_before():
                           "tasks": {"pubmedqa": r}})
     assert "| PubMedQA | generate | 2 | accuracy | 50.00 | macro_f1 25.00, weighted_f1 50.00, missing_rate 0.00 |" in md
     assert "Brackets" not in md and "Published" not in md
+
+
+# --- end to end: a tiny random model through the runner -------------------------------------------
+E2E_TASKS = "pubmedqa,hoc,emrqa,ncbi_disease,pubmedsum,diagnosis"  # one task of every family
+
+
+def test_runner_writes_intervals_for_every_metric_recomputable_from_the_predictions(tmp_path):
+    import eval_fixtures as F
+    from configs.eval import get_config
+    from mellama_jax.eval.compare import compare_runs
+    from mellama_jax.eval.runner import run
+
+    env = F.write_eval_env(tmp_path / "env")
+    c = get_config()
+    c.show_progress = False
+    c.checkpoint, c.data_dir, c.tasks = env["model"], env["data"], E2E_TASKS
+    c.max_examples, c.max_new_tokens, c.batch_size = 3, 8, 4
+    c.bootstrap.iterations, c.bootstrap.seed = 200, 7
+    c.published.model = "me_llama_13b_chat"
+    work = str(tmp_path / "run")
+    results = run(c, work)
+    on_disk = json.load(open(os.path.join(work, "results.json")))
+    md = open(os.path.join(work, "results.md")).read()
+    for task, r in on_disk["tasks"].items():
+        computed = {k for k, v in r["metrics"].items() if v is not None}
+        assert set(r["intervals"]["metrics"]) == computed, task
+        assert r["intervals"]["iterations"] == 200 and r["intervals"]["seed"] == 7
+        for k, (lo, hi) in r["intervals"]["metrics"].items():
+            assert 0.0 <= lo <= hi <= 1.0, (task, k)
+        head = r["headline_metric"]
+        lo, hi = r["intervals"]["metrics"][head]
+        assert f"| {head} | {100 * r['metrics'][head]:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] |" in md, task
+        assert r == json.loads(json.dumps(results["tasks"][task]))
+    assert on_disk["tasks"]["pubmedqa"]["published"]["metrics"] == {"accuracy": 0.700, "macro_f1": 0.504}
+    assert "published" in on_disk["tasks"]["ncbi_disease"] and not on_disk["tasks"]["ncbi_disease"]["published"]["metrics"]
+    assert "## Published figures: `me_llama_13b_chat`" in md and "| PubMed | rougeL |" in md
+    summ = stats.read_predictions(os.path.join(work, "predictions", "pubmedsum.jsonl"))
+    assert all(set(r["scores"]) == {"rouge1", "rouge2", "rougeL"} for r in summ)
+    assert stats.intervals_from_run(work) == {t: r["intervals"] for t, r in on_disk["tasks"].items()}
+    r = subprocess.run([sys.executable, "-m", "mellama_jax.cli.eval_intervals", work, "--check"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    self_cmp = compare_runs(work, work, iterations=50)
+    assert all(m["difference"] == 0.0 and m["p_value"] == 1.0
+               for t in self_cmp["tasks"].values() for m in t["metrics"].values())
