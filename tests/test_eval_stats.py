@@ -219,7 +219,7 @@ def test_results_md_shows_intervals_and_published_figures_with_inside_flags(tmp_
     r = json.load(open(os.path.join(run, "results.json")))["tasks"]["pubmedqa"]
     acc = r["metrics"]["accuracy"]
     assert f"| accuracy | {100 * acc:.2f} [65.00, 75.00] |" in md
-    assert "Brackets: 95% percentile bootstrap over examples (200 resamples, seed 0" in md
+    assert "Brackets: 95% intervals, percentile bootstrap over examples (200 resamples, seed 0" in md
     assert "## Published figures: `me_llama_13b_chat`" in md and published.CITATION in md
     assert "| PubMedQA | accuracy |" in md and "| 70.00 | yes |" in md
     assert "| PubMedQA | macro_f1 |" in md and "| 50.40 | no |" in md

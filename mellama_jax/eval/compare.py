@@ -209,8 +209,8 @@ def markdown(comparison: dict) -> str:
     lines = ["# Paired comparison", "",
              f"Run A: `{comparison['run_a']['path']}` (checkpoint `{comparison['run_a']['checkpoint']}`)  ",
              f"Run B: `{comparison['run_b']['path']}` (checkpoint `{comparison['run_b']['checkpoint']}`)", "",
-             f"Differences are run B minus run A, in percentage points, with {100 * bs['confidence']:g}% "
-             f"{bs['method']} intervals ({bs['iterations']} resamples, seed {bs['seed']}) and two-sided p-values; "
+             f"Differences are run B minus run A, in percentage points, with {100 * bs['confidence']:g}% intervals "
+             f"and two-sided p-values from a {bs['method']} ({bs['iterations']} resamples, seed {bs['seed']}); "
              "McNemar: exact test on the examples only A / only B got right.", "",
              "| Task | N | Metric | A | B | B - A [interval] | p | McNemar (A only / B only, p) |",
              "|---|---:|---|---:|---:|---:|---:|---|"]

@@ -39,8 +39,8 @@ def _interval_note(results: dict) -> list[str]:
                if (r.get("intervals") or {}).get("iterations")), None)
     if iv is None:
         return []
-    return [f"Brackets: {100 * iv['confidence']:g}% {iv['method']} ({iv['iterations']} resamples, seed "
-            f"{iv['seed']}; results.json \"intervals\", recomputable from predictions/ with "
+    return [f"Brackets: {100 * iv['confidence']:g}% intervals, {iv['method']} ({iv['iterations']} resamples, "
+            f"seed {iv['seed']}; results.json \"intervals\", recomputable from predictions/ with "
             "`python -m mellama_jax.cli.eval_intervals DIR`).", ""]
 
 
