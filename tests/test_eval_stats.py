@@ -283,3 +283,26 @@ def test_runner_writes_intervals_for_every_metric_recomputable_from_the_predicti
     self_cmp = compare_runs(work, work, iterations=50)
     assert all(m["difference"] == 0.0 and m["p_value"] == 1.0
                for t in self_cmp["tasks"].values() for m in t["metrics"].values())
+
+
+def test_bertscore_per_example_scores_reach_the_records_and_the_intervals(tmp_path):
+    from test_eval_bertscore import _tiny_bert
+
+    from configs.eval import get_config
+    from mellama_jax.eval.bertscore import bertscore_f1, bertscore_scores
+    from mellama_jax.eval.runner import _bertscore
+
+    _tiny_bert(tmp_path)
+    preds = ["fever treated with aspirin .", "the patient improved", "no acute process ."]
+    refs = ["fever treated with aspirin .", "no acute process .", "the patient improved ."]
+    mean, per_pair = bertscore_scores(preds, refs, str(tmp_path))
+    assert mean == bertscore_f1(preds, refs, str(tmp_path))  # the reported mean is unchanged
+    assert per_pair[0] == pytest.approx(1.0, abs=1e-6) and mean == pytest.approx(np.mean(per_pair), abs=1e-6)
+    c = get_config()
+    c.bertscore_model = str(tmp_path)
+    recs = [{"id": i, "prediction": p, "reference": g} for i, (p, g) in enumerate(zip(preds, refs))]
+    stats.add_rouge_scores(recs)
+    assert _bertscore(recs, c) == {"bertscore_f1": mean}
+    assert [r["scores"]["bertscore_f1"] for r in recs] == per_pair
+    iv = stats.intervals("pubmedsum", "summarization", recs, (), c)
+    assert set(iv["metrics"]) == {"rouge1", "rouge2", "rougeL", "bertscore_f1"}
