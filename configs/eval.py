@@ -67,6 +67,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.bertscore_model = ""  # a local encoder directory (e.g. roberta-large); "" = not computed
     c.bertscore_layer = -1  # hidden layer whose embeddings are matched (-1 = last)
     c.show_progress = True
+    # Confidence intervals on every metric (results.json "intervals", results.md brackets): percentile
+    # bootstrap over examples, draws numpy default_rng([seed, crc32(task)]); iterations=0 disables.
+    c.bootstrap = ml_collections.ConfigDict(dict(iterations=1000, seed=0, confidence=0.95))
+    # Published figures beside ours in results.md: a model column of Me-LLaMA's zero-shot Table 3
+    # (mellama_jax/eval/published/), e.g. "me_llama_13b_chat"; "" = none.
+    c.published = ml_collections.ConfigDict(dict(model=""))
 
     c.use_mesh = True
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -121,6 +121,8 @@ RULES: tuple[tuple[str, Range], ...] = (
     ("few_shot", NON_NEGATIVE_INT),
     ("bertscore_layer", Range(integer=True, why="-1 = last layer")),
     ("lm_eval_bootstrap_iters", Range(lo=0, integer=True, why="0 = no bootstrap")),
+    ("bootstrap.iterations", Range(lo=0, integer=True, why="0 = no intervals")),
+    ("bootstrap.confidence", Range(lo=0.0, hi=1.0, lo_open=True, hi_open=True)),
     # sweeps (configs/sweep.py): SLURM resources
     ("slurm.gpus_per_node", NON_NEGATIVE_INT),
     ("slurm.*", POSITIVE_INT),

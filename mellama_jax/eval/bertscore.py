@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["bertscore_f1", "pair_scores", "implementation"]
+__all__ = ["bertscore_f1", "bertscore_scores", "pair_scores", "implementation"]
 
 
 def implementation() -> str:
@@ -44,11 +44,17 @@ def _num_layers(model_dir: str, layer: int) -> int:
 def bertscore_f1(preds: Sequence[str], refs: Sequence[str], model_dir: str, layer: int = -1,
                  batch_size: int = 16) -> float:
     """Mean BERTScore F1 of (prediction, reference) pairs with the encoder in `model_dir`."""
+    return bertscore_scores(preds, refs, model_dir, layer, batch_size)[0]
+
+
+def bertscore_scores(preds: Sequence[str], refs: Sequence[str], model_dir: str, layer: int = -1,
+                     batch_size: int = 16) -> tuple[float, list[float]]:
+    """(mean, per-pair) BERTScore F1: the mean as bertscore_f1 reports it, the pairs for intervals."""
     if not preds:
-        return 0.0
+        return 0.0, []
     from bert_score import BERTScorer
 
     scorer = BERTScorer(model_type=model_dir, num_layers=_num_layers(model_dir, layer), idf=False,
                         rescale_with_baseline=False, batch_size=batch_size, device="cpu")
     _, _, f1 = scorer.score(list(preds), list(refs))
-    return float(f1.mean())
+    return float(f1.mean()), [float(v) for v in f1.tolist()]

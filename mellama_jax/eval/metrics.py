@@ -15,7 +15,8 @@ import numpy as np
 from mellama_jax.eval.parsing import MISSING, normalize_diagnosis
 
 __all__ = ["choice_metrics", "multilabel_metrics", "squad_metrics", "ner_metrics", "rouge_metrics",
-           "diagnosis_metrics", "diagnosis_match_rank", "f1_per_label"]
+           "diagnosis_metrics", "diagnosis_match_rank", "f1_per_label", "squad_example_scores",
+           "rouge_example_scores", "ner_example_counts"]
 
 
 def f1_per_label(golds: Sequence[str], preds: Sequence[str], labels: Sequence[str]) -> np.ndarray:
@@ -104,12 +105,18 @@ def squad_metrics(preds: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[
     """SQuAD exact match and token F1 (max over gold answers), plus Me-LLaMA's NormQA variant."""
     if not golds:
         return {"exact_match": 0.0, "f1": 0.0, "mellama_exact_match": 0.0, "mellama_f1": 0.0}
-    em = [max(float(_squad_normalize(p) == _squad_normalize(g)) for g in gs) for p, gs in zip(preds, golds)]
-    f1 = [max(_squad_f1(p, g) for g in gs) for p, gs in zip(preds, golds)]
-    mem = [float(_mellama_normalize(p) == _mellama_normalize(gs[0])) for p, gs in zip(preds, golds)]
-    mf1 = [_mellama_f1(_mellama_normalize(p), _mellama_normalize(gs[0])) for p, gs in zip(preds, golds)]
-    return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1)),
-            "mellama_exact_match": float(np.mean(mem)), "mellama_f1": float(np.mean(mf1))}
+    return {k: float(np.mean(v)) for k, v in squad_example_scores(preds, golds).items()}
+
+
+def squad_example_scores(preds: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, list[float]]:
+    """Per-example exact match and F1 (SQuAD and Me-LLaMA's NormQA); squad_metrics is their mean."""
+    return {"exact_match": [max(float(_squad_normalize(p) == _squad_normalize(g)) for g in gs)
+                            for p, gs in zip(preds, golds)],
+            "f1": [max(_squad_f1(p, g) for g in gs) for p, gs in zip(preds, golds)],
+            "mellama_exact_match": [float(_mellama_normalize(p) == _mellama_normalize(gs[0]))
+                                    for p, gs in zip(preds, golds)],
+            "mellama_f1": [_mellama_f1(_mellama_normalize(p), _mellama_normalize(gs[0]))
+                           for p, gs in zip(preds, golds)]}
 
 
 # --- NER -------------------------------------------------------------------------------------------
@@ -124,18 +131,41 @@ def ner_metrics(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) 
             "f1": float(f1_score(golds, preds, **kw))}
 
 
+def ner_example_counts(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) -> np.ndarray:
+    """Per sentence [true positive, predicted, gold] entity counts, int64 [n, 3].
+
+    seqeval's default (CoNLL) scoring joins the sentences with an "O" between them, so no entity
+    crosses a sentence and its micro counts are the sums of these; precision, recall and F1 of any
+    subset of sentences follow from the subset's sums (what the bootstrap needs)."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    out = np.zeros((len(golds), 3), dtype=np.int64)
+    for i, (p, g) in enumerate(zip(preds, golds)):
+        pe, ge = set(get_entities(list(p))), set(get_entities(list(g)))
+        out[i] = (len(pe & ge), len(pe), len(ge))
+    return out
+
+
 # --- summarization ---------------------------------------------------------------------------------
 def rouge_metrics(preds: Sequence[str], golds: Sequence[str], use_stemmer: bool = False) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure over pairs (rouge-score; no stemmer by default, as HF evaluate)."""
+    n = max(len(golds), 1)
+    # sum() adds in order, as the running sums this replaced did: the same floats to the last bit
+    return {k: sum(v) / n for k, v in rouge_example_scores(preds, golds, use_stemmer).items()}
+
+
+def rouge_example_scores(preds: Sequence[str], golds: Sequence[str],
+                         use_stemmer: bool = False) -> dict[str, list[float]]:
+    """Per-pair ROUGE-1/2/L F-measure; rouge_metrics is their mean."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=use_stemmer)
-    sums = collections.defaultdict(float)
+    out: dict[str, list[float]] = {"rouge1": [], "rouge2": [], "rougeL": []}
     for p, g in zip(preds, golds):
-        for k, v in scorer.score(g, p).items():
-            sums[k] += v.fmeasure
-    n = max(len(golds), 1)
-    return {k: sums[k] / n for k in ("rouge1", "rouge2", "rougeL")}
+        scores = scorer.score(g, p)
+        for k in out:
+            out[k].append(scores[k].fmeasure)
+    return out
 
 
 # --- clinical case diagnosis -----------------------------------------------------------------------

@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from mellama_jax.data.sources.report import DataError
-from mellama_jax.eval import bertscore, lm_eval_harness, parsing, prompts, provenance, report, session
+from mellama_jax.eval import (bertscore, lm_eval_harness, parsing, prompts, provenance, published, report, session,
+                              stats)
 from mellama_jax.eval import loglik as ll
 from mellama_jax.eval import metrics as M
 from mellama_jax.eval.session import resolve_chat_template
@@ -66,6 +67,8 @@ def _validate(config) -> None:
         raise ValueError(f"config.max_bad_fraction={config.max_bad_fraction}: expected a fraction in [0, 1]")
     ll.normalized_scores([0.0], [1], ["x"], config.loglik_normalize)
     prompts.load_prompt_set(prompt_set_name(config))
+    stats.check_config(config)  # bootstrap settings
+    published.check_config(config)  # an unknown published column fails before the model loads
 
 
 def prompt_set_name(config) -> str:
@@ -311,6 +314,7 @@ def _evaluate_task(engine, t: PreparedTask, config) -> tuple[dict, list[dict]]:
             rec["option_texts"] = ex.meta.get("option_texts")
     metrics = metrics_from_records(spec, records, choices, rouge_stemmer=bool(config.rouge_stemmer))
     if spec.family == SUMMARIZATION:
+        stats.add_rouge_scores(records, bool(config.rouge_stemmer))  # per-example, for intervals
         metrics.update(_bertscore(records, config))
     protocol = "loglik" if t.use_loglik else "generate"
     warnings = []
@@ -347,14 +351,19 @@ def _evaluate_task(engine, t: PreparedTask, config) -> tuple[dict, list[dict]]:
         "compiled_shapes": engine.take_task_shapes(),
         "seconds": round(time.time() - t0, 3),
     }
+    result["intervals"] = stats.intervals(spec.name, spec.family, records, choices, config)
+    result.update(published.task_block(spec.name, config))
     return result, records
 
 
 def _bertscore(records: list[dict], config) -> dict:
     if not config.bertscore_model:
         return {"bertscore_f1": None}
-    return {"bertscore_f1": bertscore.bertscore_f1([r["prediction"] for r in records], [r["reference"] for r in records],
-                                                   config.bertscore_model, layer=int(config.bertscore_layer))}
+    mean, per_pair = bertscore.bertscore_scores([r["prediction"] for r in records],
+                                                [r["reference"] for r in records], config.bertscore_model, layer=int(config.bertscore_layer))
+    for r, v in zip(records, per_pair):  # per-example, for intervals
+        r.setdefault("scores", {})["bertscore_f1"] = v
+    return {"bertscore_f1": mean}
 
 
 def write_predictions(path: str, records: list[dict]) -> None:

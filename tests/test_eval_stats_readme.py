@@ -1,0 +1,56 @@
+"""Every command of the README's "Confidence intervals, paired comparisons and published figures"
+section, run as written on stand-ins at the paths it uses (two tiny random HF LLaMAs as
+Llama-2-13b-hf and Me-LLaMA-13b, the eval fixtures as benchmarks/)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import eval_fixtures as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TITLE = "Confidence intervals, paired comparisons and published figures"
+
+
+def _commands() -> list[str]:
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    start = text.index(f"## {TITLE}\n")
+    section = text[start:text.find("\n## ", start + 1)]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    joined = "\n".join(blocks).replace("\\\n", " ")
+    return [" ".join(line.split()) for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_commands_run_as_written(tmp_path):
+    import sentencepiece as spm
+
+    cwd = str(tmp_path)
+    tok = F.write_tokenizer(os.path.join(cwd, "Llama-2-13b-hf"))
+    vocab = spm.SentencePieceProcessor(model_file=tok).GetPieceSize()
+    F.write_tiny_hf_model(os.path.join(cwd, "Llama-2-13b-hf"), vocab, seed=0)
+    os.makedirs(os.path.join(cwd, "Me-LLaMA-13b"))
+    shutil.copy(tok, os.path.join(cwd, "Me-LLaMA-13b", "tokenizer.model"))
+    F.write_tiny_hf_model(os.path.join(cwd, "Me-LLaMA-13b"), vocab, seed=1)
+    F.write_all(os.path.join(cwd, "benchmarks"))
+    for name in ("launch.py", "configs"):
+        os.symlink(os.path.join(ROOT, name), os.path.join(cwd, name))
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    commands = _commands()
+    assert len(commands) == 4, commands
+    for cmd in commands:
+        assert cmd.startswith("python "), cmd
+        r = subprocess.run(f"{sys.executable} {cmd[len('python '):]}", shell=True, cwd=cwd, env=env,
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"{cmd}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    mellama = json.load(open(os.path.join(cwd, "runs", "eval_mellama", "results.json")))
+    assert mellama["tasks"]["pubmedqa"]["published"]["model"] == "me_llama_13b"
+    assert set(mellama["tasks"]["medqa"]["intervals"]["metrics"]) == {"accuracy", "macro_f1", "weighted_f1",
+                                                                      "missing_rate"}
+    cmp = json.load(open(os.path.join(cwd, "runs", "llama2_vs_mellama", "comparison.json")))
+    assert sorted(cmp["tasks"]) == ["mednli", "medqa", "pubmedqa"]
+    assert "mcnemar" in cmp["tasks"]["medqa"]["metrics"]["accuracy"]
+    assert os.path.isfile(os.path.join(cwd, "runs", "llama2_vs_mellama", "comparison.md"))
