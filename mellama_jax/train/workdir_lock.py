@@ -144,7 +144,8 @@ class WorkdirLock:
                 fd = _open_lock_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
                 try:
-                    if not stat.S_ISREG(os.lstat(path).st_mode):
+                    st = os.lstat(path)
+                    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                         raise WorkdirLockUnsafe(_unsafe_message(path)) from None
                 except FileNotFoundError:
                     continue  # removed meanwhile: retry the create
