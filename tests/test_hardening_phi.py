@@ -19,7 +19,7 @@ from mellama_jax.data.clinical.quality import QualityConfig
 from mellama_jax.data.prepare_clinical import PrepareConfig, prepare
 from mellama_jax.data.sources.readers import iter_documents, read_file
 from mellama_jax.data.sources.report import BadInputReport
-from mellama_jax.data.text_hygiene import has_control_chars, strip_control_chars
+from mellama_jax.data.text_hygiene import has_control_chars, strip_control_chars, strip_control_chars_in
 
 # (type, note, the PHI value in it); the clean note is fully scrubbed (checked below).
 EXAMPLES = [
@@ -72,6 +72,8 @@ def test_normaliser_keeps_tabs_newlines_and_ordinary_text():
     text = "Line one\tcol\r\nLine two: café, naïve, 45 mg — ok\n"
     assert strip_control_chars(text) == text
     assert strip_control_chars("Jo\x00hn\u200b \ufeffS\u00admith\x85") == "John Smith"
+    rec = {"te\x00xt": ["a\u200bb", ("c\x01", 3)], "n": 1.5, "ok": None}
+    assert strip_control_chars_in(rec) == {"text": ["ab", ("c", 3)], "n": 1.5, "ok": None}
 
 
 def _issue_notes() -> list[str]:

@@ -26,8 +26,9 @@ same input gives the same text on every Python version.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-__all__ = ["CONTROL_CHARS", "strip_control_chars", "has_control_chars"]
+__all__ = ["CONTROL_CHARS", "strip_control_chars", "strip_control_chars_in", "has_control_chars"]
 
 _C0_C1 = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"  # keeps \t \n \r
 _FORMAT = ("\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e"
@@ -39,6 +40,18 @@ CONTROL_CHARS = re.compile(f"[{_C0_C1}{_FORMAT}]")
 def strip_control_chars(text: str) -> str:
     """`text` without C0/C1 control characters (except \\t \\n \\r) and format (Cf) characters."""
     return CONTROL_CHARS.sub("", text)
+
+
+def strip_control_chars_in(value: Any) -> Any:
+    """`value` with strip_control_chars applied to every string in it (dict values and keys, list and
+    tuple items, recursively); other values unchanged. For parsed records (JSON, CSV rows)."""
+    if isinstance(value, str):
+        return strip_control_chars(value)
+    if isinstance(value, dict):
+        return {strip_control_chars_in(k): strip_control_chars_in(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(strip_control_chars_in(v) for v in value)
+    return value
 
 
 def has_control_chars(text: str) -> bool:
