@@ -141,9 +141,12 @@ def config_differences(saved: dict, expected: dict) -> list[str]:
             continue
         old, new = a.get(key, _MISSING), b.get(key, _MISSING)
         if old is _MISSING or new is _MISSING or not _same(old, new):
-            show = lambda v: "(not set)" if v is _MISSING else repr(v)  # noqa: E731
-            out.append(f"{key}={show(old)} (now {show(new)})")
+            out.append(f"{key}={_show(old)} (now {_show(new)})")
     return out
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is _MISSING else repr(value)
 
 
 def _check_same_point(entry: dict, expected: dict) -> None:
