@@ -71,6 +71,12 @@ def validate(config) -> None:
         raise ConfigError(str(err)) from err
     if config.task == "eval" and config.get("checkpoint"):
         _validate_eval_checkpoint(config)
+    if config.task == "sweep":  # every point's config, before the workdir is written
+        from mellama_jax.sweep import check_points
+        try:
+            check_points(config)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
     if config.task not in ("pretrain", "sft"):
         return
     if config.task == "sft":

@@ -405,3 +405,48 @@ def test_11_range_errors_come_before_any_work(tmp_path):
                         "--config.optim.b1=1.5"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "config.optim.b1=1.5: must be in [0, 1)" in r.stderr
     assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------- the workdir lock and the seed range
+@pytest.mark.parametrize("fallback", [False, True], ids=["flock", "pidfile"])
+def test_lock_file_that_is_a_link_or_directory_is_refused_and_never_written_through(tmp_path, monkeypatch,
+                                                                                     fallback):
+    """A symlink at .lock.p0 used to have its target overwritten with the lock JSON; a directory gave
+    IsADirectoryError. Now each is refused naming the path, and the target is untouched."""
+    if fallback:
+        monkeypatch.setattr(workdir_lock.WorkdirLock, "_try_flock", lambda self: False)
+    suffix = ".pid" if fallback else ""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("other data\n")
+    cases = {"symlink": lambda p: os.symlink(precious, p), "dangling": lambda p: os.symlink(tmp_path / "nope", p),
+             "directory": os.mkdir, "hardlink": lambda p: os.link(precious, p), "fifo": os.mkfifo}
+    for kind, make in cases.items():
+        w = tmp_path / f"w-{kind}"
+        w.mkdir()
+        path = workdir_lock.lock_path(str(w)) + suffix
+        make(path)
+        with pytest.raises(workdir_lock.WorkdirLockUnsafe) as err:
+            workdir_lock.acquire(str(w))
+        assert path in str(err.value) and "refusing" in str(err.value), (kind, str(err.value))
+        assert isinstance(err.value, workdir_lock.WorkdirLocked)  # launch.py: one line, exit 3
+        assert precious.read_text() == "other data\n", kind
+        assert not (tmp_path / "nope").exists()
+    with workdir_lock.acquire(str(tmp_path / "fresh")):  # an ordinary workdir still locks
+        pass
+
+
+@pytest.mark.xfail(strict=True, reason="seed range check lands with the config_validation rewrite")
+def test_seed_outside_the_prng_range_is_refused_by_validation():
+    """jax.random.PRNGKey keeps only the low 32 bits without jax_enable_x64 (2**32 is seed 0) and raises
+    OverflowError from 2**63; numpy seeds stop at 2**32 - 1. So seeds must be in [0, 2**32 - 1]."""
+    for key, value in (("seed", 2**64), ("seed", 2**32), ("data.seed", 2**32)):
+        c = get_config("tiny")
+        if key == "seed":
+            c.seed = value
+        else:
+            c.data.seed = value
+        with pytest.raises(ConfigRangeError, match=rf"config\.{key}={value}"):
+            validate_config(c)
+    c = get_config("tiny")
+    c.seed = 2**32 - 1
+    validate_config(c)

@@ -5,7 +5,11 @@ same command a user would run for that experiment, a fresh JAX runtime per point
 device memory or XLA flags leak between points, a crash ends one point, not the sweep), and exactly
 what `emit=slurm` writes into each job script. Points run one after another; a point whose final
 evaluation is already in its metrics.jsonl is skipped, and an interrupted one resumes from its last
-checkpoint (launch.py's own resume), so rerunning the sweep command continues it. The table
+checkpoint (launch.py's own resume), so rerunning the sweep command continues it. A point that ran
+before is reused only if its saved experiment_config.json equals the point's effective config now
+(the base with the point's grid values) in every key except IGNORED_KEYS; otherwise the rerun is
+refused naming the keys. Every point's effective config is validated (config_validation) before
+the first point runs; launch.py does it before it writes anything into the workdir. The table
 (sweep.csv, sweep.md) and plot (sweep.png) are rebuilt from the points' files every time.
 """
 from __future__ import annotations
@@ -15,14 +19,31 @@ import os
 import subprocess
 from typing import Any
 
+from mellama_jax.config_validation import ConfigRangeError, validate_config
 from mellama_jax.sweep import commands, slurm
-from mellama_jax.sweep.grid import Point, parse_grid
+from mellama_jax.sweep.grid import Point, config_value, parse_grid
 from mellama_jax.sweep.table import is_finished, point_row, write_table
 
-__all__ = ["run", "plan", "Point"]
+__all__ = ["run", "plan", "check_points", "point_config", "config_differences", "IGNORED_KEYS", "Point"]
 
 EMIT = ("run", "slurm")
 EXPERIMENT_CONFIGS = ("experiment_config.json", "config.json")  # new name first, older workdirs after
+
+
+# Keys of a point's experiment config that cannot change its numbers (the final train loss, the
+# held-out evaluation, the benchmark scores), with the reason; a point that ran with other values of
+# these is still the same experiment. Everything else is compared.
+IGNORED_KEYS = {
+    "train.log_every": "logging cadence; the last step is always logged",
+    "train.eval_every": "evaluations before the last step read the parameters only; the final one always runs",
+    "train.checkpoint_every": "when checkpoints are written; resume from any of them is exact",
+    "train.keep_checkpoints": "how many checkpoints are kept on disk",
+    "train.async_checkpointing": "how checkpoints are written",
+    "train.debug_step_delay_s": "a sleep after each step (test hook)",
+    "hardware.peak_tflops": "the chip peak for the MFU estimate only",
+    "distributed.coordinator_address": "where the processes meet; differs between allocations",
+    "distributed.process_id": "which process this is; differs between the processes of one run",
+}
 
 
 def _eval_tasks(config: Any) -> list[str]:
@@ -30,16 +51,36 @@ def _eval_tasks(config: Any) -> list[str]:
     return [t.strip() for t in tasks.split(",") if t.strip()]
 
 
-def plan(config: Any, workdir: str) -> dict:
-    """Points, their commands and directories, all checked before anything runs."""
+def point_config(base: Any, point: Point) -> Any:
+    """The experiment config point `point` runs: a copy of `base` with the point's grid values."""
+    cfg = base.copy_and_resolve_references()
+    with cfg.unlocked():
+        for key, value, _ in point.values:
+            parent_key, _, leaf = key.rpartition(".")
+            (config_value(cfg, parent_key) if parent_key else cfg)[leaf] = value
+    return cfg
+
+
+def check_points(config: Any) -> list[Point]:
+    """Parses the grid and validates every point's effective config (ValueError naming the point
+    and the key), before anything runs or is written."""
     if config.emit not in EMIT:
         raise ValueError(f"config.emit={config.emit!r}: expected one of {EMIT}")
     points = parse_grid(config.grid, config.base)
-    for p in points:  # every point must have something to train on
-        weights = {k: float(v) for k, v in config.base.data.mixture.items()}
-        weights.update({k.split(".", 2)[2]: float(v) for k, v, _ in p.values if k.startswith("data.mixture.")})
-        if not any(w > 0 for w in weights.values()):
+    for p in points:
+        cfg = point_config(config.base, p)
+        if not any(float(w) > 0 for w in cfg.data.mixture.values()):  # something to train on
             raise ValueError(f"config.grid point {p.name}: every data.mixture weight is 0")
+        try:
+            validate_config(cfg)
+        except ConfigRangeError as err:
+            raise ValueError(f"config.grid point {p.name}: {err}") from None
+    return points
+
+
+def plan(config: Any, workdir: str) -> dict:
+    """Points, their commands and directories, all checked before anything runs."""
+    points = check_points(config)
     base_overrides = commands.config_overrides(config.base, commands.load_config_file(config.base_config))
     tasks = _eval_tasks(config)
     eval_overrides = []
@@ -68,23 +109,57 @@ def _experiment_config(pdir: str) -> dict | None:
     return None
 
 
-def _check_same_point(entry: dict, steps: int) -> None:
-    """A finished point must have been run with this point's values (else its numbers would be
-    reported under the wrong settings)."""
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return float(a) == float(b)
+    return type(a) is type(b) and a == b
+
+
+_MISSING = object()
+
+
+def config_differences(saved: dict, expected: dict) -> list[str]:
+    """`key=saved (now expected)` for every key outside IGNORED_KEYS where two experiment configs
+    (as JSON, the form of experiment_config.json) differ, sorted by key."""
+    a, b = _flat(saved), _flat(expected)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in IGNORED_KEYS:
+            continue
+        old, new = a.get(key, _MISSING), b.get(key, _MISSING)
+        if old is _MISSING or new is _MISSING or not _same(old, new):
+            out.append(f"{key}={_show(old)} (now {_show(new)})")
+    return out
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is _MISSING else repr(value)
+
+
+def _check_same_point(entry: dict, expected: dict) -> None:
+    """A point that ran before must have been run with this point's whole effective config (else its
+    numbers would be reported under the wrong settings)."""
     saved = _experiment_config(entry["workdir"])
     if saved is None:
         raise RuntimeError(f"{entry['workdir']}: metrics but no experiment config; not a sweep point")
-    for key, value, _ in entry["point"].values:
-        node = saved
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node != value and not (isinstance(value, float) and isinstance(node, (int, float))
-                                  and float(node) == value):
-            raise RuntimeError(f"{entry['workdir']} was run with {key}={node!r}, not {value!r}; "
-                               "use a new --workdir for a different grid")
-    if int(saved.get("train", {}).get("steps", steps)) != steps:
-        raise RuntimeError(f"{entry['workdir']} was run with train.steps={saved['train']['steps']}, "
-                           f"not {steps}; use a new --workdir")
+    diff = config_differences(saved, expected)
+    if diff:
+        raise RuntimeError(f"{entry['workdir']} was run with other settings: {'; '.join(diff)}. Use a new "
+                           "--workdir for a different experiment (not compared, as they cannot change "
+                           f"results: {', '.join(sorted(IGNORED_KEYS))})")
 
 
 def _run_logged(argv: list[str], log_path: str, tag: str) -> int:
@@ -120,6 +195,8 @@ def run(config: Any, workdir: str) -> dict:
     p = plan(config, workdir)
     entries, tasks = p["points"], p["eval_tasks"]
     steps = int(config.base.train.steps)
+    expected = {e["point"].name: json.loads(point_config(config.base, e["point"]).to_json_best_effort(sort_keys=True))
+                for e in entries}
     os.makedirs(os.path.join(workdir, "points"), exist_ok=True)
     manifest = {"grid": config.grid, "base_config": config.base_config, "base_overrides": p["base_overrides"],
                 "eval_tasks": tasks, "steps": steps,
@@ -139,18 +216,18 @@ def run(config: Any, workdir: str) -> dict:
         for i, e in enumerate(entries, 1):
             name = e["point"].name
             if is_finished(e["workdir"], steps, tasks):
-                _check_same_point(e, steps)
+                _check_same_point(e, expected[name])
                 print(f"sweep: point {i}/{len(entries)} {name}: finished, skipped", flush=True)
                 continue
             print(f"sweep: point {i}/{len(entries)} {name}", flush=True)
             if _experiment_config(e["workdir"]) is not None:  # started before: same settings only
-                _check_same_point(e, steps)
+                _check_same_point(e, expected[name])
             if not is_finished(e["workdir"], steps, []):
                 rc = _run_logged(e["train"], os.path.join(e["workdir"], "launch.log"), name)
                 if rc != 0:
                     raise RuntimeError(f"sweep point {name}: training exited with {rc}; see "
                                        f"{os.path.join(e['workdir'], 'launch.log')} (rerun the sweep to resume)")
-            _check_same_point(e, steps)
+            _check_same_point(e, expected[name])
             if e["eval"] is not None:
                 rc = _run_logged(e["eval"], os.path.join(e["workdir"], "eval", "launch.log"), name)
                 if rc != 0:

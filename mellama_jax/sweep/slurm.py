@@ -19,7 +19,9 @@ def _lines(text: str) -> list[str]:
 def job_script(slurm_cfg: Any, entry: dict, workdir: str) -> str:
     name = entry["point"].name
     sb = [f"#SBATCH --job-name=sweep-{name}",
-          f"#SBATCH --output={os.path.join(entry['workdir'], 'slurm-%j.out')}",
+          # SLURM opens the output file before the job runs, so it goes into workdir/slurm/ (written
+          # with the scripts), not the point's directory (created by the job).
+          f"#SBATCH --output={os.path.join(workdir, 'slurm', name + '-%j.out')}",
           f"#SBATCH --nodes={int(slurm_cfg.nodes)}",
           "#SBATCH --ntasks-per-node=1",
           f"#SBATCH --time={slurm_cfg.time}"]

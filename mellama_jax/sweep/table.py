@@ -8,18 +8,27 @@ import math
 import os
 from typing import Any, Sequence
 
+from mellama_jax.train.metrics import read_metrics_lines
+
 __all__ = ["read_metrics", "point_row", "is_finished", "write_table", "table_columns"]
 
 
 def read_metrics(workdir: str) -> list[dict]:
+    """The point's metrics records, read by the trainer's own reader. A torn last line (what a
+    kill -9 mid-write leaves; the trainer drops it when the point resumes) is left out; an
+    unreadable line before the last is an error naming file:line."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.isfile(path):
         return []
+    lines = list(read_metrics_lines(path))
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                out.append(json.loads(line))
+    for i, (lineno, _, record) in enumerate(lines):
+        if record is not None:
+            out.append(record)
+        elif i < len(lines) - 1:
+            raise ValueError(f"{path}:{lineno}: not a complete metrics record, and not the last line (only a "
+                             "run killed mid-write leaves one, at the end); repair or remove that line, or "
+                             "remove the point's directory to rerun it")
     return out
 
 

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import jax
 
@@ -91,6 +91,27 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def read_metrics_lines(path: str) -> Iterator[tuple[int, str, dict | None]]:
+    """(line number, line, record) for each non-blank line of a metrics.jsonl.
+
+    `record` is None for a line that is not a complete record: one that is not a JSON object with
+    an integer "step", or one without its newline (cut mid-write by a killed run: even if it
+    parses, it is not complete). The one reader of the file: the trainer drops such lines on
+    resume; the sweep tolerates only the last one.
+    """
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                int(record["step"])
+            except (ValueError, KeyError, TypeError, RecursionError):
+                yield lineno, line, None
+                continue
+            yield lineno, line, record if line.endswith("\n") else None
+
+
 class MetricsWriter:
     """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
 
@@ -119,21 +140,11 @@ class MetricsWriter:
         if not self.enabled or not os.path.exists(self.path):
             return
         keep, torn = [], []
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    record_step = int(record["step"])
-                except (ValueError, KeyError, TypeError, RecursionError):
-                    torn.append(lineno)
-                    continue
-                if not line.endswith("\n"):
-                    torn.append(lineno)  # cut mid-write: even if it parses, it is not complete
-                    continue
-                if record_step <= step:
-                    keep.append(line)
+        for lineno, line, record in read_metrics_lines(self.path):
+            if record is None:
+                torn.append(lineno)
+            elif int(record["step"]) <= step:
+                keep.append(line)
         if torn:
             log.warning("%s: dropped %d incomplete line(s) (line %s)", self.path, len(torn),
                         ", ".join(map(str, torn[:5])))

@@ -12,6 +12,10 @@ O_EXCL lock file whose owner is checked: on the same host, a dead pid is stale a
 moved aside atomically (only one contender's rename wins) before a new one is created; a lock
 from another host is never broken automatically.
 
+The lock files are opened with O_NOFOLLOW and must be regular files with one link: a symlink, a
+directory, a FIFO or a hard link at that path is refused (WorkdirLockUnsafe, naming the path), so
+the owner record is never written through a link into another file.
+
 Re-entrant per process: launch.py takes the lock before it writes the experiment config and
 ``train.loop.run`` takes it again (a no-op) for callers of the Python API.
 """
@@ -22,12 +26,13 @@ import errno
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 
 from mellama_jax.output_dir import pid_alive as _pid_alive
 
-__all__ = ["WorkdirLocked", "WorkdirLock", "acquire", "lock_path"]
+__all__ = ["WorkdirLocked", "WorkdirLockUnsafe", "WorkdirLock", "acquire", "lock_path"]
 
 _HELD: dict[str, "WorkdirLock"] = {}
 _GUARD = threading.Lock()
@@ -35,6 +40,42 @@ _GUARD = threading.Lock()
 
 class WorkdirLocked(RuntimeError):
     """Another live run holds the workdir; the message names its host, pid and start time."""
+
+
+class WorkdirLockUnsafe(WorkdirLocked):
+    """The lock path is not a plain file (a symlink, directory, FIFO, hard link): the workdir cannot
+    be locked without writing into something else; the message names the path."""
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_lock_file(path: str, flags: int) -> int:
+    """os.open(path) that never follows a symlink and returns only a regular file with one link."""
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK) or (
+                err.errno == errno.EEXIST and os.path.islink(path)):
+            raise WorkdirLockUnsafe(_unsafe_message(path)) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise WorkdirLockUnsafe(_unsafe_message(path))
+    return fd
+
+
+def _unsafe_message(path: str) -> str:
+    try:
+        st = os.lstat(path)
+        kind = ("a symlink" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                else f"a file with {st.st_nlink} hard links" if stat.S_ISREG(st.st_mode)
+                else "not a regular file")
+    except OSError:
+        kind = "not a regular file"
+    return (f"lock file {path} is {kind}; refusing to write the lock through it. Remove it (it is not "
+            "a lock this tool wrote) and rerun")
 
 
 def lock_path(workdir: str, process_index: int = 0) -> str:
@@ -49,7 +90,11 @@ def _owner() -> dict:
 
 def _read_owner(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return {}
+    try:
+        with os.fdopen(fd, encoding="utf-8") as f:
             return json.loads(f.read() or "{}")
     except (OSError, ValueError):
         return {}
@@ -75,7 +120,7 @@ class WorkdirLock:
     def _try_flock(self) -> bool:
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -96,8 +141,14 @@ class WorkdirLock:
         path = self.path + ".pid"
         for _ in range(3):
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = _open_lock_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
+                try:
+                    st = os.lstat(path)
+                    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                        raise WorkdirLockUnsafe(_unsafe_message(path)) from None
+                except FileNotFoundError:
+                    continue  # removed meanwhile: retry the create
                 owner = _read_owner(path)
                 same_host = owner.get("host") == socket.gethostname()
                 if same_host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):

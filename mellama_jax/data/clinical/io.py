@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from mellama_jax.data.text_hygiene import strip_control_chars
+
 TOOL_NAME = "mellama_jax.data.prepare_clinical"
 FORMAT_VERSION = 1
 MARKER = "PREPARED.json"
@@ -216,7 +218,7 @@ def _iter_csv(path: str, text, fmt: str, stats: InputStats) -> Iterator[RawNote]
             i = cols.get(role)
             return row[i] if i is not None else ""
 
-        note_text = get("text")
+        note_text = strip_control_chars(get("text"))  # before anything reads it: a NUL splits PHI
         if not note_text.strip():
             stats.bad(location, "empty text")
             continue
@@ -243,6 +245,8 @@ def _iter_jsonl(path: str, text, stats: InputStats) -> Iterator[RawNote]:
             stats.bad(location, "expected a JSON object")
             continue
         note_text = next((obj[k] for k in ("text", "TEXT", "note_text") if k in obj), None)
+        if isinstance(note_text, str):
+            note_text = strip_control_chars(note_text)  # before anything reads it: a NUL splits PHI
         if not isinstance(note_text, str) or not note_text.strip():
             stats.bad(location, "missing or empty 'text'")
             continue

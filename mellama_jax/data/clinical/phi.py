@@ -19,8 +19,9 @@ from typing import Callable, Iterable, Iterator
 from mellama_jax.data.clinical import names as names_mod
 from mellama_jax.data.clinical.mimic import normalize_mimic as _normalize_mimic
 from mellama_jax.data.clinical.types import PLACEHOLDER_RE, placeholder
+from mellama_jax.data.text_hygiene import strip_control_chars
 
-SCRUBBER_VERSION = "2"  # 2: patient-context and first-name-context surname rules (issue 14)
+SCRUBBER_VERSION = "3"  # 2: patient-context and first-name-context surname rules; 3: control characters removed first
 
 
 @dataclass(frozen=True)
@@ -520,8 +521,13 @@ class PhiScrubber:
         return bool(proper)
 
     def scrub(self, text: str, normalize_mimic: bool | None = None) -> tuple[str, Counter]:
-        """(scrubbed text, placeholders inserted per PHI type); MIMIC rewriting per config unless given."""
+        """(scrubbed text, placeholders inserted per PHI type); MIMIC rewriting per config unless given.
+
+        Control and zero-width characters are removed first (data/text_hygiene.py): one inside a
+        phone number, an MRN or a name would split it so that no rule matches.
+        """
         counts: Counter = Counter()
+        text = strip_control_chars(text)
         if self.config.normalize_mimic if normalize_mimic is None else normalize_mimic:
             text, counts = _normalize_mimic(text)
         spans = self.find(text)
@@ -616,7 +622,10 @@ def _scrubber_for(config: ScrubConfig | None) -> PhiScrubber:
 
 
 def find_phi(text: str, config: ScrubConfig | None = None) -> list[Span]:
-    """PHI spans in `text` (after no MIMIC rewriting), for evaluation and debugging."""
+    """PHI spans in `text` (after no MIMIC rewriting), for evaluation and debugging.
+
+    Offsets index `text` as given, so nothing is removed here: pass text through
+    `strip_control_chars` first, as `scrub` does, or a control character can hide a span."""
     return _scrubber_for(config).find(text)
 
 

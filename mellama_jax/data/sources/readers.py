@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import xml.etree.ElementTree as ET
 
 from mellama_jax.data.sources.report import BadInputReport, DataError
+from mellama_jax.data.text_hygiene import strip_control_chars
 
 __all__ = ["FORMATS", "format_from_name", "expand_paths", "read_file", "iter_documents", "open_binary"]
 
@@ -109,7 +110,7 @@ def read_pubmed_xml(path: str, report: BadInputReport, **_: Any) -> Iterator[Doc
 def _itertext(elem: ET.Element | None) -> str:
     if elem is None:
         return ""
-    return " ".join("".join(elem.itertext()).split())  # inline markup (<i>, <sup>) flattened
+    return " ".join(strip_control_chars("".join(elem.itertext())).split())  # inline markup (<i>, <sup>) flattened
 
 
 # --- line-based formats --------------------------------------------------------------------------
@@ -156,6 +157,7 @@ def read_jsonl(path: str, report: BadInputReport, text_field: str = "text", id_f
         if not isinstance(text, str):
             report.skip("missing_field", path, lineno, f"no string field {text_field!r}")
             continue
+        text = strip_control_chars(text)
         if not text.strip():
             report.skip("empty_document", path, lineno)
             continue
@@ -172,6 +174,7 @@ def read_instruction_jsonl(path: str, report: BadInputReport, **_: Any) -> Itera
         if missing:
             report.skip("missing_field", path, lineno, f"no string field(s) {missing}")
             continue
+        obj["instruction"], obj["output"] = strip_control_chars(obj["instruction"]), strip_control_chars(obj["output"])
         if not obj["instruction"].strip() or not obj["output"].strip():
             report.skip("empty_document", path, lineno, "empty instruction or output")
             continue
@@ -179,6 +182,7 @@ def read_instruction_jsonl(path: str, report: BadInputReport, **_: Any) -> Itera
         if not isinstance(inp, str):
             report.skip("missing_field", path, lineno, "'input' is not a string")
             continue
+        inp = strip_control_chars(inp)
         report.ok()
         yield {"id": str(obj.get("id", f"{base}:{lineno}")), "instruction": obj["instruction"],
                "input": inp, "output": obj["output"],
@@ -206,6 +210,7 @@ def read_text(path: str, report: BadInputReport, text_split: str = "file", **_: 
             report.skip("empty_document", path, None)
 
     for lineno, line in _iter_lines(path, report):
+        line = strip_control_chars(line)
         if text_split == "line":
             if line.strip():
                 report.ok()
@@ -273,6 +278,7 @@ def read_mimic_csv(path: str, report: BadInputReport, scrub: Callable[[str], str
             if _bad_utf8(text) or _bad_utf8(row[idx["id"]]):
                 report.skip("invalid_utf8", path, line)
                 continue
+            text = strip_control_chars(text)  # before the scrubber too: a NUL splits PHI
             if not text.strip():
                 report.skip("empty_document", path, line)
                 continue
@@ -295,6 +301,7 @@ def read_prepared_clinical(path: str, report: BadInputReport, **_: Any) -> Itera
         if not isinstance(text, str) or "id" not in obj:
             report.skip("missing_field", path, lineno, "expected string 'text' and an 'id'")
             continue
+        text = strip_control_chars(text)
         if not text.strip():
             report.skip("empty_document", path, lineno)
             continue
