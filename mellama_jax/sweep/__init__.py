@@ -15,7 +15,7 @@ import os
 import subprocess
 from typing import Any
 
-from mellama_jax.sweep import commands, slurm
+from mellama_jax.sweep import commands, mixing_law, slurm
 from mellama_jax.sweep.grid import Point, parse_grid
 from mellama_jax.sweep.table import is_finished, point_row, write_table
 
@@ -34,7 +34,8 @@ def plan(config: Any, workdir: str) -> dict:
     """Points, their commands and directories, all checked before anything runs."""
     if config.emit not in EMIT:
         raise ValueError(f"config.emit={config.emit!r}: expected one of {EMIT}")
-    points = parse_grid(config.grid, config.base)
+    points = parse_grid(config.grid, config.base) + mixing_law.proposal_points(config, workdir)
+    mixing_law.check_fit_config(config.get("fit"))
     for p in points:  # every point must have something to train on
         weights = {k: float(v) for k, v in config.base.data.mixture.items()}
         weights.update({k.split(".", 2)[2]: float(v) for k, v, _ in p.values if k.startswith("data.mixture.")})
@@ -168,6 +169,10 @@ def run(config: Any, workdir: str) -> dict:
         grid_keys = [k for k, _, _ in entries[0]["point"].values]
         if config.plot:
             from mellama_jax.sweep.plot import plot_sweep
-            out["plot"] = plot_sweep(rows, grid_keys, os.path.join(workdir, "sweep.png"))
+            out["plot"] = plot_sweep([r for r in rows if r["point"] != mixing_law.PROPOSAL], grid_keys,
+                                     os.path.join(workdir, "sweep.png"))
         print(f"sweep: {len(rows)}/{len(entries)} points in {out['table_md']}", flush=True)
+    out["fit"] = mixing_law.sweep_stage(config, workdir, entries, rows)
+    if out["fit"] and out["fit"].get("rerun"):  # the proposal is now a point of the plan: run it like any
+        return run(config, workdir)
     return out
