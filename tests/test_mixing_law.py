@@ -231,6 +231,7 @@ def test_finished_sweep_directory_gets_fit_files_and_its_proposal_point(tmp_path
     # The proposal point, finished (fabricated at its weights): skipped, tabulated, compared with the
     # prediction, never used to fit (the same proposal comes out).
     observed = _fabricate_point(entries[-1]["workdir"], prop["weights"])
+    config.plot = False
     out = run(config, w)
     again = json.loads(open(os.path.join(w, "fit.json")).read())
     assert again["proposal"]["weights"] == prop["weights"] and len(again["points"]) == 6
