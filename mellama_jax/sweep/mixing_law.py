@@ -405,10 +405,12 @@ def check_fit_config(fit: Any) -> None:
 
 
 def fit_sweep(workdir: str, fit: Any, base_weights: Mapping[str, float] | None = None,
-              rows: Sequence[Mapping[str, Any]] | None = None, plot: bool = True) -> dict[str, Any]:
+              rows: Sequence[Mapping[str, Any]] | None = None, plot: bool = True,
+              out_dir: str | None = None) -> dict[str, Any]:
     """Fits config.fit's law on a finished sweep's table (rows, else `<workdir>/sweep.csv`) and writes
-    fit.json, fit.md and (plot) fit.png into `workdir`. `base_weights` (the base experiment's
-    data.mixture) is the baseline when fit.baseline == "base"."""
+    fit.json, fit.md and (plot) fit.png into `out_dir` (default: `workdir`). `base_weights` (the
+    base experiment's data.mixture) is the baseline when fit.baseline == "base"."""
+    out_dir = out_dir or workdir
     check_fit_config(fit)
     rows = list(read_table(workdir) if rows is None else rows)
     names, sources, weights, targets = sweep_data(rows)
@@ -446,13 +448,14 @@ def fit_sweep(workdir: str, fit: Any, base_weights: Mapping[str, float] | None =
         "max_general_increase": float(fit.max_general_increase), "general_weight": float(fit.general_weight),
         "proposal": prop,
     }
-    tmp = os.path.join(workdir, "fit.json.tmp")
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, "fit.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
-    os.replace(tmp, os.path.join(workdir, "fit.json"))
-    _write_md(out, os.path.join(workdir, "fit.md"))
+    os.replace(tmp, os.path.join(out_dir, "fit.json"))
+    _write_md(out, os.path.join(out_dir, "fit.md"))
     if plot:
-        out["plot"] = _plot(out, law, weights, targets, cand, os.path.join(workdir, "fit.png"))
+        out["plot"] = _plot(out, law, weights, targets, cand, os.path.join(out_dir, "fit.png"))
     return out
 
 
