@@ -9,6 +9,8 @@ settable as `--config.base.<key>=...` (including `--config.base.data.sources_spe
 `paths`); each point runs `launch.py --config configs/pretrain.py:<variant>` with the base's
 differences from the variant and the point's grid values as `--config.*` overrides, in
 `<workdir>/points/<name>`. `--config.emit=slurm` writes one job script per point instead of running.
+Once every point is finished, `config.fit` fits a data-mixing law to the table and proposes the next
+weights (fit.json, fit.md, fit.png; `--config.fit.run_proposal=True` runs them as `points/proposal`).
 """
 from __future__ import annotations
 
