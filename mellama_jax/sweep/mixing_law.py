@@ -470,7 +470,7 @@ def _write_md(fit: dict, path: str) -> None:
     rule = (f"minimise domain loss with general loss <= {p['limit_general']:.4f} "
             f"({p['baseline']['name']} + {fit['max_general_increase']:g})" if p["objective"] == "constrained"
             else f"minimise domain + {fit['general_weight']:g} x general loss")
-    lines += ["", f"## Proposal: {rule}", "", "| | " + " | ".join(fit["sources"]) + " | domain | general |",
+    lines += ["", f"## Proposal: {rule}", "", "| | " + " | ".join(fit["sources"]) + " | domain loss | general loss |",
               "|---|" + "---|" * (len(fit["sources"]) + 2)]
     for label, rec, pred in (("proposal", p["weights"], p["predicted"]),
                              (p["baseline"]["name"], p["baseline"]["weights"], p["baseline"])):
