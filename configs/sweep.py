@@ -9,6 +9,8 @@ settable as `--config.base.<key>=...` (including `--config.base.data.sources_spe
 `paths`); each point runs `launch.py --config configs/pretrain.py:<variant>` with the base's
 differences from the variant and the point's grid values as `--config.*` overrides, in
 `<workdir>/points/<name>`. `--config.emit=slurm` writes one job script per point instead of running.
+Once every point is finished, `config.fit` fits a data-mixing law to the table and proposes the next
+weights (fit.json, fit.md, fit.png; `--config.fit.run_proposal=True` runs them as `points/proposal`).
 """
 from __future__ import annotations
 
@@ -46,6 +48,23 @@ def get_config(arg: str = "mixture") -> ml_collections.ConfigDict:
     # Benchmarks after each point's training (configs/eval.py keys; tasks "" = none).
     c.eval = eval_configs.get_config()
     c.eval.tasks = ""
+
+    # The mixing law fitted once every point is finished (fit.json, fit.md, fit.png; see
+    # mellama_jax/sweep/mixing_law.py): one law per held-out loss / benchmark column of the table.
+    c.fit = ml_collections.ConfigDict()
+    c.fit.law = "ye"                      # ye: c + k exp(t.r) (Ye et al. 2024) | linear (ridge) | loglinear | none
+    c.fit.domain = "biomedical,clinical"  # domain loss = sum of these held-out losses ("name:weight"; bench/... columns count negatively)
+    c.fit.general = "general"             # general-domain (forgetting) loss, same syntax (e.g. general_text)
+    c.fit.objective = "constrained"       # constrained: min domain s.t. general <= baseline + max_general_increase
+    #                                       weighted: min domain + general_weight * general
+    c.fit.max_general_increase = 0.0      # nats of general loss the proposal may add over the baseline
+    c.fit.general_weight = 1.0
+    c.fit.baseline = "base"               # "base" (config.base.data.mixture) or a point name
+    c.fit.candidates = 20000              # Dirichlet samples of the simplex scored under the law
+    c.fit.starts = 8                      # nonlinear least-squares starts per target (ye)
+    c.fit.ridge = 1e-6                    # linear / loglinear: ridge penalty on the weights' coefficients
+    c.fit.seed = 0
+    c.fit.run_proposal = False            # run the proposed weights as the next point, points/proposal
 
     c.slurm = ml_collections.ConfigDict()
     c.slurm.partition = ""

@@ -126,6 +126,10 @@ RULES: tuple[tuple[str, Range], ...] = (
     # sweeps (configs/sweep.py): SLURM resources
     ("slurm.gpus_per_node", NON_NEGATIVE_INT),
     ("slurm.*", POSITIVE_INT),
+    # sweeps: the mixing-law fit (fit.seed is a *.seed)
+    ("fit.candidates", POSITIVE_INT),
+    ("fit.starts", POSITIVE_INT),
+    ("fit.*", NON_NEGATIVE),
     # name-based fallbacks (any depth)
     ("*learning_rate", POSITIVE),
     ("*.lr", POSITIVE),

@@ -20,7 +20,7 @@ import subprocess
 from typing import Any
 
 from mellama_jax.config_validation import ConfigRangeError, validate_config
-from mellama_jax.sweep import commands, slurm
+from mellama_jax.sweep import commands, mixing_law, slurm
 from mellama_jax.sweep.grid import Point, config_value, parse_grid
 from mellama_jax.sweep.table import is_finished, point_row, write_table
 
@@ -61,12 +61,14 @@ def point_config(base: Any, point: Point) -> Any:
     return cfg
 
 
-def check_points(config: Any) -> list[Point]:
+def check_points(config: Any, workdir: str | None = None) -> list[Point]:
     """Parses the grid and validates every point's effective config (ValueError naming the point
     and the key), before anything runs or is written."""
     if config.emit not in EMIT:
         raise ValueError(f"config.emit={config.emit!r}: expected one of {EMIT}")
-    points = parse_grid(config.grid, config.base)
+    # The proposal point of a fitted sweep exists only once the workdir holds a finished fit.
+    points = parse_grid(config.grid, config.base) + (mixing_law.proposal_points(config, workdir) if workdir else [])
+    mixing_law.check_fit_config(config.get("fit"))
     for p in points:
         cfg = point_config(config.base, p)
         if not any(float(w) > 0 for w in cfg.data.mixture.values()):  # something to train on
@@ -80,7 +82,7 @@ def check_points(config: Any) -> list[Point]:
 
 def plan(config: Any, workdir: str) -> dict:
     """Points, their commands and directories, all checked before anything runs."""
-    points = check_points(config)
+    points = check_points(config, workdir)
     base_overrides = commands.config_overrides(config.base, commands.load_config_file(config.base_config))
     tasks = _eval_tasks(config)
     eval_overrides = []
@@ -245,6 +247,10 @@ def run(config: Any, workdir: str) -> dict:
         grid_keys = [k for k, _, _ in entries[0]["point"].values]
         if config.plot:
             from mellama_jax.sweep.plot import plot_sweep
-            out["plot"] = plot_sweep(rows, grid_keys, os.path.join(workdir, "sweep.png"))
+            out["plot"] = plot_sweep([r for r in rows if r["point"] != mixing_law.PROPOSAL], grid_keys,
+                                     os.path.join(workdir, "sweep.png"))
         print(f"sweep: {len(rows)}/{len(entries)} points in {out['table_md']}", flush=True)
+    out["fit"] = mixing_law.sweep_stage(config, workdir, entries, rows)
+    if out["fit"] and out["fit"].get("rerun"):  # the proposal is now a point of the plan: run it like any
+        return run(config, workdir)
     return out
