@@ -181,14 +181,19 @@ def _sweep_config(*overrides):
     return c
 
 
-def _fabricate_point(pdir, mixture):
-    """What launch.py leaves in a point's workdir: its config and metrics.jsonl with the final eval."""
+def _fabricate_point(pdir, mixture, config):
+    """What launch.py leaves in a point's workdir: its whole experiment config (what a rerun compares
+    with the sweep's) and metrics.jsonl with the final eval."""
     os.makedirs(pdir, exist_ok=True)
+    saved = config.base.copy_and_resolve_references()
+    with saved.unlocked():
+        for s, w in mixture.items():
+            saved.data.mixture[s] = float(w)
     total = sum(mixture.values())
     r = np.array([mixture[s] / total for s in SOURCES])
     losses = planted(r)[0]
     with open(os.path.join(pdir, "experiment_config.json"), "w") as f:
-        json.dump({"data": {"mixture": mixture}, "train": {"steps": STEPS}}, f)
+        f.write(saved.to_json_best_effort())
     with open(os.path.join(pdir, "metrics.jsonl"), "w") as f:
         f.write(json.dumps({"step": STEPS, "loss": 3.0, **{f"data/{s}/tokens": int(100 * x)
                                                            for s, x in zip(SOURCES, r)}}) + "\n")
@@ -205,7 +210,7 @@ def test_finished_sweep_directory_gets_fit_files_and_its_proposal_point(tmp_path
     for p in plan(config, w)["points"]:  # the default grid: clinical=0,1,4 x general=0,4
         mixture = {"biomedical": 15.0, "clinical": 1.0, "general": 4.0, **{k.split(".")[-1]: v
                                                                           for k, v in p["point"].as_dict().items()}}
-        _fabricate_point(p["workdir"], mixture)
+        _fabricate_point(p["workdir"], mixture, config)
     out = run(config, w)
     assert "rerun" not in out["fit"] and "ye law fitted" in capsys.readouterr().out
     fit = json.loads(open(os.path.join(w, "fit.json")).read())
@@ -230,7 +235,7 @@ def test_finished_sweep_directory_gets_fit_files_and_its_proposal_point(tmp_path
         assert f"--config.data.mixture.{s}={prop['weights'][s]!r}" in train
     # The proposal point, finished (fabricated at its weights): skipped, tabulated, compared with the
     # prediction, never used to fit (the same proposal comes out).
-    observed = _fabricate_point(entries[-1]["workdir"], prop["weights"])
+    observed = _fabricate_point(entries[-1]["workdir"], prop["weights"], config)
     config.plot = False
     out = run(config, w)
     again = json.loads(open(os.path.join(w, "fit.json")).read())
@@ -247,7 +252,7 @@ def test_sweep_stage_refusals(tmp_path, capsys):
     config = _sweep_config(("grid", "data.mixture.clinical=0,4"))  # 2 points on a line: ye needs 3
     for c in (0.0, 4.0):
         _fabricate_point(os.path.join(w, "points", f"clinical={c:g}"), {"biomedical": 15.0, "clinical": c,
-                                                                      "general": 4.0})
+                                                                      "general": 4.0}, config)
     run(config, w)
     assert "no mixing-law fit (the sweep has 2 points but the ye law has 3 parameters" in capsys.readouterr().out
     assert not os.path.exists(os.path.join(w, "fit.json"))
