@@ -99,7 +99,7 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
         raise ValueError(f"{ckpt}: --merge_lora/--adapter_only need a LoRA checkpoint (an SFT workdir trained "
                          f"with config.lora.enabled); this is a {artifact.describe()} without adapters")
     if adapter_only:
-        from mellama_jax.model.lora import write_peft_adapter
+        from mellama_jax.checkpoint.lora_io import write_peft_adapter
         with staged as tmp:
             write_peft_adapter(artifact, tmp, dtype)
             export_tokenizer(artifact, tmp)
