@@ -39,7 +39,7 @@ def peak_rss_mib() -> float:
 
 
 def _staged(out: str, command: str, overwrite: bool) -> StagedOutput:
-    """Output written to a temporary sibling and renamed into place at the end (issue 14): an
+    """Output written to a temporary sibling and renamed into place at the end, so that an
     interrupted run leaves the old output or nothing, a rerun works, and `out` must be new, empty or
     an earlier output of the same command (replaced only with overwrite=True)."""
     staged = StagedOutput(out, f"mellama_jax.convert {command}", overwrite)

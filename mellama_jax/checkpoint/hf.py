@@ -204,8 +204,8 @@ _WEIGHT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 def _read_converted(name: str, read: Callable[[str], np.ndarray], to_ours: Callable, where: Callable[[str], str],
                     hf_shape: tuple) -> np.ndarray:
-    """read + layout change, with errors that name the file and the tensor (issue 14: a wrong dtype
-    label or a wrong shape used to convert silently or fail with a bare "cannot reshape")."""
+    """read + layout change, with errors that name the file and the tensor (without them a wrong
+    dtype label or a wrong shape would convert silently or fail with a bare "cannot reshape")."""
     raw = read(name)
     if np.dtype(raw.dtype).name not in _WEIGHT_DTYPES:
         raise ConversionError(f"{where(name)}: tensor {name!r} has dtype {np.dtype(raw.dtype).name}; a weight must be "
