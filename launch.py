@@ -13,24 +13,33 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 
+from mellama_jax import sweep
+from mellama_jax.checkpoint.artifact import EXPERIMENT_CONFIG, resolve_artifact
+from mellama_jax.checkpoint.model_spec import init_artifact, training_tokenizer_file
 from mellama_jax.config_cli import define_config_flag
+from mellama_jax.config_validation import ArtifactLookup, ConfigError, Task, validate_config
+from mellama_jax.eval import runner as eval_runner
+from mellama_jax.sft import run as sft_run
+from mellama_jax.sharding import maybe_initialize_distributed
+from mellama_jax.train import loop as train_loop
+from mellama_jax.train import workdir_lock
 
 # DEFINE_config_file plus comma-separated tuples (source paths) and data.sources_spec expansion.
 _CONFIG = define_config_flag("config", "Experiment config, e.g. configs/pretrain.py:demo")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 
+# config.task -> run(config, workdir)
 TASKS = {
-    "pretrain": ("mellama_jax.train.loop", "run"),
-    "sft": ("mellama_jax.sft.run", "run"),
-    "eval": ("mellama_jax.eval.runner", "run"),
-    "sweep": ("mellama_jax.sweep", "run"),
+    Task.PRETRAIN: train_loop.run,
+    Task.SFT: sft_run.run,
+    Task.EVAL: eval_runner.run,
+    Task.SWEEP: sweep.run,
 }
-
-
-class ConfigError(ValueError):
-    pass
+# The on-disk checks of validate_config: checkpoint/ sits above config_validation, so it is passed in.
+ARTIFACTS = ArtifactLookup(resolve_artifact, init_artifact, training_tokenizer_file)
 
 
 def _override_key(argv: list[str], needle: str) -> str:
@@ -61,84 +70,17 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def validate(config) -> None:
-    """Cheap semantic checks that need no device and no data (raise ConfigError naming the key)."""
-    if config.get("task") not in TASKS:
-        raise ConfigError(f"config.task={config.get('task')!r}: expected one of {sorted(TASKS)}")
-    from mellama_jax.config_validation import ConfigRangeError, validate_config
-    try:
-        validate_config(config)  # every numeric key by range (issue 14), any task
-    except ConfigRangeError as err:
-        raise ConfigError(str(err)) from err
-    if config.task == "eval" and config.get("checkpoint"):
-        _validate_eval_checkpoint(config)
-    if config.task == "sweep":  # every point's config, before the workdir is written
-        from mellama_jax.sweep import check_points
+    """Every check of mellama_jax.config_validation, the on-disk ones included (ConfigError names the key)."""
+    validate_config(config, ARTIFACTS)
+    if config.task == Task.SWEEP:  # every point's config, before the workdir is written
         try:
-            check_points(config)
+            sweep.check_points(config)
         except ValueError as err:
             raise ConfigError(str(err)) from err
-    if config.task not in ("pretrain", "sft"):
-        return
-    if config.task == "sft":
-        from mellama_jax.model.lora import spec_from_config
-        from mellama_jax.tokenizer.chat_templates import template_names
-        if config.data.chat_template not in template_names():
-            raise ConfigError(f"config.data.chat_template={config.data.chat_template!r}: expected one of "
-                              f"{list(template_names())}")
-        try:
-            spec_from_config(config.get("lora"))
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
-    from mellama_jax.checkpoint.model_spec import model_overrides
-    from mellama_jax.model.presets import PRESETS
-    if config.model.preset not in PRESETS:
-        raise ConfigError(f"config.model.preset={config.model.preset!r}: expected one of "
-                          f"{sorted(PRESETS)}")
-    try:
-        PRESETS[config.model.preset].replace(**model_overrides(config.model))
-    except ValueError as err:
-        raise ConfigError(f"config.model: {err}") from err
-    for key in ("steps", "global_batch_size", "micro_batches"):
-        if int(config.train[key]) < 1:
-            raise ConfigError(f"config.train.{key}={config.train[key]}: must be >= 1")
-    if config.optim.schedule not in ("cosine", "linear", "constant"):
-        raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}: expected cosine, "
-                          "linear or constant")
-    if config.train.loss_impl not in ("vocab_parallel", "dense"):
-        raise ConfigError(f"config.train.loss_impl={config.train.loss_impl!r}: expected "
-                          "vocab_parallel or dense")
-    if config.model.init_from and not os.path.exists(os.path.expanduser(config.model.init_from)):
-        raise ConfigError(f"config.model.init_from={config.model.init_from!r}: no such path")
-    _validate_model_source(config)
-
-
-def _validate_eval_checkpoint(config) -> None:
-    """config.checkpoint must be a model artifact with a tokenizer (its own or config.tokenizer_path)."""
-    from mellama_jax.checkpoint.artifact import resolve_artifact
-    try:
-        artifact = resolve_artifact(config.checkpoint)
-    except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(f"config.checkpoint={config.checkpoint!r}: {err}") from err
-    if not artifact.tokenizer_file and not config.get("tokenizer_path"):
-        raise ConfigError(f"config.checkpoint={config.checkpoint!r}: no tokenizer.model travels with it "
-                          f"({artifact.root}); set config.tokenizer_path")
-
-
-def _validate_model_source(config) -> None:
-    """init_from must resolve to a model artifact, and a real-data run needs a tokenizer from
-    config.data.tokenizer_path or from that artifact (checked here, before any device or data)."""
-    from mellama_jax.checkpoint.model_spec import init_artifact, training_tokenizer_file
-    try:
-        init_artifact(config.model)
-        if not config.data.get("synthetic", False):
-            training_tokenizer_file(config)
-    except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(str(err)) from err
 
 
 def save_config(config, workdir: str) -> str:
     """<workdir>/experiment_config.json; never config.json, the file name of a Hugging Face model."""
-    from mellama_jax.checkpoint.artifact import EXPERIMENT_CONFIG
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, EXPERIMENT_CONFIG)
     with open(path + ".tmp", "w") as f:
@@ -166,11 +108,8 @@ def main(argv: list[str]) -> None:
     if not any(arg.startswith(("--verbosity", "-v")) for arg in sys.argv[1:]):
         logging.get_absl_logger().setLevel("WARNING")
 
-    from mellama_jax.sharding import maybe_initialize_distributed
     if "distributed" in config:
         maybe_initialize_distributed(config.distributed)
-    import jax
-    from mellama_jax.train import workdir_lock
     try:  # one run per workdir, taken before anything is written into it
         lock = workdir_lock.acquire(workdir, jax.process_index())
     except workdir_lock.WorkdirLocked as err:
@@ -179,10 +118,7 @@ def main(argv: list[str]) -> None:
     with lock:
         if jax.process_index() == 0:
             logging.info("resolved config saved to %s", save_config(config, workdir))
-
-        module_name, fn_name = TASKS[config.task]
-        import importlib
-        getattr(importlib.import_module(module_name), fn_name)(config, workdir)
+        TASKS[Task(config.task)](config, workdir)
 
 
 if __name__ == "__main__":

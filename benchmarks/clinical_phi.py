@@ -23,7 +23,7 @@ upper-case "X123" extensions, "MR# ...", "98y F", accented ALL-CAPS names, role 
 names), so "held_out" is no longer unseen either: treat its current 1.0s as an upper bound and
 the first-contact rows above as the honest estimate for unseen note styles.
 
-Out-of-lexicon surnames (issue 14; mellama_jax/data/clinical/oov_names.py): invented surnames that
+Out-of-lexicon surnames (mellama_jax/data/clinical/oov_names.py): invented surnames that
 are in none of philter-lite's lists, after patient/family/staff context words. Before the
 patient-context rule and philter-lite's first-name context patterns: SURNAME recall .6695 (dev
 templates, 400 notes) and .6557 (held-out templates, 1000 notes). Held-out templates, first
@@ -85,7 +85,7 @@ def i2b2_table() -> None:
 
 
 def oov_table(n: int, seed: int) -> None:
-    """Surnames in no lexicon after patient/family/staff context words (issue 14)."""
+    """Surnames in no lexicon after patient/family/staff context words: what lexicons miss."""
     from mellama_jax.data.clinical.oov_names import generate_oov_notes
     from mellama_jax.data.clinical.phi import PhiScrubber
 

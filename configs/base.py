@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import FieldReference
 
+from mellama_jax.data import config as data_cfg
 from mellama_jax.sharding import DEFAULT_RULES
 
 # LlamaConfig fields a user may override on top of the preset, with their types.
@@ -34,12 +35,6 @@ def model_config() -> ml_collections.ConfigDict:
 
 def data_config(demo: bool = False) -> ml_collections.ConfigDict:
     """config.data from the data package, plus the ``synthetic`` switch owned by training."""
-    try:
-        from mellama_jax.data import config as data_cfg
-    except ImportError:  # data package not installed in this checkout: synthetic only
-        d = ml_collections.ConfigDict(dict(seq_len=128, seed=0))
-        d.synthetic = True
-        return d
     d = data_cfg.demo_data_config() if demo else data_cfg.default_data_config()
     # True: deterministic synthetic tokens (no TensorFlow, no files) for benchmarks and tests.
     d.synthetic = False

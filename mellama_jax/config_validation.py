@@ -1,4 +1,13 @@
-"""Range checks for every numeric config value, run before any device, compile or data read.
+"""Every check an experiment config gets, run once by launch.py before any device, compile or data read.
+
+``validate_config(config)`` is the one entry point: ranges for every numeric key, the named choices
+(``Task``, ``Schedule``, ``LossImpl``, ``Packing``; the model's ``DType``, ``AttentionImpl``,
+``RematPolicy`` from model/config.py), relations between keys, and the task's own checks (model
+preset and overrides, chat template, LoRA spec). Checks that open a model artifact on disk (the
+eval checkpoint, config.model.init_from, the training tokenizer) need checkpoint/, which sits above
+this module, so the caller passes them in as ``ArtifactLookup`` (launch.py does); without it they
+are skipped. Code deeper down that meets a choice converts it with the same enum
+(``Schedule.parse(value, "optim.schedule")``), so the rule and its message live here.
 
 ml_collections type-checks overrides (``--config.train.steps=abc`` fails) but accepts any value of
 the right type, so ``optim.learning_rate=-3e-4`` or ``data.seq_len=0`` used to train silently.
@@ -8,28 +17,99 @@ keys no explicit pattern names fall back to rules by their last component (``*_f
 ``uncovered_numeric_keys(config)`` lists numeric keys that no rule covers; the tests require it to
 be empty for every shipped config.
 
-Works on any nested mapping (ml_collections.ConfigDict, dict); imports neither jax nor
-ml_collections.
+Works on any nested mapping (ml_collections.ConfigDict, dict); never imports ml_collections.
 """
 from __future__ import annotations
 
 import fnmatch
 import math
+import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from enum import StrEnum
+from typing import Any, Callable, Iterator, Mapping
 
-__all__ = ["ConfigRangeError", "Range", "RULES", "validate_config", "numeric_items",
-           "uncovered_numeric_keys", "rule_for"]
+from mellama_jax.model.config import AttentionImpl, DType, RematPolicy, model_overrides
+from mellama_jax.model.lora import spec_from_config
+from mellama_jax.model.presets import PRESETS
+from mellama_jax.tokenizer.chat_templates import template_names
+
+__all__ = ["ConfigError", "ConfigRangeError", "ConfigChoice", "Task", "Schedule", "LossImpl", "Packing",
+           "DType", "AttentionImpl", "RematPolicy", "ArtifactLookup", "Range", "RULES", "validate_config",
+           "numeric_items", "uncovered_numeric_keys", "rule_for"]
 
 
-class ConfigRangeError(ValueError):
+class ConfigError(ValueError):
+    """An experiment config that cannot run; the message names the key."""
+
+
+class ConfigRangeError(ConfigError):
     """A config value outside its range; the message names the key, the value and the range."""
+
+
+class ConfigChoice(StrEnum):
+    """A config key with a fixed set of string values (members compare equal to their strings)."""
+
+    @classmethod
+    def describe(cls) -> str:
+        values = [m.value for m in cls]
+        return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
+
+    @classmethod
+    def parse(cls, value: Any, key: str) -> "ConfigChoice":
+        """The member for `value`; ConfigError naming config.<key> otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"config.{key}={value!r}: expected {cls.describe()}") from None
+
+
+class Task(ConfigChoice):
+    """config.task: what launch.py runs."""
+    PRETRAIN = "pretrain"
+    SFT = "sft"
+    EVAL = "eval"
+    SWEEP = "sweep"
+
+
+class Schedule(ConfigChoice):
+    """config.optim.schedule: the decay after linear warmup."""
+    COSINE = "cosine"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+
+
+class LossImpl(ConfigChoice):
+    """config.train.loss_impl: "vocab_parallel" never gathers the full logits; "dense" is the reference."""
+    VOCAB_PARALLEL = "vocab_parallel"
+    DENSE = "dense"
+
+
+class Packing(ConfigChoice):
+    """config.data.packing: concat (pretraining windows), pack (documents / examples packed with
+    segment ids), pad (SFT: one example per row)."""
+    CONCAT = "concat"
+    PACK = "pack"
+    PAD = "pad"
+
+
+# Which packings each training task's pipeline implements.
+_PACKINGS = {Task.PRETRAIN: (Packing.CONCAT, Packing.PACK), Task.SFT: (Packing.PACK, Packing.PAD)}
+
+
+@dataclass(frozen=True)
+class ArtifactLookup:
+    """What the on-disk checks need from checkpoint/ (checkpoint.artifact.resolve_artifact and
+    checkpoint.model_spec's init_artifact / training_tokenizer_file); passed in because checkpoint/
+    sits above this module."""
+
+    resolve_artifact: Callable[[str], Any]
+    init_artifact: Callable[[Any], Any]
+    training_tokenizer_file: Callable[[Any], str]
 
 
 @dataclass(frozen=True)
 class Range:
     """lo/hi bounds (None = unbounded), open or closed; `special` values are allowed besides."""
-
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
@@ -210,16 +290,25 @@ def _get(config: Any, dotted: str, default: Any = None) -> Any:
     return node
 
 
-def validate_config(config: Any) -> None:
-    """Raises ConfigRangeError naming the first key whose value is out of range.
+def validate_config(config: Any, artifacts: ArtifactLookup | None = None) -> None:
+    """Raises ConfigError naming the first key that is wrong (ConfigRangeError for a range).
 
+    Order: config.task, ranges and relations between keys (any task), then the task's own checks;
+    with `artifacts`, also the model artifacts and tokenizer the config names on disk.
     Unknown numeric keys are not errors here (``uncovered_numeric_keys`` is the test-time check);
     non-finite floats are refused everywhere.
     """
+    task = Task.parse(_get(config, "task"), "task")
+    check_ranges(config)
+    _TASK_CHECKS[task](config, artifacts)
+
+
+def check_ranges(config: Any) -> None:
+    """Raises ConfigRangeError naming the first numeric key out of its range, or a bad relation."""
     nested = _nested_experiments(config)
     for name, sub in nested.items():  # a sweep's base / eval configs: checked as experiments of their own
         try:
-            validate_config(sub)
+            check_ranges(sub)
         except ConfigRangeError as err:
             raise ConfigRangeError(str(err).replace("config.", f"config.{name}.", 1)) from None
     for key, value in numeric_items(config):
@@ -259,3 +348,72 @@ def _cross_checks(config: Any) -> None:
         weights = [v for _, v in mixture.items() if _is_number(v)]
         if weights and sum(weights) <= 0:
             raise ConfigRangeError(f"config.data.mixture={dict(mixture.items())}: at least one weight must be > 0")
+
+
+# ------------------------------------------------------------------------------ per task
+def _check_eval(config: Any, artifacts: ArtifactLookup | None) -> None:
+    """config.checkpoint must be a model artifact with a tokenizer (its own or config.tokenizer_path)."""
+    checkpoint = _get(config, "checkpoint")
+    if not checkpoint or artifacts is None:
+        return
+    try:
+        artifact = artifacts.resolve_artifact(checkpoint)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"config.checkpoint={checkpoint!r}: {err}") from err
+    if not artifact.tokenizer_file and not _get(config, "tokenizer_path"):
+        raise ConfigError(f"config.checkpoint={checkpoint!r}: no tokenizer.model travels with it "
+                          f"({artifact.root}); set config.tokenizer_path")
+
+
+def _check_sft(config: Any, artifacts: ArtifactLookup | None) -> None:
+    chat_template = config.data.chat_template
+    if chat_template not in template_names():
+        raise ConfigError(f"config.data.chat_template={chat_template!r}: expected one of "
+                          f"{list(template_names())}")
+    try:
+        spec_from_config(config.get("lora"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    _check_training(config, artifacts, Task.SFT)
+
+
+def _check_pretrain(config: Any, artifacts: ArtifactLookup | None) -> None:
+    _check_training(config, artifacts, Task.PRETRAIN)
+
+
+def _check_training(config: Any, artifacts: ArtifactLookup | None, task: Task) -> None:
+    """The model (preset + overrides), the choices of the training loop, and with `artifacts` the
+    init_from artifact and the tokenizer a real-data run encodes with."""
+    preset = config.model.preset
+    if preset not in PRESETS:
+        raise ConfigError(f"config.model.preset={preset!r}: expected one of {sorted(PRESETS)}")
+    try:
+        PRESETS[preset].replace(**model_overrides(config.model))
+    except ValueError as err:
+        raise ConfigError(f"config.model: {err}") from err
+    Schedule.parse(config.optim.schedule, "optim.schedule")
+    LossImpl.parse(config.train.loss_impl, "train.loss_impl")
+    packing = _get(config, "data.packing")
+    if packing is not None and Packing.parse(packing, "data.packing") not in _PACKINGS[task]:
+        raise ConfigError(f"config.data.packing={packing!r}: a {task} run expects "
+                          + " or ".join(p.value for p in _PACKINGS[task]))
+    if artifacts is None:
+        return
+    init_from = config.model.init_from
+    if init_from and not os.path.exists(os.path.expanduser(init_from)):
+        raise ConfigError(f"config.model.init_from={init_from!r}: no such path")
+    try:
+        artifacts.init_artifact(config.model)
+        if not config.data.get("synthetic", False):
+            artifacts.training_tokenizer_file(config)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+
+
+def _check_sweep(config: Any, artifacts: ArtifactLookup | None) -> None:
+    """A sweep's base and eval configs are checked by range here; each point is validated in full
+    when launch.py starts it."""
+
+
+_TASK_CHECKS: dict[Task, Callable[[Any, ArtifactLookup | None], None]] = {
+    Task.PRETRAIN: _check_pretrain, Task.SFT: _check_sft, Task.EVAL: _check_eval, Task.SWEEP: _check_sweep}

@@ -41,7 +41,7 @@ def peak_rss_mib() -> float:
 
 
 def _staged(out: str, command: str, overwrite: bool) -> StagedOutput:
-    """Output written to a temporary sibling and renamed into place at the end (issue 14): an
+    """Output written to a temporary sibling and renamed into place at the end, so that an
     interrupted run leaves the old output or nothing, a rerun works, and `out` must be new, empty or
     an earlier output of the same command (replaced only with overwrite=True)."""
     staged = StagedOutput(out, f"mellama_jax.convert {command}", overwrite)
@@ -101,7 +101,7 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
         raise ValueError(f"{ckpt}: --merge_lora/--adapter_only need a LoRA checkpoint (an SFT workdir trained "
                          f"with config.lora.enabled); this is a {artifact.describe()} without adapters")
     if adapter_only:
-        from mellama_jax.model.lora import write_peft_adapter
+        from mellama_jax.checkpoint.lora_io import write_peft_adapter
         with staged as tmp:
             write_peft_adapter(artifact, tmp, dtype)
             export_tokenizer(artifact, tmp)

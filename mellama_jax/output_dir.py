@@ -4,7 +4,7 @@
         write everything under `staging`
         # on normal exit: staging is renamed to out_dir; on an exception it is removed
 
-Rules (issue 14): the output must not exist, be an empty directory, or be a directory this same
+Rules (so no tool ever deletes or mixes into files it did not write): the output must not exist, be an empty directory, or be a directory this same
 tool created (an owner file lists the tool and every file it wrote); an owned output is replaced
 only with ``overwrite=True``, and only if it holds nothing but the files it lists. The tool writes
 into a temporary sibling ``<out>.partial-<host>-<pid>`` and renames it into place at the end, so an

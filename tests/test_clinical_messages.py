@@ -1,4 +1,4 @@
-"""No note text in any message (issue 14): every error, warning, log line, console summary and report
+"""No note text in any message (patient text must never reach a log): every error, warning, log line, console summary and report
 file that the clinical and data code produces on a corpus of broken inputs is scanned for the note
 bodies of the fixture. Each body is built from marker words that occur nowhere else, so a leak of
 any fragment longer than a couple of words is found."""

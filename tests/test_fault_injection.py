@@ -1,4 +1,4 @@
-"""Fault injection (issue 14): kill -9 at random points including mid-save, a corrupt newest
+"""Fault injection (preemption and crashes must never cost a run): kill -9 at random points including mid-save, a corrupt newest
 checkpoint, a torn metrics.jsonl and a second writer, then resume: the run ends bit-identical to
 an uninterrupted one (losses and final params) or fails with a clear message, and no committed
 checkpoint is lost (a corrupt one is moved to checkpoints.corrupt/, never deleted).

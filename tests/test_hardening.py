@@ -1,4 +1,4 @@
-"""Issue 14, one test per numbered defect (each failed on the code before the fix).
+"""Robustness, one test per numbered defect (each failed on the code before the fix).
 
 Items 5-7 (conversion, safetensors headers, path traversal) are in tests/test_hardening_convert.py;
 item 12 (evaluation inputs) belongs to the evaluation tests. The fault-injection runs (random

@@ -1,4 +1,4 @@
-"""Issue 14 items 5-7: interrupted conversions leave the old output or nothing and can be rerun;
+"""Robustness items 5-7: interrupted conversions leave the old output or nothing and can be rerun;
 --overwrite replaces only what the tool created; safetensors headers are validated (errors name
 file and tensor); index weight_map and PREPARED.json names cannot leave their directory."""
 from __future__ import annotations

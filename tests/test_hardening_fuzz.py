@@ -1,4 +1,4 @@
-"""Property-based fuzzing (issue 14): readers on arbitrary bytes (plain, gzip, cut gzip), config
+"""Property-based fuzzing (inputs no hand-written test thinks of): readers on arbitrary bytes (plain, gzip, cut gzip), config
 overrides with arbitrary numbers. Bounded examples by default; `-m slow` runs many more.
 
 Properties: a reader either yields documents or raises the one documented error type (DataError

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mellama_jax.checkpoint import lora_io
 from mellama_jax.model import lora
 from mellama_jax.model.llama import Llama
 
@@ -40,7 +41,7 @@ def _peft_model(model, spec, adapters, config):
                      target_modules=[lora.TARGETS[t].module[1] for t in spec.targets])
     pm = get_peft_model(model, cfg).eval()
     state = {k.replace(".weight", ".default.weight"): torch.tensor(v)
-             for k, v in lora.peft_tensors(adapters, config, spec).items()}
+             for k, v in lora_io.peft_tensors(adapters, config, spec).items()}
     missing = pm.load_state_dict(state, strict=False)
     assert not missing.unexpected_keys, missing.unexpected_keys
     return pm
@@ -82,7 +83,7 @@ def test_merge_matches_adapters_and_peft_roundtrip(tmp_path):
     adapted = Llama(config).apply({"params": params, "lora": lora.scaled(adapters, spec)}, tokens)
     merged = Llama(config).apply({"params": lora.merge(params, adapters, spec)}, tokens)
     assert np.abs(np.asarray(adapted) - np.asarray(merged)).max() <= 1e-4
-    back = lora.adapters_from_peft(lora.peft_tensors(adapters, config, spec), config, spec)
+    back = lora_io.adapters_from_peft(lora_io.peft_tensors(adapters, config, spec), config, spec)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), adapters, back)
 
 

@@ -15,6 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from mellama_jax.checkpoint import lora_io  # noqa: E402
 from mellama_jax.checkpoint.artifact import resolve_artifact  # noqa: E402
 from mellama_jax.model import lora as lora_lib  # noqa: E402
 from mellama_jax.model.llama import Llama  # noqa: E402
@@ -51,8 +52,8 @@ def _jax_logits(workdir, tokens):
     """Base + adapters through the model's LoRA path (not the merged weights)."""
     art = resolve_artifact(workdir)
     base = art.load_params(merge_adapters=False)
-    spec, _ = lora_lib.read_adapter_config(os.path.join(art.root, lora_lib.ADAPTER_CONFIG))
-    adapters = lora_lib.restore_adapters(art.adapters["item_dir"], art.model_config, spec)
+    spec, _ = lora_io.read_adapter_config(os.path.join(art.root, lora_io.ADAPTER_CONFIG))
+    adapters = lora_io.restore_adapters(art.adapters["item_dir"], art.model_config, spec)
     assert np.abs(np.asarray(adapters["layers"]["attention"]["q_proj"]["b"])).max() > 0  # trained
     config = art.model_config.replace(dtype="float32")
     return np.asarray(Llama(config).apply({"params": base, "lora": lora_lib.scaled(adapters, spec)},

@@ -18,6 +18,7 @@ sys.path.insert(0, ROOT)
 
 from configs.sft import get_config  # noqa: E402
 from mellama_jax import sharding as shd  # noqa: E402
+from mellama_jax.checkpoint import lora_io  # noqa: E402
 from mellama_jax.model import lora as lora_lib  # noqa: E402
 from mellama_jax.sft.data import build_sft_pipeline  # noqa: E402
 from mellama_jax.train.loop import Trainer, resolve_model_config  # noqa: E402
@@ -114,8 +115,8 @@ def _losses(workdir):
 def _adapters(workdir, step=8):
     from mellama_jax.checkpoint.orbax_io import read_model_config
     ckpt = os.path.join(workdir, "checkpoints")
-    spec, _ = lora_lib.read_adapter_config(ckpt)
-    return jax.device_get(lora_lib.restore_adapters(os.path.join(ckpt, str(step), "adapters"),
+    spec, _ = lora_io.read_adapter_config(ckpt)
+    return jax.device_get(lora_io.restore_adapters(os.path.join(ckpt, str(step), "adapters"),
                                                     read_model_config(ckpt), spec))
 
 

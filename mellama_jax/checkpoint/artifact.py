@@ -21,11 +21,11 @@ registered for the kind (`register_adapter_loader`), which returns the merged pa
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import re
 from typing import Any, Callable
 
+from mellama_jax.checkpoint.lora_io import ADAPTER_CONFIG, ADAPTERS_ITEM, merge_adapter_item
 from mellama_jax.checkpoint.orbax_io import MODEL_CONFIG, PARAMS_ITEM, read_model_config, restore_params
 from mellama_jax.model.config import LlamaConfig
 from mellama_jax.tokenizer import (Tokenizer, check_tokenizer, copy_tokenizer_files, load_tokenizer,
@@ -33,24 +33,21 @@ from mellama_jax.tokenizer import (Tokenizer, check_tokenizer, copy_tokenizer_fi
 
 __all__ = [
     "ModelArtifact", "resolve_artifact", "checkpoint_kind", "write_artifact_files", "check_artifact_tokenizer",
-    "register_adapter_loader", "ADAPTER_LOADERS", "EXPERIMENT_CONFIG", "PROVENANCE", "ADAPTER_CONFIG",
-    "ADAPTERS_ITEM", "CHECKPOINTS_DIR",
+    "register_adapter_loader", "ADAPTER_LOADERS", "EXPERIMENT_CONFIG", "PROVENANCE", "CHECKPOINTS_DIR",
 ]
 
 EXPERIMENT_CONFIG = "experiment_config.json"  # launch.py's resolved experiment config in a workdir
 LEGACY_EXPERIMENT_CONFIG = "config.json"      # what launch.py wrote before (clashes with HF's name)
 CHECKPOINTS_DIR = "checkpoints"
 PROVENANCE = "provenance.json"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTERS_ITEM = "adapters"
 _STEP = re.compile(r"^\d+$")
 
-# kind -> "module:function"; function(base_params, adapters: dict, artifact, target) -> params.
-ADAPTER_LOADERS: dict[str, str] = {"lora": "mellama_jax.model.lora:merge_adapter_item"}
+# kind -> function(base_params, adapters: dict, artifact, target) -> params.
+ADAPTER_LOADERS: dict[str, Callable] = {"lora": merge_adapter_item}
 
 
-def register_adapter_loader(kind: str, loader: str | Callable) -> None:
-    """Teach the artifact loader one adapter kind (a callable or a lazy "module:function" path)."""
+def register_adapter_loader(kind: str, loader: Callable) -> None:
+    """Teach the artifact loader one adapter kind."""
     ADAPTER_LOADERS[kind] = loader
 
 
@@ -114,9 +111,6 @@ def _adapter_loader(kind: str, artifact: ModelArtifact) -> Callable:
     if loader is None:
         raise ValueError(f"{os.path.join(artifact.root, ADAPTER_CONFIG)}: adapter kind {kind!r} has no "
                          f"loader (known: {sorted(ADAPTER_LOADERS)})")
-    if isinstance(loader, str):
-        module, _, name = loader.partition(":")
-        loader = getattr(importlib.import_module(module), name)
     return loader
 
 

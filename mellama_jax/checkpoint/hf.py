@@ -6,12 +6,13 @@ no permutation happens here; Meta's original consolidated checkpoints need `meta
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable
 
 import numpy as np
 
-from mellama_jax.model.config import LlamaConfig
+from mellama_jax.model.config import PROJECTIONS, LlamaConfig
 
 
 class ConversionError(ValueError):
@@ -95,33 +96,24 @@ def generation_config_to_hf(config: LlamaConfig) -> dict:
 # ---------------------------------------------------------------------------------------------
 def _rules(config: LlamaConfig) -> dict[tuple[str, ...], tuple[str, Callable, Callable]]:
     """param path -> (HF name template with {i} for the layer, to_ours(hf_array), to_hf(our_array))."""
-    h, d = config.hidden_size, config.head_dim
-    nq, nkv = config.num_attention_heads, config.num_key_value_heads
-
-    def heads_in(n):  # HF [n*d, h] -> [h, n, d]
-        return (lambda w: w.T.reshape(h, n, d)), (lambda k: k.reshape(h, n * d).T)
-
-    q_in, q_out = heads_in(nq)
-    kv_in, kv_out = heads_in(nkv)
     same = (lambda w: w), (lambda w: w)
     transpose = (lambda w: w.T), (lambda w: w.T)
-    o_in, o_out = (lambda w: w.T.reshape(nq, d, h)), (lambda k: k.reshape(nq * d, h).T)
     rules = {
         ("embed_tokens", "embedding"): ("model.embed_tokens.weight", *same),
         ("final_norm", "scale"): ("model.norm.weight", *same),
         ("layers", "input_norm", "scale"): ("model.layers.{i}.input_layernorm.weight", *same),
         ("layers", "post_attention_norm", "scale"): ("model.layers.{i}.post_attention_layernorm.weight", *same),
-        ("layers", "attention", "q_proj"): ("model.layers.{i}.self_attn.q_proj.weight", q_in, q_out),
-        ("layers", "attention", "k_proj"): ("model.layers.{i}.self_attn.k_proj.weight", kv_in, kv_out),
-        ("layers", "attention", "v_proj"): ("model.layers.{i}.self_attn.v_proj.weight", kv_in, kv_out),
-        ("layers", "attention", "o_proj"): ("model.layers.{i}.self_attn.o_proj.weight", o_in, o_out),
-        ("layers", "mlp", "gate_proj"): ("model.layers.{i}.mlp.gate_proj.weight", *transpose),
-        ("layers", "mlp", "up_proj"): ("model.layers.{i}.mlp.up_proj.weight", *transpose),
-        ("layers", "mlp", "down_proj"): ("model.layers.{i}.mlp.down_proj.weight", *transpose),
     }
+    for p in PROJECTIONS:  # HF [out_features, in_features] <-> our kernel [in..., out...]
+        rules[p.path] = (f"model.layers.{{i}}.{p.hf}.weight", *_projection_layout(p.in_shape(config), p.out_shape(config)))
     if not config.tie_word_embeddings:
         rules[("lm_head", "kernel")] = ("lm_head.weight", *transpose)
     return rules
+
+
+def _projection_layout(ins: tuple[int, ...], outs: tuple[int, ...]) -> tuple[Callable, Callable]:
+    n_in, n_out = math.prod(ins), math.prod(outs)
+    return (lambda w: w.T.reshape(ins + outs)), (lambda k: k.reshape(n_in, n_out).T)
 
 
 # Tensors some checkpoints carry that hold no learned state.
@@ -212,8 +204,8 @@ _WEIGHT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 def _read_converted(name: str, read: Callable[[str], np.ndarray], to_ours: Callable, where: Callable[[str], str],
                     hf_shape: tuple) -> np.ndarray:
-    """read + layout change, with errors that name the file and the tensor (issue 14: a wrong dtype
-    label or a wrong shape used to convert silently or fail with a bare "cannot reshape")."""
+    """read + layout change, with errors that name the file and the tensor (without them a wrong
+    dtype label or a wrong shape would convert silently or fail with a bare "cannot reshape")."""
     raw = read(name)
     if np.dtype(raw.dtype).name not in _WEIGHT_DTYPES:
         raise ConversionError(f"{where(name)}: tensor {name!r} has dtype {np.dtype(raw.dtype).name}; a weight must be "

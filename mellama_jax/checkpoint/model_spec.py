@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from mellama_jax.checkpoint.artifact import ModelArtifact, check_artifact_tokenizer, resolve_artifact
-from mellama_jax.model.config import LlamaConfig
+from mellama_jax.model.config import LlamaConfig, model_overrides
 from mellama_jax.tokenizer import check_tokenizer
 
 __all__ = ["NUMERIC_FIELDS", "model_overrides", "init_artifact", "resolve_model_config",
@@ -19,12 +19,6 @@ __all__ = ["NUMERIC_FIELDS", "model_overrides", "init_artifact", "resolve_model_
 # LlamaConfig fields that describe numerics / kernels rather than shapes: these come from
 # config.model even when the shapes come from a pretrained checkpoint.
 NUMERIC_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat_policy")
-
-
-def model_overrides(model_cfg: Any) -> dict:
-    """The LlamaConfig fields config.model sets (None = not set)."""
-    return {name: model_cfg[name] for name in LlamaConfig.__dataclass_fields__
-            if name in model_cfg and model_cfg[name] is not None}
 
 
 def init_artifact(model_cfg: Any) -> ModelArtifact | None:

@@ -7,12 +7,89 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from enum import StrEnum
 from typing import Any, Mapping
 
-_DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = ("xla", "dot_product", "cudnn")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "minimal")
-ROPE_TYPES = ("default", "linear", "llama3")
+
+class DType(StrEnum):
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class AttentionImpl(StrEnum):
+    XLA = "xla"
+    DOT_PRODUCT = "dot_product"
+    CUDNN = "cudnn"
+
+
+class RematPolicy(StrEnum):
+    NONE = "none"
+    FULL = "full"
+    DOTS_SAVEABLE = "dots_saveable"
+    DOTS_WITH_NO_BATCH_DIMS_SAVEABLE = "dots_with_no_batch_dims_saveable"
+    MINIMAL = "minimal"
+
+
+class RopeType(StrEnum):
+    DEFAULT = "default"
+    LINEAR = "linear"
+    LLAMA3 = "llama3"
+
+
+def _values(choices: type[StrEnum]) -> tuple[str, ...]:
+    return tuple(c.value for c in choices)
+
+
+_DTYPES = _values(DType)
+ATTENTION_IMPLS = _values(AttentionImpl)
+REMAT_POLICIES = _values(RematPolicy)
+ROPE_TYPES = _values(RopeType)
+# Fields earlier versions wrote into model_config.json that no longer exist; read and ignored
+# (scan_layers: layers have always been scanned, the field could only be True).
+_RETIRED_FIELDS = ("scan_layers",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Projection:
+    """One of the seven linear projections of a decoder layer: where its kernel lives, its Hugging
+    Face module name, and the logical axes of its input and output dims (kernel = [in..., out...])."""
+
+    module: tuple[str, str]   # path under "layers": (block, param name)
+    hf: str                   # HF module name under model.layers.{i}
+    in_axes: tuple[str, ...]
+    out_axes: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.module[1]
+
+    @property
+    def short(self) -> str:
+        return self.name[: -len("_proj")]
+
+    @property
+    def path(self) -> tuple[str, str, str]:
+        return ("layers",) + self.module
+
+    def in_shape(self, config: "LlamaConfig") -> tuple[int, ...]:
+        return tuple(axis_sizes(config)[a] for a in self.in_axes)
+
+    def out_shape(self, config: "LlamaConfig") -> tuple[int, ...]:
+        return tuple(axis_sizes(config)[a] for a in self.out_axes)
+
+
+# The one list of projections: the model's kernels, LoRA's targets and the HF weight names derive from it.
+PROJECTIONS: tuple[Projection, ...] = (
+    Projection(("attention", "q_proj"), "self_attn.q_proj", ("embed",), ("heads", "head_dim")),
+    Projection(("attention", "k_proj"), "self_attn.k_proj", ("embed",), ("kv_heads", "head_dim")),
+    Projection(("attention", "v_proj"), "self_attn.v_proj", ("embed",), ("kv_heads", "head_dim")),
+    Projection(("attention", "o_proj"), "self_attn.o_proj", ("heads", "head_dim"), ("embed",)),
+    Projection(("mlp", "gate_proj"), "mlp.gate_proj", ("embed",), ("mlp",)),
+    Projection(("mlp", "up_proj"), "mlp.up_proj", ("embed",), ("mlp",)),
+    Projection(("mlp", "down_proj"), "mlp.down_proj", ("mlp",), ("embed",)),
+)
+PROJECTION_BY_NAME: dict[str, Projection] = {p.name: p for p in PROJECTIONS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +117,6 @@ class LlamaConfig:
     param_dtype: str = "float32"  # storage dtype of parameters
     attention_impl: str = "xla"
     remat_policy: str = "none"
-    scan_layers: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, Mapping):
@@ -68,12 +144,10 @@ class LlamaConfig:
                 bad(field, f"expected one of {_DTYPES}")
         if self.attention_impl not in ATTENTION_IMPLS:
             bad("attention_impl", f"expected one of {ATTENTION_IMPLS}")
-        if self.attention_impl == "cudnn" and self.dtype == "float32":
+        if self.attention_impl == AttentionImpl.CUDNN and self.dtype == DType.FLOAT32:
             bad("attention_impl", "cuDNN flash attention needs dtype bfloat16 or float16")
         if self.remat_policy not in REMAT_POLICIES:
             bad("remat_policy", f"expected one of {REMAT_POLICIES}")
-        if not self.scan_layers:
-            bad("scan_layers", "only scanned layers are implemented")
         scaling = self.rope_scaling_dict
         if scaling is not None:
             rope_type = scaling.get("rope_type", scaling.get("type"))
@@ -116,10 +190,24 @@ class LlamaConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "LlamaConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k not in _RETIRED_FIELDS}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown LlamaConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**dict(values))
+        return cls(**values)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def axis_sizes(config: LlamaConfig) -> dict[str, int]:
+    """Logical axis name -> its size in this model (the dims of the projection kernels)."""
+    return {"embed": config.hidden_size, "heads": config.num_attention_heads,
+            "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+            "mlp": config.intermediate_size}
+
+
+def model_overrides(model_cfg: Any) -> dict:
+    """The LlamaConfig fields an experiment's config.model sets (None = not set: the preset's)."""
+    return {name: model_cfg[name] for name in LlamaConfig.__dataclass_fields__
+            if name in model_cfg and model_cfg[name] is not None}

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mellama_jax.model.attention import attention, cache_rows, cached_attention, make_attention_mask
-from mellama_jax.model.config import LlamaConfig
+from mellama_jax.model.config import PROJECTION_BY_NAME, LlamaConfig
 from mellama_jax.model.rope import apply_rotary, rotary_tables
 
 Array = jnp.ndarray
@@ -39,6 +39,12 @@ def _param(module: nn.Module, name: str, shape: tuple, axes: tuple, config: Llam
     value = module.param(name, nn.with_logical_partitioning(init, axes), shape,
                          jnp.dtype(config.param_dtype))
     return jnp.asarray(value, jnp.dtype(config.dtype))
+
+
+def _kernel(module: nn.Module, name: str, config: LlamaConfig) -> Array:
+    """The kernel [in..., out...] of one of model.config.PROJECTIONS, tagged with its logical axes."""
+    p = PROJECTION_BY_NAME[name]
+    return _param(module, name, p.in_shape(config) + p.out_shape(config), p.in_axes + p.out_axes, config)
 
 
 def _with_lora(module: nn.Module, name: str, x: Array, y: Array, eq_a: str, eq_b: str,
@@ -86,11 +92,7 @@ class Attention(nn.Module):
     def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array, cache: dict | None,
                  cache_index: Array | None) -> tuple[Array, dict | None]:
         cfg = self.config
-        h, d, nq, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
-        wq = _param(self, "q_proj", (h, nq, d), ("embed", "heads", "head_dim"), cfg)
-        wk = _param(self, "k_proj", (h, nkv, d), ("embed", "kv_heads", "head_dim"), cfg)
-        wv = _param(self, "v_proj", (h, nkv, d), ("embed", "kv_heads", "head_dim"), cfg)
-        wo = _param(self, "o_proj", (nq, d, h), ("heads", "head_dim", "embed"), cfg)
+        wq, wk, wv, wo = (_kernel(self, name, cfg) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
 
         q = jnp.einsum("bse,ehd->bshd", x, wq)
         k = jnp.einsum("bse,ehd->bshd", x, wk)
@@ -134,13 +136,12 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        h, i = cfg.hidden_size, cfg.intermediate_size
-        gate = x @ _param(self, "gate_proj", (h, i), ("embed", "mlp"), cfg)
-        up = x @ _param(self, "up_proj", (h, i), ("embed", "mlp"), cfg)
+        gate = x @ _kernel(self, "gate_proj", cfg)
+        up = x @ _kernel(self, "up_proj", cfg)
         gate = _with_lora(self, "gate_proj", x, gate, "bse,er->bsr", "bsr,ri->bsi", self.lora_dropout)
         up = _with_lora(self, "up_proj", x, up, "bse,er->bsr", "bsr,ri->bsi", self.lora_dropout)
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-        out = hidden @ _param(self, "down_proj", (i, h), ("mlp", "embed"), cfg)
+        out = hidden @ _kernel(self, "down_proj", cfg)
         return _with_lora(self, "down_proj", hidden, out, "bsi,ir->bsr", "bsr,re->bse", self.lora_dropout)
 
 

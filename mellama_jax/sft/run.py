@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 
+from mellama_jax.checkpoint import lora_io
 from mellama_jax.model import lora as lora_lib
 from mellama_jax.train.checkpointing import checkpoint_dir
 
@@ -25,11 +26,11 @@ def run(config: Any, workdir: str) -> dict:
     if spec is not None and jax.process_index() == 0:
         base = os.path.expanduser(config.model.init_from or "")
         directory = checkpoint_dir(workdir)
-        existing = os.path.join(directory, lora_lib.ADAPTER_CONFIG)
+        existing = os.path.join(directory, lora_io.ADAPTER_CONFIG)
         if os.path.isfile(existing):  # resuming: the adapters must be those of this config
-            old, body = lora_lib.read_adapter_config(existing)
+            old, body = lora_io.read_adapter_config(existing)
             if old != spec or (body.get("base") or "") != (os.path.abspath(base) if base else ""):
                 raise ValueError(f"{existing}: this workdir trains LoRA {old} over {body.get('base')!r}, but the "
                                  f"config asks for {spec} over {base!r}; use a new workdir")
-        lora_lib.write_adapter_config(directory, spec, base, config.data.chat_template)
+        lora_io.write_adapter_config(directory, spec, base, config.data.chat_template)
     return loop.run(config, workdir)

@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import optax
 
+from mellama_jax.config_validation import Schedule
+
 # Parameter names (last path component's parent) that are never weight-decayed: norm scales
 # and embeddings are not "weights" in the sense of the decay prior (LLaMA / Me-LLaMA practice).
 _NO_DECAY = ("norm", "embed_tokens")
@@ -27,15 +29,13 @@ def make_schedule(optim_cfg: Any, total_steps: int) -> optax.Schedule:
     end = peak * float(optim_cfg.min_lr_ratio)
     warm = min(warmup_steps(optim_cfg, total_steps), total_steps)
     decay = max(total_steps - warm, 1)
-    kind = optim_cfg.schedule
-    if kind == "cosine":
+    kind = Schedule.parse(optim_cfg.schedule, "optim.schedule")
+    if kind is Schedule.COSINE:
         after = optax.cosine_decay_schedule(peak, decay, alpha=end / peak if peak else 0.0)
-    elif kind == "linear":
+    elif kind is Schedule.LINEAR:
         after = optax.linear_schedule(peak, end, decay)
-    elif kind == "constant":
-        after = optax.constant_schedule(peak)
     else:
-        raise ValueError(f"config.optim.schedule={kind!r}: expected cosine, linear or constant")
+        after = optax.constant_schedule(peak)
     if warm == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), after], [warm])

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mellama_jax.config_validation import LossImpl
 from mellama_jax.model.config import LlamaConfig
 from mellama_jax.model.llama import Llama, lm_head_kernel
 from mellama_jax.sharding import BATCH_AXES, mesh_context, rules_as_tuple
@@ -35,8 +36,7 @@ def make_loss_fn(model_config: LlamaConfig, mesh: Mesh, *, loss_impl: str = "voc
     only at the end): the model then gets no segment ids, which is exact for every real token and
     lets a kernel without segment support (cuDNN flash attention) run.
     """
-    if loss_impl not in ("vocab_parallel", "dense"):
-        raise ValueError(f"config.train.loss_impl={loss_impl!r}: expected vocab_parallel or dense")
+    loss_impl = LossImpl.parse(loss_impl, "train.loss_impl")
     model = Llama(model_config, lora_dropout=lora.dropout if lora is not None else 0.0)
 
     def loss_fn(params, batch, frozen=None, rng=None):
@@ -50,7 +50,7 @@ def make_loss_fn(model_config: LlamaConfig, mesh: Mesh, *, loss_impl: str = "voc
             if rng is not None and lora.dropout > 0:
                 kwargs["rngs"] = {"dropout": rng}
         batch_size = batch["inputs"].shape[0]
-        if loss_impl == "vocab_parallel" and loss_lib.vocab_parallel_supported(
+        if loss_impl is LossImpl.VOCAB_PARALLEL and loss_lib.vocab_parallel_supported(
                 mesh, model_config.vocab_size, batch_size):
             hidden = model.apply(variables, batch["inputs"], return_hidden=True, **kwargs)
             nll, log_z = loss_lib.vocab_parallel_token_losses(

@@ -1,4 +1,4 @@
-"""Notes whose surnames are in no lexicon: the recall test for context-based name rules (issue 14).
+"""Notes whose surnames are in no lexicon: the recall test for context-based name rules.
 
 A scrubber that finds "Mr. Smith" because "smith" is in a name list has learned nothing about
 "Patient Mary Qorvath was seen": a real surname is in no list often enough (immigrant, hyphenated,

@@ -321,7 +321,7 @@ _NAME_RULES: tuple[tuple[str, re.Pattern], ...] = (
         rf"(?:\(?(?:named[ \t]+)?)({NAME_SEQ})")),
     ("name_with", _c(rf"(?i:\b(?:spoke|spoken|discussed|met|talked|called|consulted)[ \t]+(?:with|to))[ \t]+({NAME_SEQ})")),
     # "Patient Qorvath reports", "The patient, Qorvath, denies": a name after the patient word
-    # (issue 14: surnames in no lexicon). Ordinary/clinical words are trimmed off the match, so
+    # (catches surnames that are in no lexicon). Ordinary/clinical words are trimmed off the match, so
     # "Patient Active Problem List" and "Patient Education" stay.
     ("name_patient", _c(rf"(?i:\b(?:patient|pt|client))\.?[ \t]*,?[ \t]+(?:(?:Mr|Mrs|Ms|Miss)\.?[ \t]+)?({NAME_SEQ})")),
     ("name_role", _c(rf"\b(?:PCP|HCP|NOK|POA|(?i:attending|resident|intern|fellow|interpreter|chaplain|"
