@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags, logging
 
-from mellama_jax.config_cli import define_config_flag
+from mellama_jax.config_cli import define_config_flag, parse_flags
 
 # DEFINE_config_file plus comma-separated tuples (source paths) and data.sources_spec expansion.
 _CONFIG = define_config_flag("config", "Experiment config, e.g. configs/pretrain.py:demo")
@@ -31,33 +31,6 @@ TASKS = {
 
 class ConfigError(ValueError):
     pass
-
-
-def _override_key(argv: list[str], needle: str) -> str:
-    """The --config.* argument that mentions ``needle`` (for error messages)."""
-    for arg in argv:
-        if arg.startswith("--config.") and needle in arg.split("=")[0]:
-            return arg.split("=")[0][2:]
-    return ""
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with config errors turned into one readable line naming the key."""
-    try:
-        return flags.FLAGS(argv)
-    except (KeyError, AttributeError) as err:
-        # ml_collections raises KeyError("'trian'\nDid you mean ...") for an unknown field.
-        msg = str(err.args[0] if err.args else err).strip("'\"")
-        name = msg.splitlines()[0].strip("'\"")
-        arg = _override_key(argv, name)
-        hint = " ".join(msg.splitlines()[1:])
-        print(f"launch.py: unknown config key {name!r}" + (f" in --{arg}" if arg else "")
-              + (f". {hint}" if hint else ""), file=sys.stderr)
-    except flags.Error as err:
-        print(f"launch.py: invalid flag: {err}", file=sys.stderr)
-    except (ValueError, TypeError) as err:
-        print(f"launch.py: invalid config value: {err}", file=sys.stderr)
-    sys.exit(2)
 
 
 def validate(config) -> None:
@@ -180,4 +153,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=lambda argv: parse_flags(argv, "launch.py"))

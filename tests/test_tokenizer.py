@@ -10,7 +10,8 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from mellama_jax.data.tokenizer import Tokenizer, load_tokenizer
-from mellama_jax.data.train_tokenizer import train_tokenizer, main as train_main
+from mellama_jax.cli.train_tokenizer import main as train_main
+from mellama_jax.data.train_tokenizer import train_tokenizer
 
 CASES = [
     "", " ", "Hello world", " Hello world", "  two leading spaces", "trailing space ", "x",
