@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from mellama_jax import sweep
 from mellama_jax.checkpoint.artifact import EXPERIMENT_CONFIG, resolve_artifact
 from mellama_jax.checkpoint.model_spec import init_artifact, training_tokenizer_file
-from mellama_jax.config_cli import define_config_flag
+from mellama_jax.config_cli import define_config_flag, parse_flags
 from mellama_jax.config_validation import ArtifactLookup, ConfigError, Task, validate_config
 from mellama_jax.eval import runner as eval_runner
 from mellama_jax.sft import run as sft_run
@@ -40,33 +40,6 @@ TASKS = {
 }
 # The on-disk checks of validate_config: checkpoint/ sits above config_validation, so it is passed in.
 ARTIFACTS = ArtifactLookup(resolve_artifact, init_artifact, training_tokenizer_file)
-
-
-def _override_key(argv: list[str], needle: str) -> str:
-    """The --config.* argument that mentions ``needle`` (for error messages)."""
-    for arg in argv:
-        if arg.startswith("--config.") and needle in arg.split("=")[0]:
-            return arg.split("=")[0][2:]
-    return ""
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with config errors turned into one readable line naming the key."""
-    try:
-        return flags.FLAGS(argv)
-    except (KeyError, AttributeError) as err:
-        # ml_collections raises KeyError("'trian'\nDid you mean ...") for an unknown field.
-        msg = str(err.args[0] if err.args else err).strip("'\"")
-        name = msg.splitlines()[0].strip("'\"")
-        arg = _override_key(argv, name)
-        hint = " ".join(msg.splitlines()[1:])
-        print(f"launch.py: unknown config key {name!r}" + (f" in --{arg}" if arg else "")
-              + (f". {hint}" if hint else ""), file=sys.stderr)
-    except flags.Error as err:
-        print(f"launch.py: invalid flag: {err}", file=sys.stderr)
-    except (ValueError, TypeError) as err:
-        print(f"launch.py: invalid config value: {err}", file=sys.stderr)
-    sys.exit(2)
 
 
 def validate(config) -> None:
@@ -122,4 +95,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=lambda argv: parse_flags(argv, "launch.py"))

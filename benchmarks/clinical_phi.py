@@ -5,7 +5,7 @@
 Part 1 scores the scrubber on synthetic notes of every template family (see
 mellama_jax/data/clinical/synthetic.py): "held_out" is the family the thresholds are about;
 the dev families were looked at while writing rules. Part 2 writes a MIMIC-III-style CSV of
-`--csv-notes` notes, runs `python -m mellama_jax.data.prepare_clinical` on it in a subprocess
+`--csv-notes` notes, runs `python -m mellama_jax.cli.prepare_clinical` on it in a subprocess
 per worker count and prints notes/s and the subprocess's peak RSS. Prints counts only.
 
 First-contact numbers (before any rule was changed after looking at a family's misses),
@@ -113,7 +113,7 @@ def csv_run(n: int, workers: list[int], seed: int) -> None:
             out = os.path.join(tmp, f"out{w}")
             env = dict(os.environ, PYTHONPATH=REPO)
             t0 = time.time()
-            proc = subprocess.run([sys.executable, "-m", "mellama_jax.data.prepare_clinical", "--in", src,
+            proc = subprocess.run([sys.executable, "-m", "mellama_jax.cli.prepare_clinical", "--in", src,
                                    "--out", out, "--workers", str(w)], capture_output=True, text=True, env=env)
             wall = time.time() - t0
             if proc.returncode != 0:

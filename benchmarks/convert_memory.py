@@ -35,10 +35,10 @@ def main() -> None:
     model.save_pretrained(os.path.join(work, "hf"), max_shard_size="200MB")
     size = sum(os.path.getsize(os.path.join(work, "hf", f)) for f in os.listdir(os.path.join(work, "hf")))
     del model
-    floor = subprocess.run([sys.executable, "-c", "import resource, mellama_jax.convert, orbax.checkpoint, jax;"
+    floor = subprocess.run([sys.executable, "-c", "import resource, mellama_jax.cli.convert, orbax.checkpoint, jax;"
                             "jax.numpy.zeros(1); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"],
                            capture_output=True, text=True, cwd=ROOT)
-    result = subprocess.run([sys.executable, "-m", "mellama_jax.convert", "hf_to_orbax", "--hf_dir",
+    result = subprocess.run([sys.executable, "-m", "mellama_jax.cli.convert", "hf_to_orbax", "--hf_dir",
                              os.path.join(work, "hf"), "--out", os.path.join(work, "ckpt")],
                             capture_output=True, text=True, cwd=ROOT)
     print(result.stdout.strip().splitlines()[-1] if result.returncode == 0 else result.stderr)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from mellama_jax.eval.tasks import LOADER_DEFAULTS, TASKS
 from mellama_jax.sharding import DEFAULT_RULES
 
-TASK_NAMES = ("pubmedqa", "medqa", "medmcqa", "emrqa", "i2b2", "bc5cdr_chem", "bc5cdr_disease", "ncbi_disease",
-              "ddi", "hoc", "mtsamples", "pubmedsum", "mimiccxr", "bionli", "mednli", "diagnosis")
+TASK_NAMES = tuple(TASKS)  # every benchmark the harness can load, in its registry's order
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -37,7 +37,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.lm_eval_max_gen_toks = 256  # generate_until tasks that do not set max_gen_toks
     # A record that does not fit its format is skipped and counted (reason, file:line, in results.json);
     # a task fails when more than this share of its records is bad (as the data pipeline's rule).
-    c.max_bad_fraction = 0.01
+    c.max_bad_fraction = LOADER_DEFAULTS["max_bad_fraction"]
     c.data_dir = ""
     c.task_paths = ml_collections.ConfigDict({t: "" for t in TASK_NAMES})
     c.train_paths = ml_collections.ConfigDict({t: "" for t in TASK_NAMES})  # few-shot pools
@@ -61,8 +61,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.chat_template = "auto"
     # "mellama": lower-case per task as Me-LLaMA's harness did; "always": lower-case every task.
     c.parse_lower_case = "mellama"
-    c.medmcqa_cop_base = "auto"  # auto | 0 | 1
-    c.ner_types = "problem,treatment,test"
+    c.medmcqa_cop_base = LOADER_DEFAULTS["medmcqa_cop_base"]  # auto | 0 | 1
+    c.ner_types = LOADER_DEFAULTS["ner_types"]
     c.rouge_stemmer = False  # HF evaluate's rouge default, which Me-LLaMA used
     c.bertscore_model = ""  # a local encoder directory (e.g. roberta-large); "" = not computed
     c.bertscore_layer = -1  # hidden layer whose embeddings are matched (-1 = last)

@@ -1,4 +1,4 @@
-"""Command-line forms of config values that ml_collections does not parse on its own.
+"""Command-line forms of config values, shared by launch.py and the commands that take `--config`.
 
 Two additions to `config_flags.DEFINE_config_file`, both through its public extension points:
 
@@ -8,6 +8,8 @@ Two additions to `config_flags.DEFINE_config_file`, both through its public exte
 * `--config[.<prefix>].data.sources_spec=SPEC` is expanded into `data.sources` / `data.mixture` when
   the config file is loaded, i.e. before the other `--config.*` overrides are defined, so those can
   name the sources the spec creates (`--config.data.mixture.bio=3`) and are type-checked as usual.
+
+`parse_flags(argv, prog)` is absl's flag parsing with a bad key, flag or value reported as one line.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from ml_collections import config_flags
 from ml_collections.config_flags import tuple_parser
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-__all__ = ["CommaTupleParser", "define_config_flag", "expand_cli_specs", "sources_spec_args"]
+from mellama_jax.data.config import apply_sources_spec
+
+__all__ = ["CommaTupleParser", "define_config_flag", "expand_cli_specs", "parse_flags", "sources_spec_args"]
 
 
 class CommaTupleParser(tuple_parser.TupleParser):
@@ -57,8 +61,6 @@ def sources_spec_args(argv: Sequence[str], name: str = "config") -> list[tuple[s
 
 def expand_cli_specs(config: Any, argv: Sequence[str], name: str = "config") -> None:
     """Apply each `--<name>[.<prefix>].data.sources_spec=...` of argv to `config[.prefix].data`."""
-    from mellama_jax.data.config import apply_sources_spec
-
     for prefix, spec in sources_spec_args(argv, name):
         node = config
         for part in [p for p in prefix.split(".") if p]:
@@ -96,3 +98,31 @@ def define_config_flag(name: str = "config", help_string: str = "Experiment conf
                                              lock_config=True, sys_argv=argv)
     flag_values[name].parser = _SpecExpandingParser(name, lock_config=True, argv=argv)
     return holder
+
+
+def _override_key(argv: Sequence[str], needle: str) -> str:
+    """The --config.* argument that mentions ``needle`` (for error messages)."""
+    for arg in argv:
+        if arg.startswith("--config.") and needle in arg.split("=")[0]:
+            return arg.split("=")[0][2:]
+    return ""
+
+
+def parse_flags(argv: list[str], prog: str) -> list[str]:
+    """absl flag parsing (the `flags_parser` of `app.run`) with config errors turned into one readable
+    line naming the key, prefixed by `prog`; exits with status 2 on any error."""
+    try:
+        return flags.FLAGS(argv)
+    except (KeyError, AttributeError) as err:
+        # ml_collections raises KeyError("'trian'\nDid you mean ...") for an unknown field.
+        msg = str(err.args[0] if err.args else err).strip("'\"")
+        name = msg.splitlines()[0].strip("'\"")
+        arg = _override_key(argv, name)
+        hint = " ".join(msg.splitlines()[1:])
+        print(f"{prog}: unknown config key {name!r}" + (f" in --{arg}" if arg else "")
+              + (f". {hint}" if hint else ""), file=sys.stderr)
+    except flags.Error as err:
+        print(f"{prog}: invalid flag: {err}", file=sys.stderr)
+    except (ValueError, TypeError) as err:
+        print(f"{prog}: invalid config value: {err}", file=sys.stderr)
+    sys.exit(2)

@@ -1,6 +1,6 @@
 """Output directories that CLIs own: never write into, or delete, what the tool did not create.
 
-    with StagedOutput(out_dir, tool="mellama_jax.convert", overwrite=args.overwrite) as staging:
+    with StagedOutput(out_dir, tool="mellama_jax.cli.convert", overwrite=args.overwrite) as staging:
         write everything under `staging`
         # on normal exit: staging is renamed to out_dir; on an exception it is removed
 

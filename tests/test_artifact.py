@@ -64,7 +64,7 @@ def test_training_workdir_is_a_checkpoint_everywhere(hf_model, workdir, tmp_path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mellama_jax.convert import main as convert_main
+    from mellama_jax.cli.convert import main as convert_main
     from mellama_jax.eval.engine import load_engine
     from mellama_jax.model.llama import Llama
 
@@ -213,7 +213,7 @@ def test_check_tokenizer_names_both_files():
 
 def test_layouts_resolve(hf_model, tmp_path):
     from mellama_jax.checkpoint.load import load_pretrained
-    from mellama_jax.convert import hf_to_orbax
+    from mellama_jax.checkpoint.convert import hf_to_orbax
 
     assert resolve_artifact(hf_model["hf"]).kind == "hf_dir"
     out = hf_to_orbax(hf_model["hf"], str(tmp_path / "ck"))

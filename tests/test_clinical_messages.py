@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from mellama_jax.data import prepare_clinical
+from mellama_jax.cli import prepare_clinical
 from mellama_jax.data.sources.readers import iter_documents, read_file
 from mellama_jax.data.sources.report import BadInputReport, DataError
 

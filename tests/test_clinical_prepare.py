@@ -13,11 +13,11 @@ import sys
 
 import pytest
 
-from mellama_jax.data import prepare_clinical
+from mellama_jax.cli import prepare_clinical
 from mellama_jax.data.clinical import is_prepared_dir, iter_prepared_notes, read_marker, scrub_text
 from mellama_jax.data.clinical.dedup import DedupConfig, Deduplicator, jaccard
 from mellama_jax.data.clinical.io import InputStats, iter_notes
-from mellama_jax.data.clinical.quality import check_quality
+from mellama_jax.data.clinical.quality import QualityConfig, check_quality
 from mellama_jax.data.clinical.synthetic import generate_notes, write_mimic3_csv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def test_quality_reasons():
         == "repetitive_lines"
     form = "\n".join(f"{f}:" for f in ("Name", "Allergies", "Temp", "Pulse", "Resp", "BP", "Pain",
                                        "Diet", "Activity", "Wound", "Drains", "Skin")) + "\nComments: pt ok today"
-    assert check_quality(form, prepare_clinical.QualityConfig(min_words=5)) == "boilerplate"
+    assert check_quality(form, QualityConfig(min_words=5)) == "boilerplate"
     spanish = ("El paciente es un hombre de la tercera edad que se presenta con dolor en el pecho y "
                "dificultad para respirar. Se le administra aspirina y se realiza un electrocardiograma "
                "que muestra cambios en la onda. La familia está con el paciente y se explica el plan.")
@@ -199,7 +199,7 @@ def test_prepare_rejects_too_many_bad_rows(tmp_path, capsys):
 
 def _run_cli_subprocess(src: str, out: str, workers: int = 1) -> dict:
     env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, "-m", "mellama_jax.data.prepare_clinical", "--in", src, "--out", out,
+    proc = subprocess.run([sys.executable, "-m", "mellama_jax.cli.prepare_clinical", "--in", src, "--out", out,
                            "--workers", str(workers)], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.load(open(os.path.join(out, "report.json")))

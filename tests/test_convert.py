@@ -8,7 +8,8 @@ import pytest
 from hf_fixtures import make_hf_model, rewrite_config
 from mellama_jax.checkpoint.hf import ConversionError
 from mellama_jax.checkpoint.safetensors_io import SafetensorsFile
-from mellama_jax.convert import hf_to_orbax, main as convert_main, orbax_to_hf
+from mellama_jax.checkpoint.convert import hf_to_orbax, orbax_to_hf
+from mellama_jax.cli.convert import main as convert_main
 
 
 def all_tensors(directory: str) -> dict[str, np.ndarray]:
@@ -179,11 +180,11 @@ def test_hf_to_orbax_streams_without_holding_the_model(tmp_path):
     largest_stacked_mib = 32000 * 512 * 4 / 2**20
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     floor = subprocess.run(
-        [sys.executable, "-c", "import resource, jax, orbax.checkpoint.experimental.v1, mellama_jax.convert;"
+        [sys.executable, "-c", "import resource, jax, orbax.checkpoint.experimental.v1, mellama_jax.cli.convert;"
          "from mellama_jax.model.presets import get_preset; from mellama_jax.model.llama import param_shapes;"
          "param_shapes(get_preset('tiny'));print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"],
         capture_output=True, text=True, cwd=root, check=True)
-    result = subprocess.run([sys.executable, "-m", "mellama_jax.convert", "hf_to_orbax", "--hf_dir", hf_dir,
+    result = subprocess.run([sys.executable, "-m", "mellama_jax.cli.convert", "hf_to_orbax", "--hf_dir", hf_dir,
                              "--out", str(tmp_path / "ckpt")], capture_output=True, text=True, cwd=root, check=True)
     peak = float(result.stdout.split("peak RSS ")[1].split()[0])
     floor_mib = float(floor.stdout.split()[-1])

@@ -233,7 +233,7 @@ def test_bundled_samples_read_cleanly_and_eval_split_is_deterministic():
 
 def test_reads_real_prepare_clinical_output(tmp_path):
     """prepare_clinical run on the bundled NOTEEVENTS sample, read back by format prepared_clinical."""
-    prep = pytest.importorskip("mellama_jax.data.prepare_clinical")
+    prep = pytest.importorskip("mellama_jax.cli.prepare_clinical")
     cfg = demo_data_config()
     out = tmp_path / "prepared"
     prep.main(["--in", cfg.sources.clinical.paths[0], "--out", str(out)])

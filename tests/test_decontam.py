@@ -76,7 +76,7 @@ def test_planted_overlaps_found_no_false_hits_and_exclude_list_drops_them(tmp_pa
                     + json.dumps({"id": "i1", "instruction": "Summarise.", "input": "tok1 tok2 tok3",
                                   "output": "Short."}) + "\n")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "mellama_jax.data.decontaminate",
+    r = subprocess.run([sys.executable, "-m", "mellama_jax.cli.decontaminate",
                         "--sources_spec", f"train=jsonl:{corpus};inst=instruction_jsonl:{inst}",
                         "--benchmarks", str(bench), "--n", "13",
                         "--out", str(out), "--write_exclude"], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -96,7 +96,7 @@ def test_planted_overlaps_found_no_false_hits_and_exclude_list_drops_them(tmp_pa
     assert f"--config.data.sources.train.exclude_ids={out / 'exclude' / 'train.txt'}" in r.stdout
 
     # With n = 12 the 12-word passage counts too (the threshold is the n-gram length).
-    r = subprocess.run([sys.executable, "-m", "mellama_jax.data.decontaminate", "--sources_spec",
+    r = subprocess.run([sys.executable, "-m", "mellama_jax.cli.decontaminate", "--sources_spec",
                         f"train=jsonl:{corpus}", "--benchmarks", str(bench), "--n", "12", "--tasks", "pubmedqa",
                         "--out", str(tmp_path / "out12")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -137,7 +137,7 @@ def test_instruction_tuning_sources_of_configs_sft(tmp_path):
                                 "output": "CRAO."}) + "\n"
                     + json.dumps({"messages": [{"role": "user", "content": "Hello there."},
                                                {"role": "assistant", "content": "Hi."}]}) + "\n")
-    r = subprocess.run([sys.executable, "-m", "mellama_jax.data.decontaminate", "--sources",
+    r = subprocess.run([sys.executable, "-m", "mellama_jax.cli.decontaminate", "--sources",
                         os.path.join(ROOT, "configs", "sft.py") + ":tiny", "--sources_spec", f"qa={recs}",
                         "--benchmarks", str(bench), "--tasks", "medqa,pubmedqa", "--out", str(tmp_path / "out")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)

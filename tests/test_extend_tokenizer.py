@@ -16,7 +16,7 @@ BIOMEDICAL = ",".join([f"{S}/pubmed/*.xml*", f"{S}/pmc/*.jsonl", f"{S}/pmc/*.txt
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     """A general-text base tokenizer (like LLaMA-2's, it never saw biomedical text) and its extension."""
-    from mellama_jax.data.extend_tokenizer import main as extend_main
+    from mellama_jax.cli.extend_tokenizer import main as extend_main
     from mellama_jax.data.train_tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("extend")
@@ -86,7 +86,7 @@ def resized(tokenizers):
 
     from mellama_jax.checkpoint.artifact import write_artifact_files
     from mellama_jax.checkpoint.orbax_io import save_params
-    from mellama_jax.convert import main as convert_main
+    from mellama_jax.cli.convert import main as convert_main
     from mellama_jax.model.llama import init_params
     from mellama_jax.model.presets import get_preset
 
@@ -106,7 +106,7 @@ def test_resized_model_matches_base_and_exports(tokenizers, resized, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from mellama_jax.checkpoint.artifact import resolve_artifact
-    from mellama_jax.convert import orbax_to_hf
+    from mellama_jax.checkpoint.convert import orbax_to_hf
     from mellama_jax.model.llama import Llama
 
     art = resolve_artifact(resized["out"])
@@ -156,7 +156,7 @@ def test_resized_model_trains_and_rejects_non_extensions(tokenizers, resized, tm
     import sys
 
     from mellama_jax.checkpoint.model_spec import check_training_tokenizer, training_tokenizer_file
-    from mellama_jax.convert import main as convert_main
+    from mellama_jax.cli.convert import main as convert_main
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from configs.pretrain import get_config

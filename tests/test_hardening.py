@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 
 from configs.pretrain import get_config  # noqa: E402
 from mellama_jax.config_validation import ConfigRangeError, validate_config  # noqa: E402
-from mellama_jax.data import prepare_clinical  # noqa: E402
+from mellama_jax.cli import prepare_clinical  # noqa: E402
 from mellama_jax.data.clinical.synthetic import evaluate_scrubber, generate_notes, write_mimic3_csv  # noqa: E402
 from mellama_jax.data.sources.readers import read_file  # noqa: E402
 from mellama_jax.data.sources.report import BadInputReport, DataError  # noqa: E402

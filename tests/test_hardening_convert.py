@@ -20,7 +20,8 @@ from hf_fixtures import make_hf_model
 from mellama_jax.checkpoint.hf import ConversionError
 from mellama_jax.checkpoint.hf_dir import HFWeights, load_hf_params
 from mellama_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, write_file
-from mellama_jax.convert import hf_to_orbax, main as convert_main, orbax_to_hf
+from mellama_jax.checkpoint.convert import hf_to_orbax, orbax_to_hf
+from mellama_jax.cli.convert import main as convert_main
 from mellama_jax.output_dir import OWNER_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,8 @@ def digests(directory) -> dict[str, str]:
 SLOW_CHILD = """
 import sys, time
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
-import mellama_jax.convert as c
+import mellama_jax.checkpoint.convert as c
+from mellama_jax.cli.convert import main
 real_write = c.write_file
 def slow_write(*a, **k):
     real_write(*a, **k); print("wrote", flush=True); time.sleep(30)
@@ -49,7 +51,7 @@ real_add = c.StreamingParamsWriter.add
 def slow_add(self, *a, **k):
     real_add(self, *a, **k); print("wrote", flush=True); time.sleep(30)
 c.StreamingParamsWriter.add = slow_add
-sys.exit(c.main({argv!r}))
+sys.exit(main({argv!r}))
 """
 
 
@@ -121,7 +123,7 @@ def test_5_outputs_not_created_by_the_tool_are_never_touched(converted, tmp_path
     # its own output: refused without --overwrite; with it, refused if something else was added
     own = tmp_path / "own"
     assert convert_main(["orbax_to_hf", "--ckpt", ckpt, "--out", str(own)]) == 0
-    assert json.load(open(own / OWNER_FILE))["tool"] == "mellama_jax.convert orbax_to_hf"
+    assert json.load(open(own / OWNER_FILE))["tool"] == "mellama_jax.cli.convert orbax_to_hf"
     assert convert_main(["orbax_to_hf", "--ckpt", ckpt, "--out", str(own)]) == 2
     (own / "README.md").write_text("my model card")
     assert convert_main(["orbax_to_hf", "--ckpt", ckpt, "--out", str(own), "--overwrite"]) == 2
@@ -246,7 +248,7 @@ def test_7_prepared_marker_shards_cannot_leave_the_directory(tmp_path, shard):
     from mellama_jax.data.sources.readers import expand_paths
     from mellama_jax.data.sources.report import DataError
 
-    from mellama_jax.data import prepare_clinical
+    from mellama_jax.cli import prepare_clinical
     from mellama_jax.data.clinical.synthetic import generate_notes, write_mimic3_csv
 
     src = tmp_path / "n.csv"

@@ -1,5 +1,5 @@
 """lm-eval entry points as the README documents them: `launch.py --config.harness=lm_eval` (results.json /
-results.md / predictions layout with lm-eval provenance) and `python -m mellama_jax.eval.lm_eval_cli`;
+results.md / predictions layout with lm-eval provenance) and `python -m mellama_jax.cli.lm_eval`;
 and PubMedQA: the built-in log-likelihood protocol and lm-eval through the adapter (shipped task
 pubmedqa_mellama over the same local file and prompt) predict the same answers."""
 from __future__ import annotations
@@ -104,10 +104,10 @@ def test_pubmedqa_builtin_loglik_and_lm_eval_predict_the_same(launched, env, tmp
 
 
 @pytest.mark.slow  # subprocesses that load JAX and compile (~2-3 min on 2 shared cores)
-def test_lm_eval_cli_module_runs_lm_eval_with_the_adapter(env, tmp_path, launched):
+def test_cli_lm_eval_runs_lm_eval_with_the_adapter(env, tmp_path, launched):
     """The README's CLI line: lm-eval's own flags, the model found because our module registered it."""
     out = tmp_path / "out"
-    _run([sys.executable, "-m", "mellama_jax.eval.lm_eval_cli", "--model", "mellama_jax",
+    _run([sys.executable, "-m", "mellama_jax.cli.lm_eval", "--model", "mellama_jax",
           "--model_args", f"checkpoint={env['model']},mesh_tensor=2", "--tasks", "pubmedqa_mellama",
           "--metadata", json.dumps({"pubmedqa_file": os.path.join(env["data"], "pubmedqa.tsv"),
                                     "prompt_set": "mellama-v1"}),
@@ -121,7 +121,7 @@ def test_lm_eval_cli_module_runs_lm_eval_with_the_adapter(env, tmp_path, launche
     assert cli["task_hashes"]["pubmedqa_mellama"] == results["lm_eval"]["task_hashes"]["pubmedqa_mellama"]
 
 
-def test_plain_lm_eval_cli_cannot_find_the_adapter():
+def test_plain_lm_eval_command_cannot_find_the_adapter():
     """Why the README uses our module: lm-eval 0.4.x does not discover models from installed packages."""
     from lm_eval.api.registry import get_model
 

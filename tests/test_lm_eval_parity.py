@@ -145,7 +145,7 @@ def test_special_token_text_and_decode_match_hf_tokenizer(hf_lm, jax_lm):
 
 def test_orbax_checkpoint_gives_the_same_scores(env, jax_lm, tmp_path):
     """Any checkpoint the project reads: the converter's Orbax artifact scores like the HF directory."""
-    from mellama_jax.convert import hf_to_orbax
+    from mellama_jax.checkpoint.convert import hf_to_orbax
     from mellama_jax.eval.lm_eval_adapter import MellamaJaxLM
 
     orbax = hf_to_orbax(env["model"], str(tmp_path / "orbax"))

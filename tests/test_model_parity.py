@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from hf_fixtures import HF_VARIANTS, hf_logits, make_hf_model, rewrite_config
 from mellama_jax import Llama, load_pretrained
-from mellama_jax.convert import main as convert_main
+from mellama_jax.cli.convert import main as convert_main
 
 
 @pytest.fixture(scope="module", params=sorted(HF_VARIANTS))

@@ -105,7 +105,7 @@ def test_estimator_state_is_the_compiled_arguments(tiny_plan):
 
 def _plan_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "mellama_jax.plan", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "mellama_jax.cli.plan", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -245,7 +245,7 @@ def test_readme_gpu_commands_as_written():
                   "--config.train.micro_batches=32", "--config.model.remat_policy=full"],
                  ["--config", "configs/pretrain.py:llama2_70b", "--gpus", "64xH100",
                   "--config.train.micro_batches=8"]):
-        assert "python -m mellama_jax.plan " + " ".join(args) in readme
+        assert "python -m mellama_jax.cli.plan " + " ".join(args) in readme
         out = _plan_cli(*args)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "FITS" in out.stdout and out.stdout.splitlines()[1].startswith(args[3])
@@ -264,5 +264,5 @@ def test_topology_sweep_table(tmp_path):
     assert all(r["fits"] and r["step_s"] > 0 for r in rows)
     assert "1,2,2" in out.stdout and out.stdout.count("yes") == 4
     readme = open(os.path.join(ROOT, "README.md")).read()
-    assert ("python -m mellama_jax.plan --config configs/pretrain.py:tiny --topology v5e:2x2 --sweep "
+    assert ("python -m mellama_jax.cli.plan --config configs/pretrain.py:tiny --topology v5e:2x2 --sweep "
             "--sweep_tensor=1,2 --sweep_remat=full,none") in readme

@@ -64,7 +64,7 @@ def test_merged_and_adapter_exports_match_jax_in_transformers(sft_workdir, tmp_p
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from mellama_jax.convert import main as convert_main
+    from mellama_jax.cli.convert import main as convert_main
 
     base, workdir = sft_workdir
     tokens = np.random.default_rng(0).integers(3, 2000, (2, 12))
@@ -87,7 +87,7 @@ def test_merged_and_adapter_exports_match_jax_in_transformers(sft_workdir, tmp_p
 def test_exported_chat_template_gives_trained_ids(sft_workdir, tmp_path):
     from transformers import AutoTokenizer
 
-    from mellama_jax.convert import orbax_to_hf
+    from mellama_jax.checkpoint.convert import orbax_to_hf
     from mellama_jax.tokenizer import load_tokenizer
     from mellama_jax.tokenizer.chat_templates import encode_chat
 
@@ -112,7 +112,7 @@ def test_eval_engine_loads_the_sft_workdir(sft_workdir):
 
 
 def test_merge_flags_need_a_lora_checkpoint(sft_workdir, tmp_path):
-    from mellama_jax.convert import main as convert_main
+    from mellama_jax.cli.convert import main as convert_main
 
     base, _ = sft_workdir
     assert convert_main(["orbax_to_hf", "--ckpt", base, "--out", str(tmp_path / "x"), "--adapter_only"]) == 2
@@ -124,7 +124,7 @@ def test_eval_takes_the_chat_template_from_the_sft_workdir(sft_workdir, tmp_path
     import ml_collections
 
     from configs.eval import get_config
-    from mellama_jax.convert import orbax_to_hf
+    from mellama_jax.checkpoint.convert import orbax_to_hf
     from mellama_jax.eval.session import resolve_chat_template
 
     base, workdir = sft_workdir

@@ -12,9 +12,10 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from mellama_jax.cli.train_tokenizer import main as train_main
+from mellama_jax.data.train_tokenizer import train_tokenizer
 from mellama_jax.tokenizer import (SentencePieceTokenizer, Tokenizer, copy_tokenizer_files, load_tokenizer,
                                    tokenizer_file_in)
-from mellama_jax.data.train_tokenizer import train_tokenizer, main as train_main
 
 CASES = [
     "", " ", "Hello world", " Hello world", "  two leading spaces", "trailing space ", "x",

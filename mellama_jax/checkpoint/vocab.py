@@ -1,4 +1,4 @@
-"""Growing a model's vocabulary to an extended tokenizer (`python -m mellama_jax.convert resize_vocab`).
+"""Growing a model's vocabulary to an extended tokenizer (`python -m mellama_jax.cli.convert resize_vocab`).
 
 Row i < base vocab keeps its weights (the extended tokenizer keeps every base id). A new piece's
 row, in the embedding and in the untied LM head alike, is the mean of the rows of the pieces the

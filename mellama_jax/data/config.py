@@ -16,7 +16,7 @@ Per-source keys (`config.data.sources.<name>`):
   scrub_inline (mimic_csv: run mellama_jax.data.clinical.scrub_text on each note)
   require_prepared (refuse raw clinical input that is neither prepared nor scrubbed inline)
   dedup: none | exact | near (drop exact / MinHash near-duplicate documents of this source, in file order)
-  exclude_ids: "" or a file of document ids to leave out (one per line; `mellama_jax.data.decontaminate
+  exclude_ids: "" or a file of document ids to leave out (one per line; `mellama_jax.cli.decontaminate
                --write_exclude` writes it); its content is part of the token-cache key
 
 The set of sources from the command line (`config.data.sources_spec`, see `parse_sources_spec`):

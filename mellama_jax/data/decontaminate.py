@@ -1,38 +1,35 @@
 """Benchmark contamination check: word n-gram overlap between training text and benchmark test sets.
 
-    python -m mellama_jax.data.decontaminate --sources configs/pretrain.py:demo \
-        --benchmarks /data/benchmarks --n 13 --out runs/decontam [--write_exclude]
+The library takes texts: `build_index({benchmark: [texts of example i]}, n)`, `scan_documents` over
+one source's documents, and `run(benchmarks, documents, out_dir)` for the reports. Reading benchmarks
+through the evaluation harness's loaders and instruction records through the SFT readers is the
+command's job: `python -m mellama_jax.cli.decontaminate`.
 
-Every benchmark the evaluation harness can load (`mellama_jax.eval.tasks`, found under --benchmarks
-exactly as `configs/eval.py --config.data_dir` finds it) is read through the harness's own loaders;
-every string of an example (question, context, choices, reference) is a separate text. Texts are
-normalised to lower-case word tokens (`\\w+`), so whitespace, punctuation and case changes do not hide
-an overlap; a training document is contaminated by a benchmark when they share at least
---min_matches n-grams (n = 13 by default, as in GPT-3's and Llama-2's contamination studies).
+Texts are normalised to lower-case word tokens (`\\w+`), so whitespace, punctuation and case changes
+do not hide an overlap; a training document is contaminated by a benchmark when they share at least
+`min_matches` n-grams (n = 13 by default, as in GPT-3's and Llama-2's contamination studies).
 
-Outputs (in --out): decontamination.json and .md (per benchmark: examples in the file, examples too
+Outputs (in out_dir): decontamination.json and .md (per benchmark: examples in the file, examples too
 short for one n-gram, examples touched, documents touched per source, matched n-grams), and with
---write_exclude one `exclude/<source>.txt` of contaminated document ids per source. Setting
+`write_exclude` one `exclude/<source>.txt` of contaminated document ids per source. Setting
 `--config.data.sources.<source>.exclude_ids=<out>/exclude/<source>.txt` then drops those documents:
 the id list is part of the token-cache key, so the tokenized store is rebuilt without them.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Mapping
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["normalized_words", "ngram_hashes", "BenchmarkIndex", "build_index", "scan_documents",
-           "benchmark_texts", "main"]
+__all__ = ["normalized_words", "ngram_hashes", "BenchmarkIndex", "build_index", "document_text",
+           "scan_documents", "run"]
 
 _WORD = re.compile(r"\w+")
 _MUL = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime: the polynomial base of the n-gram hash
@@ -77,59 +74,6 @@ def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # Benchmarks
 # --------------------------------------------------------------------------------------------------
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, (list, tuple)):
-        if value and all(isinstance(v, str) for v in value) and all(len(v.split()) <= 1 for v in value):
-            yield " ".join(value)  # a token list (NER) is one text, not one text per token
-        else:
-            for v in value:
-                yield from _strings(v)
-
-
-def example_texts(example: Any) -> list[str]:
-    """Every text of a benchmark example: its inputs, choices, reference and target text."""
-    parts = list(_strings(dict(example.inputs)))
-    parts += list(_strings(list(example.choices)))
-    parts += list(_strings(example.reference))
-    if example.target_text:
-        parts.append(example.target_text)
-    return [p for p in parts if p.strip()]
-
-
-def _eval_config() -> Any:
-    """configs/eval.py's defaults: the loaders read files with the harness's own settings."""
-    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return ConfigFileFlagParser(name="config", lock_config=False).parse(os.path.join(root, "configs", "eval.py"))
-
-
-def benchmark_texts(data_dir: str, tasks: Iterable[str] | None = None) -> tuple[dict[str, list[list[str]]], dict]:
-    """({task: [texts of example i]}, {task: why skipped}) for every task (or the named ones) whose
-    test file the evaluation harness finds under data_dir, read through its loaders."""
-    from mellama_jax.eval.runner import load_task_file
-    from mellama_jax.eval.tasks import TASKS, get_task, resolve_path
-
-    eval_cfg = _eval_config()
-    names = list(tasks) if tasks else list(TASKS)
-    found, skipped = {}, {}
-    for name in names:
-        spec = get_task(name)
-        try:
-            path = resolve_path(spec, data_dir, None, "test")
-        except FileNotFoundError:
-            skipped[name] = "no test file under --benchmarks"
-            continue
-        examples, _ = load_task_file(spec, path, eval_cfg)
-        found[name] = [example_texts(ex) for ex in examples]
-    return found, skipped
-
-
 @dataclasses.dataclass
 class BenchmarkIndex:
     """Sorted n-gram hashes of all benchmarks, with the (benchmark, example) each came from."""
@@ -220,44 +164,6 @@ def scan_documents(source: str, docs: Iterable[dict], index: BenchmarkIndex, min
     return out
 
 
-def _instruction_documents(name: str, src: Any, report: Any) -> Iterator[dict]:
-    """Records of an instruction-tuning source (configs/sft.py formats), each as one text of all its
-    messages; unreadable records are counted, as the SFT pipeline counts them."""
-    from mellama_jax.sft.data import RecordError, expand, iter_records, to_messages
-
-    fmt = str(src.get("format", "auto"))
-    for path in expand(name, src["paths"]):
-        base = os.path.basename(path)
-        for line, rec in iter_records(path):
-            try:
-                if isinstance(rec, RecordError):
-                    raise rec
-                messages = to_messages(rec, fmt)
-            except RecordError as err:
-                report.skip(err.reason, path, line)
-                continue
-            rid = rec.get("id") if isinstance(rec, dict) else None
-            yield {"id": str(rid) if rid is not None else f"{base}:{line}",
-                   "text": "\n".join(str(m.get("content", "")) for m in messages)}
-
-
-def _load_sources(spec: str, sources_spec: str) -> tuple[Any, str]:
-    """(config.data, task) of a config file (`path.py[:variant]`), with an optional sources spec applied."""
-    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
-
-    from mellama_jax.data.config import apply_sources_spec, default_data_config
-
-    task = "pretrain"
-    if spec:
-        config = ConfigFileFlagParser(name="config", lock_config=False).parse(spec)
-        data, task = config.data, str(config.get("task", "pretrain"))
-    else:
-        data = default_data_config()
-    if sources_spec:
-        apply_sources_spec(data, sources_spec, task=task)
-    return data, task
-
-
 def _report_md(report: dict) -> str:
     lines = [f"# Benchmark contamination ({report['n']}-gram overlap, >= {report['min_matches']} shared)", "",
              "| benchmark | examples | too short | examples touched | " +
@@ -274,32 +180,24 @@ def _report_md(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(sources_data: Any, benchmarks_dir: str, out_dir: str, *, n: int = 13, min_matches: int = 1,
-        tasks: Iterable[str] | None = None, only_sources: Iterable[str] | None = None,
-        write_exclude: bool = False, task: str = "pretrain") -> dict:
-    """Check every source of `sources_data` (a config.data) against every benchmark; write reports."""
-    from mellama_jax.data.sources.readers import iter_documents
-    from mellama_jax.data.sources.report import BadInputReport
-
+def run(benchmarks: dict[str, list[list[str]]], documents: Mapping[str, Iterable[dict]], out_dir: str, *,
+        n: int = 13, min_matches: int = 1, write_exclude: bool = False, skipped: dict | None = None,
+        benchmarks_dir: str = "") -> dict:
+    """Check every source's documents ({source: iterable of {"id", "text" | instruction fields}})
+    against the benchmark texts ({benchmark: [texts of example i]}); write the reports to out_dir.
+    `skipped` ({benchmark: why}) and `benchmarks_dir` are recorded in the report."""
     if n < 1:
         raise ValueError(f"--n={n}: must be >= 1")
     t0 = time.perf_counter()
-    texts, skipped = benchmark_texts(benchmarks_dir, tasks)
-    if not texts:
+    if not benchmarks:
         raise FileNotFoundError(f"--benchmarks {benchmarks_dir}: no benchmark test file found (looked for "
                                 "the files configs/eval.py finds under --config.data_dir)")
-    index = build_index(texts, n)
-    names = list(only_sources) if only_sources else list(sources_data.sources.keys())
-    report: dict[str, Any] = {"n": n, "min_matches": min_matches, "benchmarks_dir": os.path.abspath(benchmarks_dir),
-                              "skipped": skipped, "sources": {}, "benchmarks": {}}
+    index = build_index(benchmarks, n)
+    report: dict[str, Any] = {"n": n, "min_matches": min_matches,
+                              "benchmarks_dir": os.path.abspath(benchmarks_dir) if benchmarks_dir else "",
+                              "skipped": dict(skipped or {}), "sources": {}, "benchmarks": {}}
     scans = {}
-    for name in names:
-        if name not in sources_data.sources:
-            raise ValueError(f"--only_sources: no source {name!r} (have {sorted(sources_data.sources.keys())})")
-        src = sources_data.sources[name].to_dict()
-        src["exclude_ids"] = ""  # check everything, including what an earlier run excluded
-        docs = (_instruction_documents(name, src, BadInputReport(name)) if task == "sft"
-                else iter_documents(name, src, BadInputReport(name)))
+    for name, docs in documents.items():
         scans[name] = scan_documents(name, docs, index, min_matches)
         report["sources"][name] = {"documents": scans[name]["documents"],
                                    "contaminated": len(scans[name]["contaminated_ids"])}
@@ -331,42 +229,3 @@ def run(sources_data: Any, benchmarks_dir: str, out_dir: str, *, n: int = 13, mi
     with open(os.path.join(out_dir, "decontamination.md"), "w", encoding="utf-8") as f:
         f.write(_report_md(report))
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mellama_jax.data.decontaminate", description=__doc__.split("\n")[0])
-    ap.add_argument("--sources", default="", help="experiment config whose data.sources are checked, "
-                    "e.g. configs/pretrain.py:demo or configs/sft.py")
-    ap.add_argument("--sources_spec", default="", help="data.sources_spec applied on top (or alone)")
-    ap.add_argument("--only_sources", default="", help="comma-separated source names (default: all)")
-    ap.add_argument("--benchmarks", required=True, help="benchmark directory (as configs/eval.py data_dir)")
-    ap.add_argument("--tasks", default="", help="comma-separated benchmark names (default: every one found)")
-    ap.add_argument("--n", type=int, default=13, help="n-gram length in words (default 13)")
-    ap.add_argument("--min_matches", type=int, default=1, help="shared n-grams that make a document contaminated")
-    ap.add_argument("--out", required=True, help="output directory for the reports (and exclude lists)")
-    ap.add_argument("--write_exclude", action="store_true", help="write exclude/<source>.txt id lists")
-    args = ap.parse_args(argv)
-    if not args.sources and not args.sources_spec:
-        ap.error("give --sources (a config file) and/or --sources_spec")
-    try:
-        data, task = _load_sources(args.sources, args.sources_spec)
-        report = run(data, args.benchmarks, args.out, n=args.n, min_matches=args.min_matches, task=task,
-                     tasks=[t for t in args.tasks.split(",") if t.strip()] or None,
-                     only_sources=[s for s in args.only_sources.split(",") if s.strip()] or None,
-                     write_exclude=args.write_exclude)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"decontaminate: {err}", file=sys.stderr)
-        return 2
-    with open(os.path.join(args.out, "decontamination.md"), encoding="utf-8") as f:
-        print(f.read())
-    if task == "sft" and report.get("exclude_files"):
-        print("instruction sources: the id lists name the records to remove from the instruction files "
-              "(exclude_ids applies to pretraining sources)")
-    else:
-        for name, path in report.get("exclude_files", {}).items():
-            print(f"--config.data.sources.{name}.exclude_ids={path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

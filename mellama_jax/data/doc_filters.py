@@ -1,5 +1,5 @@
 """Per-source document filters applied while reading, before the train/eval split and tokenizing:
-an exclusion list of document ids (what `mellama_jax.data.decontaminate --write_exclude` writes) and
+an exclusion list of document ids (what `mellama_jax.cli.decontaminate --write_exclude` writes) and
 exact / MinHash near-duplicate removal (the clinical pipeline's `Deduplicator`, for any source).
 
 Dropped documents are counted in the source's report under `dropped` (not as bad input: a corpus

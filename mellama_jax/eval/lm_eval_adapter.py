@@ -1,6 +1,6 @@
 """lm-evaluation-harness model `mellama_jax`: any lm-eval task on a mellama-jax checkpoint, on a mesh.
 
-    python -m mellama_jax.eval.lm_eval_cli --model mellama_jax \
+    python -m mellama_jax.cli.lm_eval --model mellama_jax \
         --model_args checkpoint=PATH,mesh_tensor=4 --tasks mmlu_clinical_knowledge --batch_size 16
 
 The adapter follows the request semantics of lm-eval's Hugging Face backend (`--model hf`) token for

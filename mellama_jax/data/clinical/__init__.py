@@ -1,7 +1,7 @@
 """Clinical note preparation: PHI scrubbing, MIMIC placeholder normalisation, filters, dedup.
 
 Entry points: `scrub_text(text) -> (text, counts)` for one note, `is_prepared_dir(path)` for the
-output of `python -m mellama_jax.data.prepare_clinical`. Imports no TensorFlow or JAX.
+output of `python -m mellama_jax.cli.prepare_clinical`. Imports no TensorFlow or JAX.
 """
 from mellama_jax.data.clinical.io import is_prepared_dir, iter_prepared_notes, read_marker
 from mellama_jax.data.clinical.mimic import normalize_mimic

@@ -25,6 +25,8 @@ from typing import Iterator
 
 from mellama_jax.data.text_hygiene import strip_control_chars
 
+# The producer every PREPARED.json names (the library module that writes the corpus): readers accept
+# only this name, so it stays as outputs already on disk spell it.
 TOOL_NAME = "mellama_jax.data.prepare_clinical"
 FORMAT_VERSION = 1
 MARKER = "PREPARED.json"
@@ -303,7 +305,7 @@ def read_marker(path: str) -> dict:
     marker = os.path.join(path, MARKER)
     if not os.path.isfile(marker):
         raise ValueError(f"{path}: not a prepared clinical corpus (no {MARKER}); run "
-                         f"`python -m mellama_jax.data.prepare_clinical --in NOTES --out {path}`")
+                         f"`python -m mellama_jax.cli.prepare_clinical --in NOTES --out {path}`")
     with open(marker, encoding="utf-8") as f:
         try:
             meta = json.load(f)

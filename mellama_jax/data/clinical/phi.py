@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from mellama_jax.data.clinical import names as names_mod
+import mellama_jax.data.clinical.names as names_mod
 from mellama_jax.data.clinical.mimic import normalize_mimic as _normalize_mimic
 from mellama_jax.data.clinical.types import PLACEHOLDER_RE, placeholder
 from mellama_jax.data.text_hygiene import strip_control_chars

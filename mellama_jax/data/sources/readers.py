@@ -7,7 +7,7 @@ reader goes on. The tfds builders and the direct (TensorFlow-free) path both cal
 readers are testable without tfds.
 
 Formats: pubmed_xml, text, jsonl, mimic_csv (MIMIC-III NOTEEVENTS / MIMIC-IV-Note, auto-detected
-from the header), instruction_jsonl, prepared_clinical (output of `mellama_jax.data.prepare_clinical`).
+from the header), instruction_jsonl, prepared_clinical (output of `mellama_jax.cli.prepare_clinical`).
 """
 from __future__ import annotations
 
@@ -293,7 +293,7 @@ def read_mimic_csv(path: str, report: BadInputReport, scrub: Callable[[str], str
         f.close()
 
 
-# --- prepared clinical notes (output of mellama_jax.data.prepare_clinical) ----------------------
+# --- prepared clinical notes (output of mellama_jax.cli.prepare_clinical) ----------------------
 def read_prepared_clinical(path: str, report: BadInputReport, **_: Any) -> Iterator[Doc]:
     """One `notes-*.jsonl.gz` file of a prepared directory ({"id","text","note_type","subject_id"})."""
     for lineno, obj in _iter_json_objects(path, report):
@@ -379,7 +379,7 @@ def _scrubber(source: str, src_cfg: Any) -> Callable[[str], str] | None:
     if fmt in _RAW_CLINICAL and bool(src_cfg.get("require_prepared", False)) and not scrub_inline:
         raise DataError(
             f"data.sources.{source}: raw clinical input (format {fmt!r}) refused because require_prepared "
-            "is True; prepare it with `python -m mellama_jax.data.prepare_clinical` and use format "
+            "is True; prepare it with `python -m mellama_jax.cli.prepare_clinical` and use format "
             "'prepared_clinical', or set scrub_inline=True")
     if not scrub_inline:
         return None

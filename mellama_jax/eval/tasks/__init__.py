@@ -17,7 +17,7 @@ from mellama_jax.eval.tasks.relation import load_ddi
 from mellama_jax.eval.tasks.summarization import load_mimic_cxr, load_pubmed_sum
 
 __all__ = ["TaskSpec", "TASKS", "get_task", "resolve_path", "Example", "FormatError", "LoadReport", "sha256_file",
-           "CARDS", "DataCard", "NER_TYPES"]
+           "CARDS", "DataCard", "NER_TYPES", "LOADER_DEFAULTS"]
 
 # family -> how the runner scores it
 CHOICE, MULTILABEL, EXTRACTIVE, NER, SUMMARIZATION, DIAGNOSIS = (
@@ -89,6 +89,15 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     TaskSpec("diagnosis", "Clinical cases", DIAGNOSIS, load_cases, ("diagnosis", "clinical_cases"),
              ("jsonl", "parquet"), headline="top1"),
 ]}
+
+
+# The settings the loaders read from an eval config, with their defaults: configs/eval.py starts from
+# these, and a command that reads benchmark files outside an evaluation (decontaminate) uses them.
+LOADER_DEFAULTS = {
+    "max_bad_fraction": 0.01,  # share of bad records above which a task file is refused
+    "medmcqa_cop_base": "auto",  # auto | 0 | 1
+    "ner_types": "problem,treatment,test",  # i2b2 entity types scored
+}
 
 
 def get_task(name: str) -> TaskSpec:

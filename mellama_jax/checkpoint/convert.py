@@ -1,11 +1,8 @@
-"""Convert between Hugging Face LLaMA directories and mellama-jax Orbax checkpoints.
+"""Conversions between Hugging Face LLaMA directories and mellama-jax Orbax checkpoints, and growing a
+model to an extended tokenizer (the command: `python -m mellama_jax.cli.convert`).
 
-  python -m mellama_jax.convert hf_to_orbax --hf_dir DIR --out CKPT
-  python -m mellama_jax.convert orbax_to_hf --ckpt CKPT --out DIR [--step N] [--dtype bfloat16|float16|float32]
-  python -m mellama_jax.convert resize_vocab --ckpt CKPT --tokenizer DIR --out CKPT2 [--pad_to_multiple 64]
-
-CKPT is any model artifact: a converter output, a training workdir (newest step unless --step), its
-checkpoints/ dir or one checkpoints/<step> dir. Every output is an artifact with its tokenizer.
+Every input is any model artifact (see checkpoint/artifact.py); every output is an artifact with its
+tokenizer, written through a staged output directory (output_dir.py).
 
 hf_to_orbax streams: source shards are memory-mapped, and each stacked parameter is assembled layer by
 layer and written into the Orbax checkpoint on its own (Orbax partial saves), so peak memory stays near
@@ -13,38 +10,38 @@ one stacked weight and the model is never held in memory, let alone twice.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
 import shutil
 import sys
 
+import jax
 import numpy as np
 
 from mellama_jax.checkpoint import hf as hf_mapping
-from mellama_jax.checkpoint.artifact import resolve_artifact, write_artifact_files
+from mellama_jax.checkpoint.artifact import check_artifact_tokenizer, resolve_artifact, write_artifact_files
 from mellama_jax.checkpoint.hf_dir import HFWeights, read_hf_config
-from mellama_jax.checkpoint.orbax_io import PARAMS_ITEM, StreamingParamsWriter, write_model_config
+from mellama_jax.checkpoint.lora_io import write_peft_adapter
+from mellama_jax.checkpoint.orbax_io import PARAMS_ITEM, StreamingParamsWriter, save_params, write_model_config
 from mellama_jax.checkpoint.safetensors_io import write_file
+from mellama_jax.checkpoint.vocab import new_row_sources, resize_params, round_up
 from mellama_jax.output_dir import OutputDirError, StagedOutput
 from mellama_jax.tokenizer import (CHAT_TEMPLATE_FILE, MAX_VOCAB_MULTIPLE, TOKENIZER_FILES, TokenizerMismatchError,
                                    UnsupportedTokenizerError, copy_tokenizer_files, load_tokenizer, read_json,
                                    write_sentencepiece_hf_files)
 
-_DTYPES = ("float32", "bfloat16", "float16")
+__all__ = ["DTYPES", "TOOL", "hf_to_orbax", "orbax_to_hf", "export_tokenizer", "resize_vocab"]
 
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+DTYPES = ("float32", "bfloat16", "float16")
+# The command, as every output records it (owner file, provenance.json "created_by").
+TOOL = "mellama_jax.cli.convert"
 
 
 def _staged(out: str, command: str, overwrite: bool) -> StagedOutput:
-    """Output written to a temporary sibling and renamed into place at the end, so that an
+    """Output written to a temporary sibling and renamed into place at the end: an
     interrupted run leaves the old output or nothing, a rerun works, and `out` must be new, empty or
     an earlier output of the same command (replaced only with overwrite=True)."""
-    staged = StagedOutput(out, f"mellama_jax.convert {command}", overwrite)
+    staged = StagedOutput(out, f"{TOOL} {command}", overwrite)
     try:
         staged.check()
     except OutputDirError as err:
@@ -59,7 +56,7 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, overwrite: bool
     weights = HFWeights(hf_dir)
     weights.check(config)
     target = np.dtype(dtype) if dtype else weights.dtype()
-    if target.name not in _DTYPES:
+    if target.name not in DTYPES:
         raise hf_mapping.ConversionError(f"{hf_dir}: unsupported weight dtype {target.name}")
     config = config.replace(param_dtype=target.name)
 
@@ -75,7 +72,7 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, overwrite: bool
             if os.path.isfile(os.path.join(hf_dir, name)):
                 shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, name))
         _write_json(os.path.join(tmp, "provenance.json"),
-                    {"created_by": "mellama_jax.convert hf_to_orbax", "source": os.path.abspath(hf_dir),
+                    {"created_by": f"{TOOL} hf_to_orbax", "source": os.path.abspath(hf_dir),
                      "format": "huggingface", "dtype": target.name})
         write_model_config(tmp, config)
     return out
@@ -101,15 +98,14 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
         raise ValueError(f"{ckpt}: --merge_lora/--adapter_only need a LoRA checkpoint (an SFT workdir trained "
                          f"with config.lora.enabled); this is a {artifact.describe()} without adapters")
     if adapter_only:
-        from mellama_jax.checkpoint.lora_io import write_peft_adapter
         with staged as tmp:
             write_peft_adapter(artifact, tmp, dtype)
             export_tokenizer(artifact, tmp)
         return out
     config, params = artifact.model_config, artifact.load_params()
     dtype = dtype or config.param_dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of {_DTYPES}")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: expected one of {DTYPES}")
     target = np.dtype(dtype)
 
     def param(path):
@@ -158,8 +154,6 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
 def export_tokenizer(artifact, out: str) -> None:
     """The artifact's tokenizer as HF files (+ its chat template). A tokenizer that does not fit the
     model is exported with a warning (the export converts what there is; training and eval refuse it)."""
-    from mellama_jax.checkpoint.artifact import check_artifact_tokenizer
-
     if not artifact.tokenizer_file:
         print(f"warning: {artifact.root} carries no tokenizer.model; {out} has no tokenizer files",
               file=sys.stderr)
@@ -186,10 +180,6 @@ def resize_vocab(ckpt: str, tokenizer: str, out: str, pad_to_multiple: int = 64,
                  overwrite: bool = False) -> str:
     """A model artifact at `out` whose vocabulary is that of the extended `tokenizer` (see
     checkpoint/vocab.py for how new rows are initialised)."""
-    from mellama_jax.checkpoint.artifact import check_artifact_tokenizer
-    from mellama_jax.checkpoint.orbax_io import save_params
-    from mellama_jax.checkpoint.vocab import new_row_sources, resize_params, round_up
-
     m = int(pad_to_multiple)
     if m < 1 or m & (m - 1) or m > MAX_VOCAB_MULTIPLE:
         raise ValueError(f"--pad_to_multiple {m}: expected a power of two <= {MAX_VOCAB_MULTIPLE}")
@@ -206,7 +196,7 @@ def resize_vocab(ckpt: str, tokenizer: str, out: str, pad_to_multiple: int = 64,
     config = artifact.model_config.replace(vocab_size=size)
     params = resize_params(jax_to_numpy(artifact.load_params()), n_base, size, sources,
                            artifact.model_config.tie_word_embeddings)
-    provenance = {"created_by": "mellama_jax.convert resize_vocab", "source": artifact.path,
+    provenance = {"created_by": f"{TOOL} resize_vocab", "source": artifact.path,
                   "source_kind": artifact.kind, "source_step": artifact.step,
                   "source_provenance": artifact.provenance, "base_tokenizer": artifact.tokenizer_file,
                   "tokenizer": extended.model_path, "base_vocab": n_base, "tokenizer_vocab": n_new,
@@ -223,8 +213,6 @@ def resize_vocab(ckpt: str, tokenizer: str, out: str, pad_to_multiple: int = 64,
 
 
 def jax_to_numpy(tree):
-    import jax
-
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
@@ -232,53 +220,3 @@ def _write_json(path: str, value: dict) -> None:
     with open(path, "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)
         f.write("\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mellama_jax.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    to_orbax = commands.add_parser("hf_to_orbax", help="Hugging Face directory -> Orbax checkpoint")
-    to_orbax.add_argument("--hf_dir", required=True)
-    to_orbax.add_argument("--out", required=True)
-    to_orbax.add_argument("--dtype", choices=_DTYPES, default=None, help="default: the source dtype")
-    to_hf = commands.add_parser("orbax_to_hf", help="Orbax checkpoint -> Hugging Face directory")
-    to_hf.add_argument("--ckpt", required=True)
-    to_hf.add_argument("--out", required=True)
-    to_hf.add_argument("--dtype", choices=_DTYPES, default=None, help="default: the stored dtype")
-    to_hf.add_argument("--max_shard_size_mb", type=int, default=5120)
-    to_hf.add_argument("--step", type=int, default=None, help="training checkpoints: default the newest")
-    lora_mode = to_hf.add_mutually_exclusive_group()
-    lora_mode.add_argument("--merge_lora", action="store_true",
-                           help="LoRA SFT checkpoint: fold the adapters into the weights (the default for one)")
-    lora_mode.add_argument("--adapter_only", action="store_true",
-                           help="LoRA SFT checkpoint: write PEFT's adapter_config.json + adapter_model.safetensors")
-    resize = commands.add_parser("resize_vocab", help="grow a model to an extended tokenizer's vocabulary")
-    resize.add_argument("--ckpt", required=True, help="model artifact (its tokenizer is the base)")
-    resize.add_argument("--tokenizer", required=True, help="extended tokenizer (directory or tokenizer.model)")
-    resize.add_argument("--out", required=True)
-    resize.add_argument("--pad_to_multiple", type=int, default=64,
-                        help="embedding rows padded to this power of two (vocab sharding); default 64")
-    resize.add_argument("--step", type=int, default=None, help="training checkpoints: default the newest")
-    for sub in (to_orbax, to_hf, resize):
-        sub.add_argument("--overwrite", action="store_true",
-                         help="replace --out if it is an earlier output of this same command (nothing else)")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "hf_to_orbax":
-            out = hf_to_orbax(args.hf_dir, args.out, args.dtype, args.overwrite)
-        elif args.command == "orbax_to_hf":
-            out = orbax_to_hf(args.ckpt, args.out, args.dtype, args.max_shard_size_mb * 1024**2, args.step,
-                              args.overwrite, merge_lora=args.merge_lora, adapter_only=args.adapter_only)
-        else:
-            out = resize_vocab(args.ckpt, args.tokenizer, args.out, args.pad_to_multiple, args.step, args.overwrite)
-    except (hf_mapping.ConversionError, FileNotFoundError, FileExistsError, ValueError,
-            TokenizerMismatchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}; peak RSS {peak_rss_mib():.0f} MiB")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """Will this config fit, and how fast could it go? Checked from a CPU host.
 
-    python -m mellama_jax.plan --config configs/pretrain.py:llama2_70b --topology v5p:4x4x4
-    python -m mellama_jax.plan --config configs/pretrain.py:llama2_13b --topology v5p:2x2x4 --sweep
-    python -m mellama_jax.plan --config configs/pretrain.py:llama2_70b --gpus 64xH100 \\
+    python -m mellama_jax.cli.plan --config configs/pretrain.py:llama2_70b --topology v5p:4x4x4
+    python -m mellama_jax.cli.plan --config configs/pretrain.py:llama2_13b --topology v5p:2x2x4 --sweep
+    python -m mellama_jax.cli.plan --config configs/pretrain.py:llama2_70b --gpus 64xH100 \\
         --config.train.micro_batches=16
 
 --topology compiles the real train step ahead of time for that TPU slice (needs libtpu, not a
@@ -16,10 +16,14 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config, e.g. configs/pretrain.py:llama2_70b", lock_config=True)
+from mellama_jax.config_cli import define_config_flag, parse_flags
+from mellama_jax.plan import aot, estimate as est_lib, report
+from mellama_jax.plan.hardware import parse_gpu_cluster, parse_tpu_topology
+
+PROG = "mellama_jax.cli.plan"
+# The same --config flag as launch.py's: comma-separated tuples and data.sources_spec expansion too.
+_CONFIG = define_config_flag("config", "Experiment config, e.g. configs/pretrain.py:llama2_70b")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice to compile for, e.g. v5p:4x4x4, v5e:2x2")
 _GPUS = flags.DEFINE_string("gpus", None, "GPU cluster for the analytic estimate, e.g. 8xH100, 64xH200")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Try several meshes x remat policies; print one table.")
@@ -36,26 +40,12 @@ FITS, DOES_NOT_FIT, USAGE = 0, 1, 2
 
 
 def _fail(msg: str) -> None:
-    print(f"mellama_jax.plan: {msg}", file=sys.stderr)
+    print(f"{PROG}: {msg}", file=sys.stderr)
     sys.exit(USAGE)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except (KeyError, AttributeError) as err:
-        msg = str(err.args[0] if err.args else err).strip("'\"")
-        _fail(f"unknown config key {msg.splitlines()[0]!r}")
-    except flags.Error as err:
-        _fail(f"invalid flag: {err}")
-    except (ValueError, TypeError) as err:
-        _fail(f"invalid config value: {err}")
-    return []
-
-
 def _variant(config, mesh: tuple, remat: str):
-    from mellama_jax.plan.aot import _unlocked_copy
-    c = _unlocked_copy(config)
+    c = aot._unlocked_copy(config)
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
     c.model.remat_policy = remat
     return c
@@ -72,9 +62,6 @@ def sweep_meshes(num_devices: int) -> list[tuple]:
 
 
 def run_topology(config, config_name: str) -> tuple[int, dict]:
-    from mellama_jax.plan import aot, estimate as est_lib, report
-    from mellama_jax.plan.hardware import parse_tpu_topology
-
     topo = parse_tpu_topology(_TOPOLOGY.value)
     if not _SWEEP.value:
         plan = aot.compile_plan(config, topo)
@@ -112,9 +99,6 @@ def run_topology(config, config_name: str) -> tuple[int, dict]:
 
 
 def run_gpus(config, config_name: str) -> tuple[int, dict]:
-    from mellama_jax.plan import aot, estimate as est_lib, report
-    from mellama_jax.plan.hardware import parse_gpu_cluster
-
     cluster = parse_gpu_cluster(_GPUS.value)
     variants = ([(m, r) for m in sweep_meshes(cluster.num_gpus) for r in _SWEEP_REMAT.value]
                 if _SWEEP.value else [(None, None)])
@@ -180,4 +164,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=lambda argv: parse_flags(argv, PROG))
