@@ -12,13 +12,15 @@ O_EXCL lock file whose owner is checked: on the same host, a dead pid is stale a
 moved aside atomically (only one contender's rename wins) before a new one is created; a lock
 from another host is never broken automatically.
 
-Re-entrant per process: launch.py takes the lock before it writes the experiment config and
-``train.loop.run`` takes it again (a no-op) for callers of the Python API.
+Taken once per run, by launch.py, before it writes the experiment config; a Python caller of
+``train.loop.run`` takes it itself (``with acquire(workdir): loop.run(config, workdir)``).
+Re-entrant per process: acquiring a workdir this process already holds is a no-op.
 """
 from __future__ import annotations
 
 import datetime
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -73,8 +75,6 @@ class WorkdirLock:
 
     # ------------------------------------------------------------------ flock (preferred)
     def _try_flock(self) -> bool:
-        import fcntl
-
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -128,8 +128,6 @@ class WorkdirLock:
 
     def release(self) -> None:
         if self._mode == "flock" and self._fd is not None:
-            import fcntl
-
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
