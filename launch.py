@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from mellama_jax import sweep
 from mellama_jax.checkpoint.artifact import EXPERIMENT_CONFIG, resolve_artifact
 from mellama_jax.checkpoint.model_spec import init_artifact, training_tokenizer_file
-from mellama_jax.config_cli import define_config_flag, parse_flags
+from mellama_jax.cli.config_flags import define_config_flag, parse_flags
 from mellama_jax.config_validation import ArtifactLookup, ConfigError, Task, validate_config
 from mellama_jax.eval import runner as eval_runner
 from mellama_jax.sft import run as sft_run

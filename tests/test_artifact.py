@@ -233,16 +233,19 @@ def test_checkpoint_dir_carries_tokenizer_and_refuses_another_on_resume(hf_model
     from configs.pretrain import get_config
     from mellama_jax.model.presets import get_preset
     from mellama_jax.train import loop
+    from mellama_jax.train.synthetic import SyntheticPipeline
 
     config = get_config("tiny")
     model_config = get_preset("tiny", vocab_size=512)
     directory = str(tmp_path / "checkpoints")
-    loop.write_artifact(directory, config, model_config, hf_model["tok"], pipeline=None)
+    pipe = SyntheticPipeline(vocab_size=512, seq_len=int(config.data.seq_len), global_batch_size=8,
+                             seed=int(config.data.seed))
+    loop.write_artifact(directory, config, model_config, hf_model["tok"], pipeline=pipe)
     assert (load_tokenizer(os.path.join(directory, "tokenizer.model")).sha256()
             == load_tokenizer(hf_model["tok"]).sha256())
     assert os.path.isfile(os.path.join(directory, "tokenizer_config.json"))
     provenance = json.load(open(os.path.join(directory, "provenance.json")))
     assert provenance["tokenizer_sha256"] == load_tokenizer(hf_model["tok"]).sha256()
-    loop.write_artifact(directory, config, model_config, hf_model["tok"], pipeline=None)  # same: fine
+    loop.write_artifact(directory, config, model_config, hf_model["tok"], pipeline=pipe)  # same: fine
     with pytest.raises(ValueError, match="different tokenizer"):
-        loop.write_artifact(directory, config, model_config, BUNDLED, pipeline=None)
+        loop.write_artifact(directory, config, model_config, BUNDLED, pipeline=pipe)

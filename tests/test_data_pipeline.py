@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from mellama_jax.data.config import demo_data_config, source_config
-from mellama_jax.data.pipeline import TokenizedDocs, build_train_pipeline, pack_rows
+from mellama_jax.data.pipeline import build_train_pipeline
+from mellama_jax.data.rows import pack_rows
 from mellama_jax.data.sources.report import DataError
+from mellama_jax.data.token_store import TokenizedDocs
 from mellama_jax.tokenizer import load_tokenizer
 
 KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask", "source_ids")

@@ -168,7 +168,7 @@ _RSS_SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {repo!r})
     import numpy as np
-    from mellama_jax.data import pipeline
+    from mellama_jax.data import token_cache
     from mellama_jax.data.config import demo_data_config, source_config
     from mellama_jax.tokenizer import load_tokenizer
 
@@ -178,7 +178,7 @@ _RSS_SCRIPT = textwrap.dedent("""
                 return int(line.split()[1]) * 1024
     chunk_docs = {chunk_docs}
     if chunk_docs:
-        pipeline._ENCODE_CHUNK = chunk_docs
+        token_cache._ENCODE_CHUNK = chunk_docs
     cfg = demo_data_config()
     cfg.data_dir, cfg.reader, cfg.max_bad_fraction = {data_dir!r}, "direct", 0.0
     cfg.sources.big = source_config([{path!r}], "jsonl", eval_fraction=0.0)
@@ -186,7 +186,7 @@ _RSS_SCRIPT = textwrap.dedent("""
     tok.encode_batch(["warm up the tokenizer"] * 64)
     before = status("VmRSS")
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-    docs, report = pipeline.load_source_tokens("big", cfg, tok, 0, 1)
+    docs, report = token_cache.load_source_tokens("big", cfg, tok, 0, 1)
     peak = status("VmHWM")
     d = docs["train"]
     first = [d.tokens[d.offsets[i]:d.offsets[i + 1]].tolist() for i in range(3)]

@@ -33,6 +33,7 @@ from mellama_jax.train import loop, workdir_lock  # noqa: E402
 from mellama_jax.train import step as step_lib  # noqa: E402
 from mellama_jax.train.checkpointing import (CheckpointCorruptError, Checkpointer,  # noqa: E402
                                              NonFiniteStateError)
+from mellama_jax.train.hooks import NonFiniteLossError  # noqa: E402
 from mellama_jax.train.metrics import MetricsWriter  # noqa: E402
 from mellama_jax.train.state import TrainState  # noqa: E402
 
@@ -88,7 +89,7 @@ def test_1_nonfinite_update_never_reaches_a_checkpoint(tmp_path, monkeypatch):
         return train_step
 
     monkeypatch.setattr(loop.step_lib, "make_train_step", poisoned)
-    with pytest.raises(loop.NonFiniteLossError) as err:
+    with pytest.raises(NonFiniteLossError) as err:
         loop.run(tiny_config(steps=4, checkpoint_every=1), str(tmp_path))
     msg = str(err.value)
     assert "step 3: the updated state is not finite" in msg and "not saved" in msg
@@ -105,7 +106,7 @@ def test_1_huge_learning_rate_fails_without_any_checkpoint(tmp_path):
     """The filer's command: lr 1e39, one step, no warmup -- used to exit 0 with NaN params saved."""
     c = tiny_config(steps=1, checkpoint_every=1)
     c.optim.learning_rate, c.optim.warmup_steps = 1e39, 0
-    with pytest.raises(loop.NonFiniteLossError, match="No checkpoint has been written yet"):
+    with pytest.raises(NonFiniteLossError, match="No checkpoint has been written yet"):
         loop.run(c, str(tmp_path))
     assert not [d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 from absl import flags
 
-from mellama_jax.config_cli import define_config_flag
+from mellama_jax.cli.config_flags import define_config_flag
 from mellama_jax.sweep import IGNORED_KEYS, check_points, config_differences, plan, point_config, run
 from mellama_jax.sweep.table import is_finished, read_metrics
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from absl import flags
 
-from mellama_jax.config_cli import CommaTupleParser, define_config_flag
+from mellama_jax.cli.config_flags import CommaTupleParser, define_config_flag
 from mellama_jax.data.config import (SAMPLES_DIR, apply_sources_spec, demo_data_config, parse_mixture_stages,
                                      parse_sources_spec, split_globs)
 

@@ -136,7 +136,7 @@ def test_base_sources_from_the_command_line_reach_every_point(tmp_path):
     """--config.base.data.sources_spec and overrides naming its new sources become each point's flags."""
     from absl import flags
 
-    from mellama_jax.config_cli import define_config_flag
+    from mellama_jax.cli.config_flags import define_config_flag
     from mellama_jax.sweep import plan
 
     argv = ["launch.py", "--config", f"{SWEEP}:mixture",

@@ -21,7 +21,8 @@ from mellama_jax.checkpoint.load import load_pretrained  # noqa: E402
 from mellama_jax.checkpoint.orbax_io import read_model_config, restore_params  # noqa: E402
 from mellama_jax.model.llama import param_shapes  # noqa: E402
 from mellama_jax.train import loop  # noqa: E402
-from mellama_jax.train.checkpointing import Checkpointer  # noqa: E402
+from mellama_jax.train.checkpointing import Checkpointer, write_model_config  # noqa: E402
+from mellama_jax.train.hooks import NonFiniteLossError  # noqa: E402
 from mellama_jax.train.synthetic import SyntheticPipeline  # noqa: E402
 
 TINY = ["--config", os.path.join(ROOT, "configs", "pretrain.py") + ":tiny",
@@ -144,7 +145,7 @@ def test_restore_onto_different_meshes_is_identical(tmp_path):
     pipe = SyntheticPipeline(vocab_size=model_config.vocab_size, seq_len=32, global_batch_size=8)
     state, _ = trainer.train_step(state, trainer.global_batch(pipe.batch(0)))
     ckpt = Checkpointer(str(tmp_path))
-    loop.write_model_config(ckpt.directory, model_config)
+    write_model_config(ckpt.directory, model_config)
     ckpt.save(state, {"data_state": None})
     ckpt.wait()
     saved = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state)
@@ -187,7 +188,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
             return b
 
     monkeypatch.setattr(loop, "build_pipeline", lambda *a: Poisoned(real_build(*a)))
-    with pytest.raises(loop.NonFiniteLossError, match=r"step 6: loss is nan"):
+    with pytest.raises(NonFiniteLossError, match=r"step 6: loss is nan"):
         loop.run(config, str(tmp_path))
     ckpt = Checkpointer(str(tmp_path))
     assert ckpt.latest_step() == 4  # nothing written at or after the bad step

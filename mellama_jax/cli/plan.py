@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from mellama_jax.config_cli import define_config_flag, parse_flags
+from mellama_jax.cli.config_flags import define_config_flag, parse_flags
 from mellama_jax.plan import aot, estimate as est_lib, report
 from mellama_jax.plan.hardware import parse_gpu_cluster, parse_tpu_topology
 

@@ -4,7 +4,9 @@
 - `config.default_data_config()` / `demo_data_config()`: `config.data` (sources, mixture, seq_len, ...).
 - `sources/`: format readers (PubMed XML, JSONL, text, MIMIC CSV, prepared clinical notes, instruction
   JSONL) with bad-input accounting, the hash-based eval split, and the runtime-configured tfds builder.
-- `pipeline.build_train_pipeline(...)`: tokenize, pack, mix and shard into per-host batches.
+- `pipeline.build_train_pipeline(...)`: per-host batches of the source mixture (a `batch_source.BatchSource`,
+  what the train loop reads), over `token_cache` (each source tokenized once, memory-mapped from
+  `token_store` files), `rows` (concat / packed layouts) and `mixture_order` (each row's source).
 - `clinical/`, `prepare_clinical`: de-identification and preparation of clinical notes.
 Nothing here imports TensorFlow at import time.
 """

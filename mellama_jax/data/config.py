@@ -43,7 +43,8 @@ import ml_collections
 
 __all__ = ["default_data_config", "demo_data_config", "source_config", "SAMPLES_DIR", "FORMAT_NAMES",
            "SourceSpec", "split_globs", "parse_sources_spec", "apply_sources_spec", "sources_spec_applied",
-           "parse_mixture_stages", "MixtureStage", "source_paths", "resolved_data_config"]
+           "parse_mixture_stages", "MixtureStage", "source_paths", "resolved_data_config", "register_source_kind",
+           "source_kind"]
 
 SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
 FORMAT_NAMES = ("pubmed_xml", "jsonl", "text", "mimic_csv", "instruction_jsonl", "prepared_clinical", "auto")
@@ -168,20 +169,23 @@ def sources_spec_applied(data_cfg: Any) -> bool:
     return sorted(names) == sorted(data_cfg.sources.keys()) and sorted(names) == sorted(data_cfg.mixture.keys())
 
 
-# Source entries of other tasks: task -> (module, its formats, its source factory), imported on use
-# so that pretraining never imports the instruction-tuning package.
-SOURCE_KINDS = {"sft": ("mellama_jax.sft.data", "SFT_FORMATS", "sft_source_config")}
+# Source entries of other tasks: task -> (its format names, its source factory). A task whose sources
+# are not documents registers them where it defines its factory (mellama_jax.sft.data does for "sft";
+# its configs build their sources with that factory, so it is imported before a spec is expanded).
+# The data package itself knows only the pretraining sources.
+_SOURCE_KINDS: dict[str, tuple[tuple[str, ...], Callable[..., ml_collections.ConfigDict]]] = {}
+
+
+def register_source_kind(task: str, formats: Sequence[str],
+                         make_source: Callable[..., ml_collections.ConfigDict]) -> None:
+    """Make `config.data.sources_spec` of `task` configs parse `formats` and build new sources with
+    `make_source(paths, format, **keys)`."""
+    _SOURCE_KINDS[task] = (tuple(formats), make_source)
 
 
 def source_kind(task: str | None) -> tuple[Sequence[str], Callable[..., ml_collections.ConfigDict]]:
-    """(format names, source factory) of a task's `data.sources` entries."""
-    if task in SOURCE_KINDS:
-        import importlib
-
-        module, formats, factory = SOURCE_KINDS[task]
-        mod = importlib.import_module(module)
-        return tuple(getattr(mod, formats)), getattr(mod, factory)
-    return FORMAT_NAMES, source_config
+    """(format names, source factory) of a task's `data.sources` entries (pretraining's by default)."""
+    return _SOURCE_KINDS.get(task or "", (FORMAT_NAMES, source_config))
 
 
 def apply_sources_spec(data_cfg: ml_collections.ConfigDict, spec: str | None = None, *,
@@ -193,7 +197,7 @@ def apply_sources_spec(data_cfg: ml_collections.ConfigDict, spec: str | None = N
     A listed existing source keeps its other keys (eval_fraction, scrubbing, ...) and weight unless the
     entry sets them; a new one gets `make_source(paths, format)` defaults (raw clinical formats with
     require_prepared=True, as the Me-LLaMA configs have it) and weight 1.0. Unlisted sources are removed.
-    `task` picks the format names and source factory (SOURCE_KINDS; pretraining sources by default).
+    `task` picks the format names and source factory (register_source_kind; pretraining's by default).
     """
     spec = str(data_cfg.get("sources_spec", "") if spec is None else spec)
     if not spec.strip():

@@ -1,4 +1,5 @@
-"""Disk-backed token arrays: documents are appended chunk by chunk to `.npy` files, read back memmapped.
+"""Disk-backed token arrays: documents are appended chunk by chunk to `.npy` files, read back memmapped
+as `TokenizedDocs` (one flat token array plus document offsets).
 
 Why: a host's tokens for one source are int32 (4 bytes a token, ~1 GB per 250M tokens); a
 Me-LLaMA-scale corpus (tens of billions of tokens) does not fit in RAM. So tokenization appends each
@@ -12,14 +13,54 @@ streamed once, never copied, and stay readable by plain `np.load`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 
 import numpy as np
 
-__all__ = ["NpyAppender", "SplitWriter", "load_split", "split_files", "HEADER_BYTES"]
+__all__ = ["NpyAppender", "SplitWriter", "TokenizedDocs", "load_split", "load_store", "split_files",
+           "SPLITS", "HEADER_BYTES"]
 
 HEADER_BYTES = 128  # magic (6) + version (2) + header length (2) + dict, padded; a multiple of 64
+SPLITS = ("train", "eval")
+
+
+@dataclasses.dataclass
+class TokenizedDocs:
+    """Documents as one flat token array; document i is tokens[offsets[i]:offsets[i + 1]].
+    In the pipeline both arrays are read-only np.memmap views of the token store."""
+
+    tokens: np.ndarray   # int32 [total]
+    offsets: np.ndarray  # int64 [n_docs + 1]
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    @classmethod
+    def from_lists(cls, docs: list[list[int]]) -> "TokenizedDocs":
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+        offsets = np.zeros(len(docs) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = np.fromiter((t for d in docs for t in d), dtype=np.int32, count=int(offsets[-1]))
+        return cls(tokens, offsets)
+
+    @classmethod
+    def concatenate(cls, parts: list["TokenizedDocs"]) -> "TokenizedDocs":
+        """In-RAM concatenation (small inputs only; the pipeline streams to disk instead)."""
+        if not parts:
+            return cls(np.zeros(0, np.int32), np.zeros(1, np.int64))
+        tokens = np.concatenate([p.tokens for p in parts])
+        offs, base = [np.zeros(1, np.int64)], 0
+        for p in parts:
+            offs.append(p.offsets[1:] + base)
+            base += p.num_tokens
+        return cls(tokens, np.concatenate(offs))
 
 
 def _npy_header(dtype: np.dtype, n: int) -> bytes:
@@ -104,3 +145,8 @@ def load_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{off_path}: offsets run {int(offsets[0])}..{int(offsets[-1])} but {tok_path} "
                          f"holds {len(tokens)} tokens (truncated or mismatched cache)")
     return tokens, offsets
+
+
+def load_store(directory: str) -> dict[str, TokenizedDocs]:
+    """Both splits of a store directory, memory-mapped ({"train": ..., "eval": ...})."""
+    return {split: TokenizedDocs(*load_split(directory, split)) for split in SPLITS}

@@ -1,5 +1,5 @@
 """Instruction data: readers for the formats people have, prompt-masked tokenization, packed rows,
-and the SFT pipeline (the pretraining pipeline's mixture, epochs and eval split over them).
+and the SFT row source that the pretraining pipeline (its mixture, epochs and eval split) draws from.
 
 Record formats (detected per record when a source's format is "auto"):
   alpaca    {"instruction", "input"?, "output"} (+ optional "system"): one user turn, the instruction
@@ -29,15 +29,19 @@ import logging
 import os
 from typing import Any, Iterator
 
+import ml_collections
 import numpy as np
 
-from mellama_jax.data.pipeline import PackedRows, TokenizedDocs, TrainPipeline, pack_rows
+from mellama_jax.data.config import register_source_kind
+from mellama_jax.data.pipeline import TrainPipeline
+from mellama_jax.data.rows import PackedRows, pack_rows
 from mellama_jax.data.sources.report import BadInputReport, DataError
 from mellama_jax.data.sources.splits import split_of
+from mellama_jax.data.token_store import TokenizedDocs
 from mellama_jax.tokenizer import chat_templates as chat
 
 __all__ = ["FORMATS", "SFT_FORMATS", "to_messages", "iter_records", "read_source", "encode_example",
-           "MaskedDocs", "MaskedPackedRows", "SFTPipeline", "build_sft_pipeline", "sft_source_config"]
+           "MaskedDocs", "MaskedPackedRows", "SFTRows", "build_sft_pipeline", "sft_source_config"]
 
 log = logging.getLogger("mellama_jax.sft")
 
@@ -57,13 +61,16 @@ class RecordError(ValueError):
 
 def sft_source_config(paths, fmt: str = "auto", *, eval_fraction: float = 0.02, **_ignored):
     """One instruction source: globs, a record format (auto detects per record), held-out share."""
-    import ml_collections
-
     c = ml_collections.ConfigDict()
     c.paths = tuple(paths) if not isinstance(paths, str) else (paths,)
     c.format = fmt if fmt in SFT_FORMATS else "auto"
     c.eval_fraction = float(eval_fraction)
     return c
+
+
+# config.data.sources_spec of an SFT config (config.task == "sft") names these formats and builds its
+# new sources with sft_source_config; an SFT config builds its sources here, so this is registered.
+register_source_kind("sft", SFT_FORMATS, sft_source_config)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +157,7 @@ def iter_records(path: str) -> Iterator[tuple[int, Any]]:
     """(line or item number, record | RecordError) of one file."""
     name = path[:-3] if path.endswith(".gz") else path
     if name.endswith(".parquet"):
-        import pandas as pd
+        import pandas as pd  # heavy and only needed for parquet files
 
         frame = pd.read_parquet(path)
         for i, row in enumerate(frame.to_dict("records"), 1):
@@ -271,70 +278,57 @@ def read_source(name: str, src: Any, tokenizer: Any, template: str, seq_len: int
 
 
 # --------------------------------------------------------------------------------------------------
-# The pipeline
+# The row source and the pipeline
 # --------------------------------------------------------------------------------------------------
-class SFTPipeline(TrainPipeline):
-    """The pretraining pipeline (mixture draws, per-source permutations per epoch, eval batches,
-    stateless resume) over prompt-masked instruction examples instead of documents."""
+class SFTRows:
+    """Rows of prompt-masked instruction examples, for data.pipeline.TrainPipeline (its mixture draws,
+    per-source permutations per epoch, eval batches and stateless resume) in place of documents."""
 
-    def __init__(self, data_config, *, global_batch_size: int, process_index: int = 0, process_count: int = 1,
-                 tokenizer: Any = None):
-        import ml_collections
-
+    def __init__(self, data_config):
         self.template = str(data_config.get("chat_template", "mellama"))
-        chat.hf_chat_template(self.template)  # fails early on an unknown name
-        self.sft_packing = str(data_config.get("packing", "pack"))
-        if self.sft_packing not in ("pack", "pad"):
-            raise DataError(f"data.packing={self.sft_packing!r}: SFT expects 'pack' (examples packed into "
+        self.chat_template_jinja = chat.hf_chat_template(self.template)  # fails early on an unknown name
+        self.packing = str(data_config.get("packing", "pack"))
+        if self.packing not in ("pack", "pad"):
+            raise DataError(f"data.packing={self.packing!r}: SFT expects 'pack' (examples packed into "
                             "rows, attention kept within each) or 'pad' (one example per row)")
         self.truncation: dict[str, collections.Counter] = {}
-        cfg = ml_collections.ConfigDict(data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config))
-        cfg.packing = "pack"  # the base class's layout check; rows come from _make_rows below
-        super().__init__(cfg, global_batch_size=global_batch_size, process_index=process_index,
-                         process_count=process_count, tokenizer=tokenizer)
-        self.packing = self.sft_packing
-        self.chat_template_jinja = chat.hf_chat_template(self.template)  # written into the checkpoints
-        for name in self.source_names:
-            t = self.truncation[name]
-            if t["train/prompt_truncated"] or t["train/answer_truncated"]:
-                log.warning("sft: source %s: %d training examples longer than seq_len=%d were cut from the "
-                            "left (%d lost only prompt tokens, %d lost trained tokens)", name,
-                            t["train/prompt_truncated"] + t["train/answer_truncated"], self.seq_len,
-                            t["train/prompt_truncated"], t["train/answer_truncated"])
 
-    def _load_source(self, name: str, data_config) -> tuple[dict[str, MaskedDocs], BadInputReport]:
-        docs, report, counts = read_source(name, data_config.sources[name], self.tokenizer, self.template,
-                                           self.seq_len, self.process_index, self.process_count)
+    def load(self, name: str, data_config, tokenizer, process_index: int, process_count: int
+             ) -> tuple[dict[str, MaskedDocs], BadInputReport]:
+        docs, report, counts = read_source(name, data_config.sources[name], tokenizer, self.template,
+                                           int(data_config.seq_len), process_index, process_count)
         report.check(float(data_config.max_bad_fraction))
         self.truncation[name] = counts
         return docs, report
 
-    def _make_rows(self, docs: MaskedDocs, for_eval: bool = False):
-        return masked_rows(docs, self.seq_len, pad=self.sft_packing == "pad")
-
-    def epoch_rows(self) -> int:
-        """Rows in one pass over every trained source on this host (an epoch of the mixture)."""
-        return int(sum(r.num_rows for r, t in zip(self._rows, self._trained) if t))
-
-    def steps_for_epochs(self, epochs: float, global_rows: int | None = None) -> int:
-        """Optimizer steps for `epochs` passes over the mixture's rows (all hosts: global_rows)."""
-        rows = self.epoch_rows() * self.process_count if global_rows is None else int(global_rows)
-        return max(1, int(np.ceil(epochs * rows / (self.local_batch * self.process_count))))
+    def make_rows(self, docs: MaskedDocs, seq_len: int, for_eval: bool) -> MaskedPackedRows:
+        return masked_rows(docs, seq_len, pad=self.packing == "pad")
 
     def state(self) -> dict:
-        return {**super().state(), "chat_template": self.template}
+        return {"chat_template": self.template}
 
-    def stats(self) -> dict[str, float]:
-        out = super().stats()
-        for s, name in enumerate(self.source_names):
-            for key, n in sorted(self.truncation.get(name, {}).items()):
-                out[f"data/{name}/{key}"] = int(n)
-            docs = self._docs[name]["train"]
-            out[f"data/{name}/trained_token_fraction"] = docs.trained_tokens / max(1, docs.num_tokens)
+    def stats(self, name: str, docs: dict[str, MaskedDocs]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, n in sorted(self.truncation.get(name, {}).items()):
+            out[f"data/{name}/{key}"] = int(n)
+        train = docs["train"]
+        out[f"data/{name}/trained_token_fraction"] = train.trained_tokens / max(1, train.num_tokens)
         return out
+
+    def warn_truncated(self, seq_len: int) -> None:
+        for name, t in self.truncation.items():
+            if t["train/prompt_truncated"] or t["train/answer_truncated"]:
+                log.warning("sft: source %s: %d training examples longer than seq_len=%d were cut from the "
+                            "left (%d lost only prompt tokens, %d lost trained tokens)", name,
+                            t["train/prompt_truncated"] + t["train/answer_truncated"], seq_len,
+                            t["train/prompt_truncated"], t["train/answer_truncated"])
 
 
 def build_sft_pipeline(data_config, *, global_batch_size: int, process_index: int = 0, process_count: int = 1,
-                       tokenizer: Any = None) -> SFTPipeline:
-    return SFTPipeline(data_config, global_batch_size=global_batch_size, process_index=process_index,
-                       process_count=process_count, tokenizer=tokenizer)
+                       tokenizer: Any = None) -> TrainPipeline:
+    """The pretraining pipeline over instruction examples (SFTRows): what the SFT task trains on."""
+    rows = SFTRows(data_config)
+    pipeline = TrainPipeline(data_config, global_batch_size=global_batch_size, process_index=process_index,
+                             process_count=process_count, tokenizer=tokenizer, row_source=rows)
+    rows.warn_truncated(pipeline.seq_len)
+    return pipeline

@@ -2,8 +2,9 @@
 
 There is no second trainer: this writes what makes the workdir readable as a LoRA artifact
 (checkpoints/adapter_config.json: rank, alpha, dropout, targets, the base it adapts, the chat
-template) and hands over to `mellama_jax.train.loop.run`, which builds the SFT pipeline
-(mellama_jax.sft.data) and, with config.lora.enabled, trains adapters over the frozen base.
+template) and hands over to `mellama_jax.train.loop.run` with the SFT pipeline
+(mellama_jax.sft.data.build_sft_pipeline); with config.lora.enabled the loop trains adapters over
+the frozen base.
 """
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ import jax
 
 from mellama_jax.checkpoint import lora_io
 from mellama_jax.model import lora as lora_lib
+from mellama_jax.sft.data import build_sft_pipeline
+from mellama_jax.tokenizer.chat_templates import hf_chat_template
+from mellama_jax.train import loop
 from mellama_jax.train.checkpointing import checkpoint_dir
 
 
 def run(config: Any, workdir: str) -> dict:
-    from mellama_jax.tokenizer.chat_templates import hf_chat_template
-    from mellama_jax.train import loop
-
     hf_chat_template(config.data.chat_template)  # an unknown template fails before any work
     spec = lora_lib.spec_from_config(config.get("lora"))
     if spec is not None and jax.process_index() == 0:
@@ -33,4 +34,4 @@ def run(config: Any, workdir: str) -> dict:
                 raise ValueError(f"{existing}: this workdir trains LoRA {old} over {body.get('base')!r}, but the "
                                  f"config asks for {spec} over {base!r}; use a new workdir")
         lora_io.write_adapter_config(directory, spec, base, config.data.chat_template)
-    return loop.run(config, workdir)
+    return loop.run(config, workdir, make_pipeline=build_sft_pipeline)

@@ -30,7 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from mellama_jax.checkpoint.orbax_io import write_model_config as _write_model_config
 from mellama_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -62,10 +64,9 @@ def quarantine_dir(workdir: str) -> str:
 
 def write_model_config(directory: str, model_config: Any) -> None:
     """<dir>/model_config.json via the checkpoint package's writer (one format for all tools)."""
-    from mellama_jax.checkpoint.orbax_io import write_model_config as write
     if jax.process_index() == 0:
         os.makedirs(directory, exist_ok=True)
-        write(directory, model_config)
+        _write_model_config(directory, model_config)
 
 
 # ------------------------------------------------------------------------------ fingerprints
@@ -226,7 +227,6 @@ class Checkpointer:
 
     def _reload(self) -> None:
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("mellama_checkpoint_quarantine")
         self.manager.close()
         self.manager = ocp.CheckpointManager(self.directory, options=self._options,

@@ -16,6 +16,7 @@ MFU = achieved model FLOP/s / (num_devices * peak bf16 dense FLOP/s per device).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -125,7 +126,7 @@ class MetricsWriter:
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            try:
+            try:  # optional: without it only the JSONL is written
                 from tensorboardX import SummaryWriter
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
             except ImportError:
@@ -170,6 +171,12 @@ class MetricsWriter:
             self._tb.close()
 
 
+def say(msg: str) -> None:
+    """A progress line on the console, once per run (process 0)."""
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
 def console_line(step: int, total: int, values: Mapping[str, Any]) -> str:
     parts = [f"step {step}/{total}"]
     for key, fmt in (("loss", "loss {:.4f}"), ("learning_rate", "lr {:.3g}"),
@@ -181,12 +188,23 @@ def console_line(step: int, total: int, values: Mapping[str, Any]) -> str:
 
 
 class StepTimer:
-    """Wall time between consecutive host-side syncs, for tokens/s over a logging window."""
+    """Wall time between consecutive host-side syncs, for tokens/s over a logging window, less the
+    time spent `aside()` since the previous lap (evaluation, checkpoints: not training steps)."""
 
     def __init__(self) -> None:
         self.t = time.perf_counter()
+        self._aside = 0.0
 
     def lap(self) -> float:
         now = time.perf_counter()
         dt, self.t = now - self.t, now
+        dt, self._aside = dt - self._aside, 0.0
         return dt
+
+    @contextlib.contextmanager
+    def aside(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._aside += time.perf_counter() - start

@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mellama_jax.config_validation import LossImpl
 from mellama_jax.model.config import LlamaConfig
 from mellama_jax.model.llama import Llama, lm_head_kernel
+from mellama_jax.model.lora import scaled
 from mellama_jax.sharding import BATCH_AXES, mesh_context, rules_as_tuple
 from mellama_jax.train import loss as loss_lib
 from mellama_jax.train.state import TrainState
@@ -44,7 +45,6 @@ def make_loss_fn(model_config: LlamaConfig, mesh: Mesh, *, loss_impl: str = "voc
         base = params
         variables = {"params": params}
         if lora is not None:
-            from mellama_jax.model.lora import scaled
             base = frozen
             variables = {"params": frozen, "lora": scaled(params, lora)}
             if rng is not None and lora.dropout > 0:

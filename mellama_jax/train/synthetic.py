@@ -1,4 +1,4 @@
-"""A deterministic synthetic token pipeline with the TrainPipeline interface.
+"""A deterministic synthetic token pipeline: a data.batch_source.BatchSource without files.
 
 Used by benchmarks (no TensorFlow, no files, no host bottleneck) and by the training tests.
 The tokens are arithmetic progressions modulo the vocabulary, so a model can learn them and the
@@ -11,12 +11,16 @@ from typing import Sequence
 
 import numpy as np
 
+from mellama_jax.data.config import MixtureStage
+
 _FIRST_TOKEN = 3  # keep 0..2 (pad/bos/eos in LLaMA vocabularies) out of the synthetic stream
 _EVAL_STEP_BASE = 1 << 40  # eval rows use step ids no training step reaches
 
 
 class SyntheticPipeline:
-    """Arithmetic-progression token batches; same interface as the real train pipeline."""
+    """Arithmetic-progression token batches; same interface (BatchSource) as the real train pipeline."""
+
+    chat_template_jinja = None
 
     def __init__(self, *, vocab_size: int, seq_len: int, global_batch_size: int,
                  process_index: int = 0, process_count: int = 1, seed: int = 0,
@@ -37,6 +41,7 @@ class SyntheticPipeline:
         weights = np.asarray(mixture if mixture is not None else [1.0] * len(self.source_names),
                              dtype=np.float64)
         self._probs = weights / weights.sum()
+        self.stages = [MixtureStage(0, dict(zip(self.source_names, map(float, self._probs))))]
         self.tokenizer = None
 
     def _row(self, step: int, row: int, source: int | None = None) -> tuple[np.ndarray, int]:
@@ -73,6 +78,32 @@ class SyntheticPipeline:
         first = self.process_index * self.local_batch_size
         rows = range(first, first + self.local_batch_size)
         return [self._batch(_EVAL_STEP_BASE + i, rows, src) for i in range(num_batches)]
+
+    def stage_row_counts(self, step: int) -> tuple[int, np.ndarray]:
+        """(0, this process's rows per source before `step`, then their total): one constant stage."""
+        first = self.process_index * self.local_batch_size
+        counts = np.zeros(len(self.source_names) + 1, np.int64)
+        for s in range(step):
+            for r in range(first, first + self.local_batch_size):
+                counts[self._row(s, r)[1]] += 1
+        counts[-1] = counts[:-1].sum()
+        return 0, counts
+
+    def epoch_rows(self) -> int:
+        raise ValueError("synthetic data has no epochs (every step draws new rows); set config.train.steps")
+
+    def steps_for_epochs(self, epochs: float, global_rows: int | None = None) -> int:
+        return self.epoch_rows()
+
+    def state(self) -> None:
+        """Nothing to record: a batch is a function of (seed, step, row) alone."""
+        return None
+
+    def restore(self, state: dict) -> None:
+        """Nothing to check (see state)."""
+
+    def fingerprint(self) -> dict:
+        return {"synthetic": True, "seed": self.seed, "seq_len": self.seq_len}
 
     def stats(self) -> dict:
         return {}

@@ -16,13 +16,15 @@ The lock files are opened with O_NOFOLLOW and must be regular files with one lin
 directory, a FIFO or a hard link at that path is refused (WorkdirLockUnsafe, naming the path), so
 the owner record is never written through a link into another file.
 
-Re-entrant per process: launch.py takes the lock before it writes the experiment config and
-``train.loop.run`` takes it again (a no-op) for callers of the Python API.
+Taken once per run, by launch.py, before it writes the experiment config; a Python caller of
+``train.loop.run`` takes it itself (``with acquire(workdir): loop.run(config, workdir)``).
+Re-entrant per process: acquiring a workdir this process already holds is a no-op.
 """
 from __future__ import annotations
 
 import datetime
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -118,8 +120,6 @@ class WorkdirLock:
 
     # ------------------------------------------------------------------ flock (preferred)
     def _try_flock(self) -> bool:
-        import fcntl
-
         fd = _open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,8 +179,6 @@ class WorkdirLock:
 
     def release(self) -> None:
         if self._mode == "flock" and self._fd is not None:
-            import fcntl
-
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
