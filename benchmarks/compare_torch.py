@@ -31,6 +31,7 @@ from types import SimpleNamespace as NS
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import flax  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -245,7 +246,7 @@ def main() -> None:
     print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}), "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads; torch threads "
           f"{torch.get_num_threads()}")
-    print(f"versions: jax {jax.__version__}, flax {__import__('flax').__version__}, torch {torch.__version__}, "
+    print(f"versions: jax {jax.__version__}, flax {flax.__version__}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}, python {platform.python_version()}")
     print(f"model: preset {args.preset}, {config.num_params() / 1e6:.1f}M params, dtype {args.dtype}; "
           f"medians of {args.repeats} after a warm-up\n")
