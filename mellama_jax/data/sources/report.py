@@ -7,14 +7,55 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+from typing import Any, Iterable, Mapping
 
-__all__ = ["DataError", "BadInputReport"]
+__all__ = ["DataError", "BadInputReport", "describe_value", "describe_keys"]
 
 log = logging.getLogger("mellama_jax.data")
 
 
 class DataError(ValueError):
     """Input data that cannot be used: names the source, file, line and what was expected."""
+
+
+def describe_value(value: Any) -> str:
+    """What a value is, never what it says: a field of a malformed record may hold note text (a
+    swapped speaker/text pair puts the note where a label was expected), so messages name the field
+    and describe its value by type and size."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"a {len(value)}-character string" if value else "an empty string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, Mapping):
+        return f"an object of {len(value)} field(s)"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item(s)"
+    return f"a {type(value).__name__}"
+
+
+def describe_keys(record: Mapping, known: Iterable[str]) -> str:
+    """The record's keys that are expected field names, and a count of the others: an unexpected key
+    is not quoted, since a record whose key is note text would otherwise put that text in a log. A
+    key that differs from an expected name only in case or surrounding spaces is reported by the
+    expected name it resembles."""
+    known = list(dict.fromkeys(known))
+    named = sorted(k for k in record if isinstance(k, str) and k in known)
+    lowered = {k.lower(): k for k in known}
+    near = sorted({lowered[k.strip().lower()] for k in record
+                   if isinstance(k, str) and k not in known and k.strip().lower() in lowered})
+    other = len(record) - len(named)
+    text = f"has {named}" if named else "has none of them"
+    if other:
+        text += f" and {other} other field(s)"
+        if near:
+            text += f", of which {len(near)} differ from {near} only in case or spacing"
+    return text
 
 
 @dataclasses.dataclass

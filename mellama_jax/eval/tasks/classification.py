@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from mellama_jax.data.sources.report import describe_keys, describe_value
 from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, first_of, read_records,
                                            strict_report)
 from mellama_jax.eval.tasks.release import is_release_record, release_inputs
@@ -29,7 +30,7 @@ def _hoc_labels(value, path, where) -> list[str]:
     labels = [str(x).strip().lower() for x in value if str(x).strip()]
     for lab in labels:
         if lab not in HOC_CHOICES:
-            raise FormatError(path, where, f"label {lab!r} is not a hallmark of cancer {HOC_CHOICES}", "bad_label")
+            raise FormatError(path, where, f"a label ({describe_value(lab)}) is not a hallmark of cancer {HOC_CHOICES}", "bad_label")
     return [c for c in HOC_CHOICES if c in labels]  # canonical order, no duplicates
 
 
@@ -46,7 +47,7 @@ def load_hoc(path: str, report: LoadReport | None = None) -> list[Example]:
             else:
                 text = first_of(row, ("text", "sentence", "abstract"), path, where)
                 if "labels" not in row and "label" not in row:
-                    raise FormatError(path, where, f"missing field 'labels' (has: {sorted(row)})", "missing_field")
+                    raise FormatError(path, where, f"missing field 'labels' (of ['labels', 'label'] the record {describe_keys(row, ('labels', 'label'))})", "missing_field")
                 labels = _hoc_labels(row.get("labels", row.get("label")), path, where)
             ex_id = str(row.get("pmid") or row.get("document_id") or row.get("id") or f"{os.path.basename(path)}")
             out.append(Example(id=f"{ex_id}:{where}", inputs={"text": str(text)}, reference=labels,
