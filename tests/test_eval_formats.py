@@ -189,7 +189,7 @@ def test_bad_records_are_counted_below_the_threshold_and_fail_above(tmp_path):
     ex, report = load_task_file(get_task("hoc"), str(tmp_path / "hoc.tsv"), _config(max_bad_fraction=0.01))
     assert len(ex) == 199 and report.num_bad == 1 and report.bad == {"bad_label": 1}
     assert report.to_dict()["first_problems"] == [f"[hoc] {tmp_path / 'hoc.tsv'}:201: bad_label "
-                                                 "(a label (a 14-character string) is not a hallmark of cancer "
+                                                 "(label 'not a hallmark' is not a hallmark of cancer "
                                                  f"{TASKS['hoc'].load.__globals__['HOC_CHOICES']})"]
     _hoc_with_bad_rows(tmp_path / "worse.tsv", 195, 5)
     with pytest.raises(ValueError, match=r"5 of 200 items were bad .*config.max_bad_fraction") as e:

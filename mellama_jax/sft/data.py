@@ -48,7 +48,7 @@ import numpy as np
 from mellama_jax.data.config import register_source_kind
 from mellama_jax.data.pipeline import TrainPipeline
 from mellama_jax.data.rows import PackedRows, pack_rows
-from mellama_jax.data.sources.report import BadInputReport, DataError, describe_keys, describe_value
+from mellama_jax.data.sources.report import BadInputReport, DataError, describe_keys, label_repr
 from mellama_jax.data.sources.splits import split_of
 from mellama_jax.data.text_hygiene import strip_control_chars
 from mellama_jax.data.token_store import TokenizedDocs
@@ -148,8 +148,8 @@ def to_messages(record: Any, fmt: str = "auto") -> list[dict]:
                 raise RecordError("bad_conversation", f"turn {i}: expected {{'from', 'value'}}")
             who = str(turn["from"]).strip().lower()
             role = "user" if who in _USER else "assistant" if who in _ASSISTANT else "system" if who == "system" else None
-            if role is None:  # the speaker is not quoted: swapped from/value puts the note text there
-                raise RecordError("bad_role", f"turn {i}: field 'from' ({describe_value(turn['from'])}) is no "
+            if role is None:  # label_repr: swapped from/value puts the note text there
+                raise RecordError("bad_role", f"turn {i}: field 'from' {label_repr(turn['from'])} is no "
                                               f"known speaker (expected one of {sorted(_USER | _ASSISTANT)} "
                                               "or 'system')")
             msgs.append({"role": role, "content": turn["value"]})
@@ -157,7 +157,7 @@ def to_messages(record: Any, fmt: str = "auto") -> list[dict]:
         raise RecordError("unknown_format", f"format {fmt!r}")
     for i, m in enumerate(msgs):
         if isinstance(m, dict) and "role" in m and m["role"] not in _ROLES:
-            raise RecordError("bad_role", f"message {i}: field 'role' ({describe_value(m['role'])}) is not one "
+            raise RecordError("bad_role", f"message {i}: field 'role' {label_repr(m['role'])} is not one "
                                           f"of {list(_ROLES)}")
         if isinstance(m, dict) and isinstance(m.get("content"), str):
             m["content"] = strip_control_chars(m["content"])  # before anything looks at the text

@@ -7,9 +7,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import re
 from typing import Any, Iterable, Mapping
 
-__all__ = ["DataError", "BadInputReport", "describe_value", "describe_keys"]
+__all__ = ["DataError", "BadInputReport", "describe_value", "describe_keys", "label_repr"]
+
+# Label-shaped: a single letter, or lower-case words (an upper-case prefix such as "DDI-" allowed).
+_LABEL_SHAPE = re.compile(r"^(?:[A-Za-z]|(?:[A-Z]+[-_])?[a-z][a-z _.\-]*)$")
 
 log = logging.getLogger("mellama_jax.data")
 
@@ -25,7 +29,7 @@ def describe_value(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, str):
-        return f"a {len(value)}-character string" if value else "an empty string"
+        return f"a string of {len(value)} characters" if value else "an empty string"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int):
@@ -37,6 +41,17 @@ def describe_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return f"a list of {len(value)} item(s)"
     return f"a {type(value).__name__}"
+
+
+def label_repr(value: Any) -> str:
+    """A bad label or speaker as a message shows it: quoted when it has the shape of a label
+    vocabulary entry ("neutral", "cell cycle", "DDI-maybe", "robot", "F": at most 32 characters and
+    3 words, lower-case apart from a single letter or an upper-case prefix, no digits), described
+    otherwise. Note text put in a label field by swapped columns is longer, capitalises names and
+    carries the digits of MRNs, phones, dates and ages, so it is described, never quoted."""
+    if isinstance(value, str) and 0 < len(value) <= 32 and len(value.split()) <= 3 and _LABEL_SHAPE.match(value):
+        return repr(value)
+    return f"({describe_value(value)})"
 
 
 def describe_keys(record: Mapping, known: Iterable[str]) -> str:

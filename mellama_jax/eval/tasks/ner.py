@@ -12,7 +12,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
-from mellama_jax.data.sources.report import describe_value
+from mellama_jax.data.sources.report import describe_value, label_repr
 from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, read_text, base_ext, first_of,
                                            read_records, strict_report)
 
@@ -49,7 +49,8 @@ def _example(ex_id: str, tokens: list[str], tags: list[str], types: tuple[str, .
 
 def _norm_tag(tag: str, types: tuple[str, ...], bare_type: str | None, path, where) -> str:
     if not _TAG.match(tag):
-        raise FormatError(path, where, f"a tag ({describe_value(tag)}) is not O, B[-type] or I[-type]", "bad_tag")
+        # label_repr: a token/tag swap puts a note's word in the tag field
+        raise FormatError(path, where, f"tag {label_repr(tag)} is not O, B[-type] or I[-type]", "bad_tag")
     if tag == "O":
         return tag
     if len(tag) == 1 and bare_type is None:
