@@ -23,8 +23,9 @@ renamed into place at the end, and an earlier decontamination output is replaced
 --overwrite.
 
 Outputs (in --out): decontamination.json and .md (per benchmark: examples in the file, examples too
-short for one n-gram, examples touched, documents touched per source, matched n-grams), and with
---write_exclude one `exclude/<source>.txt` of contaminated document ids per source. Setting
+short for one n-gram, examples touched, documents touched per source, matched n-grams; per source:
+documents, contaminated, bad records by reason, truncated files), and with --write_exclude one
+`exclude/<source>.txt` of contaminated document ids per source. Setting
 `--config.data.sources.<source>.exclude_ids=<out>/exclude/<source>.txt` then drops those documents:
 the id list is part of the token-cache key, so the tokenized store is rebuilt without them.
 """
@@ -44,8 +45,8 @@ from mellama_jax.data.config import apply_sources_spec, default_data_config
 from mellama_jax.data.sources.readers import iter_documents
 from mellama_jax.data.sources.report import BadInputReport
 from mellama_jax.eval.runner import load_task_file
-from mellama_jax.output_dir import OutputDirError, StagedOutput
 from mellama_jax.eval.tasks import LOADER_DEFAULTS, TASKS, get_task, resolve_path
+from mellama_jax.output_dir import OutputDirError, StagedOutput
 from mellama_jax.sft.data import RecordError, expand, iter_records, to_messages
 
 __all__ = ["example_texts", "benchmark_texts", "instruction_documents", "source_documents", "main"]

@@ -264,8 +264,8 @@ def _json_file_records(path: str, f: io.TextIOWrapper, raw: Any) -> Iterator[tup
     try:
         data = json.load(f)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg} at character {err.pos}; "
-                        f"a list cut off early ends like this); {why}") from None
+        raise DataError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg} at character {err.pos}, "
+                        f"as a list cut off mid-way reads); {why}") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply; {why}") from None
     except _TRUNCATION_ERRORS as err:

@@ -92,7 +92,8 @@ def _choice_example(ex_id: str, question: str, options: list[tuple[str, str]], g
                     meta=None) -> Example:
     keys = [k for k, _ in options]
     if gold_letter not in keys:
-        raise FormatError(path, where, f"answer {label_repr(gold_letter)} is not an option key {keys}", "bad_label")
+        raise FormatError(path, where, f"answer {label_repr(gold_letter)} is not an option key "
+                                       f"[{', '.join(label_repr(k) for k in keys)}]", "bad_label")
     gold = dict(options)[gold_letter]
     return Example(id=ex_id, inputs={"question": str(question), "options": _options_text(options)},
                    reference=gold, choices=tuple(v for _, v in options), target_text=gold,
@@ -177,7 +178,8 @@ def load_medmcqa(path: str, cop_base: str = "auto", report: LoadReport | None = 
             except (TypeError, ValueError):
                 raise FormatError(path, where, f"cop ({describe_value(rec['cop'])}) is not an integer", "bad_label") from None
             if not 0 <= cop <= 4:
-                raise FormatError(path, where, f"cop {cop} outside 0..4", "bad_label")
+                shown = cop if -99 <= cop <= 99 else f"(an integer of {len(str(abs(cop)))} digits)"  # not an MRN
+                raise FormatError(path, where, f"cop {shown} outside 0..4", "bad_label")
             rows.append((idx, where, rec, cop, ex_id))
     if rows:
         if cop_base == "auto":
