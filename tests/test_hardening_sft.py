@@ -238,3 +238,20 @@ def test_no_sft_message_quotes_record_text(tmp_path, tok, caplog, capfd):
     assert "unknown_format" in everything and "bad_role" in everything and "skipping bad input" in everything
     assert "field 'from'" in everything and "has none of them and 2 other field(s)" in everything
     assert not _leaks(everything), _leaks(everything)[:5]
+
+
+def test_pretraining_readers_drop_a_bom_too(tmp_path):
+    """The same rule in the pretraining readers: a BOM used to cost the first JSON line and made a
+    MIMIC CSV's header unrecognisable."""
+    from mellama_jax.data.sources.readers import read_file
+    from mellama_jax.data.sources.report import BadInputReport
+
+    with open(tmp_path / "d.jsonl", "w", encoding="utf-8-sig") as f:
+        f.write(json.dumps({"id": "a", "text": "first"}) + "\n" + json.dumps({"id": "b", "text": "second"}) + "\n")
+    report = BadInputReport("g")
+    assert [d["text"] for d in read_file("g", {"format": "jsonl"}, str(tmp_path / "d.jsonl"), report)] == ["first", "second"]
+    assert report.num_bad == 0
+    pd.DataFrame({"ROW_ID": [1], "SUBJECT_ID": [2], "CATEGORY": ["Nursing"], "TEXT": ["Stable."]}).to_csv(
+        tmp_path / "n.csv", index=False, encoding="utf-8-sig")  # Excel's "CSV UTF-8"
+    docs = list(read_file("c", {"format": "mimic_csv"}, str(tmp_path / "n.csv"), BadInputReport("c")))
+    assert [d["text"] for d in docs] == ["Stable."]
