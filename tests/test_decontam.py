@@ -83,12 +83,13 @@ def test_planted_overlaps_found_no_false_hits_and_exclude_list_drops_them(tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((out / "decontamination.json").read_text())
     assert report["skipped"] == {}  # every benchmark the harness knows has a file here and was read
-    assert report["sources"]["train"] == {"documents": n_docs, "contaminated": 2}
+    clean = {"bad": {}, "bad_records": 0, "truncated": []}  # every record read, none skipped
+    assert report["sources"]["train"] == {"documents": n_docs, "contaminated": 2, **clean}
     b = report["benchmarks"]
     assert b["pubmedqa"]["touched_example_indices"] == [1] and b["pubmedqa"]["documents_touched"] == {"train": 1}
     assert b["medqa"]["touched_example_indices"] == [2]
     assert b["medqa"]["documents_touched"] == {"train": 1, "inst": 1}
-    assert report["sources"]["inst"] == {"documents": 2, "contaminated": 1}
+    assert report["sources"]["inst"] == {"documents": 2, "contaminated": 1, **clean}
     others = [name for name, v in b.items() if name not in ("pubmedqa", "medqa") and v["examples_touched"]]
     assert others == []
     assert (out / "exclude" / "train.txt").read_text().split() == ["exact", "reformatted"]
@@ -143,5 +144,6 @@ def test_instruction_tuning_sources_of_configs_sft(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "decontamination.json").read_text())
-    assert report["sources"] == {"qa": {"documents": 2, "contaminated": 1}}
+    assert report["sources"] == {"qa": {"documents": 2, "contaminated": 1, "bad": {}, "bad_records": 0,
+                                        "truncated": []}}
     assert report["benchmarks"]["medqa"]["touched_example_indices"] == [2]

@@ -162,3 +162,78 @@ def test_pipeline_readers_strip_control_characters_before_scrubbing(tmp_path):
                    "</Abstract></Article></MedlineCitation></PubmedArticle></PubmedArticleSet>")
     d, = read_file("biomedical", {"format": "pubmed_xml"}, str(xml), BadInputReport("biomedical"))
     assert d["text"] == "Title\nAbstract"
+
+
+def test_eval_readers_strip_control_characters_after_parsing(tmp_path):
+    """Benchmark records lose their control characters once parsed (a JSON "\\u0000" escape is a NUL
+    only after json.loads), in every reader shape: JSON lines, JSON, parquet, TSV/CSV."""
+    import pandas as pd
+
+    from mellama_jax.eval.tasks import common, get_task
+    from mellama_jax.eval.tasks.qa import load_medqa
+
+    dirty = {"question": "Call 617-555-\x001234 re: Jo\u200bhnathan?", "note": "MRN 12\x00345678\u00ad"}
+    clean = {"question": "Call 617-555-1234 re: Johnathan?", "note": "MRN 12345678"}
+    (tmp_path / "r.jsonl").write_text(json.dumps(dirty) + "\n" + json.dumps(dirty, ensure_ascii=False) + "\n")
+    assert "\\u0000" in (tmp_path / "r.jsonl").read_text()
+    assert [r for _, r in common.read_jsonl(str(tmp_path / "r.jsonl"))] == [clean, clean]
+    with open(tmp_path / "r.json", "w", encoding="utf-8") as f:
+        json.dump([dirty], f)
+    assert common.read_json(str(tmp_path / "r.json")) == [clean]
+    pd.DataFrame([dirty]).to_parquet(tmp_path / "r.parquet")
+    assert [r for _, r in common.read_parquet(str(tmp_path / "r.parquet"))] == [clean]
+    pd.DataFrame([dirty]).to_csv(tmp_path / "r.tsv", sep="\t", index=False)
+    assert [r for _, r in common.read_delimited(str(tmp_path / "r.tsv"), ("question", "note"))] == [clean]
+    # through a task's own loader: the prompt field is what the training readers would produce
+    opts = {"A": "Jo\x00hn", "B": "b"}
+    (tmp_path / "medqa.jsonl").write_text(json.dumps({"question": dirty["question"], "options": opts,
+                                                      "answer_idx": "A"}) + "\n")
+    (ex,) = load_medqa(str(tmp_path / "medqa.jsonl"))
+    assert ex.inputs["question"] == clean["question"] and ex.reference == "John" and "\x00" not in ex.inputs["options"]
+    assert get_task("medqa").load is load_medqa
+
+
+def test_no_eval_loader_message_quotes_record_text(tmp_path, caplog):
+    """A note where a field name, label or tag belongs (swapped columns) is described, never quoted,
+    by the benchmark loaders: every PHI type the de-identifier knows, with control characters inside."""
+    from mellama_jax.eval.tasks.classification import load_hoc
+    from mellama_jax.eval.tasks.common import FormatError, LoadReport
+    from mellama_jax.eval.tasks.ner import load_bio
+    from mellama_jax.eval.tasks.nli import load_mednli
+    from mellama_jax.eval.tasks.qa import load_medqa
+    from mellama_jax.eval.tasks.relation import load_ddi
+
+    caplog.set_level(logging.DEBUG)
+    notes = ["Pt Jane Roe MRN 4455667 DOB 03/14/1931 called from 617-555-1234"] + _issue_notes()
+    notes += [v for _, n, val in EXAMPLES for _, v in list(_variants(n, val))[::4]]
+    cases = {
+        "medqa.jsonl": (load_medqa, lambda n: [{n: "x", "answer_idx": "A"},
+                                               {"question": "q", "options": {"A": "a", "B": "b"}, "answer_idx": n}]),
+        "mednli.jsonl": (load_mednli, lambda n: [{"sentence1": "p", "sentence2": "h", "gold_label": n},
+                                                 {"sentence1": "p", n: "h", "gold_label": "neutral"}]),
+        "hoc.jsonl": (load_hoc, lambda n: [{"text": "t", "labels": [n]}, {"text": "t", n: []}]),
+        "ddi.jsonl": (load_ddi, lambda n: [{"sentence": "@DRUG$ and @DRUG$", "label": n}]),
+    }
+    messages = []
+    for name, (load, records) in cases.items():
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for n in notes for r in records(n)))
+        report = LoadReport(source=name, strict=False, max_examples=10**6)
+        load(str(path), report=report)
+        assert report.num_bad == len(notes) * len(records("x")), (name, report.bad)
+        messages += report.examples + [json.dumps(report.to_dict()), report.summary()]
+        try:
+            load(str(path))  # strict: the first error raised
+        except FormatError as err:
+            messages.append(str(err))
+    bio = tmp_path / "x.bio"
+    bio.write_text("".join(f"The\tO\npatient\t{n}\n\n" for n in notes))
+    report = LoadReport(source="bio", strict=False, max_examples=10**6)
+    load_bio(str(bio), report=report)
+    assert report.num_bad == len(notes)
+    messages += report.examples
+    messages += [r.getMessage() for r in caplog.records]
+    everything = "\n".join(messages)
+    assert "bad_label" in everything and "missing_field" in everything and "bad_tag" in everything
+    assert not _leaks(everything) and not has_control_chars(everything), _leaks(everything)[:5]
+    assert "other field(s)" in everything  # the unexpected keys are counted

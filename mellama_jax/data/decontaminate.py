@@ -9,8 +9,14 @@ Texts are normalised to lower-case word tokens (`\\w+`), so whitespace, punctuat
 do not hide an overlap; a training document is contaminated by a benchmark when they share at least
 `min_matches` n-grams (n = 13 by default, as in GPT-3's and Llama-2's contamination studies).
 
+A scan that did not read all of a source is not reported as a result: a source with no documents,
+or one whose file broke off (a cut-short or corrupt gzip) unless its report allows truncation, raises
+IncompleteScan naming the source and file, before anything is written. Bad records that were
+skipped, and allowed truncations (file, line, share unread), are recorded per source in the report.
+
 Outputs (in out_dir): decontamination.json and .md (per benchmark: examples in the file, examples too
-short for one n-gram, examples touched, documents touched per source, matched n-grams), and with
+short for one n-gram, examples touched, documents touched per source, matched n-grams; per source:
+documents, contaminated, bad records by reason, truncated files), and with
 `write_exclude` one `exclude/<source>.txt` of contaminated document ids per source. Setting
 `--config.data.sources.<source>.exclude_ids=<out>/exclude/<source>.txt` then drops those documents:
 the id list is part of the token-cache key, so the tokenized store is rebuilt without them.
@@ -28,8 +34,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from mellama_jax.data.sources.report import BadInputReport, DataError
+
 __all__ = ["normalized_words", "ngram_hashes", "BenchmarkIndex", "build_index", "document_text",
-           "scan_documents", "run"]
+           "scan_documents", "IncompleteScan", "check_complete", "run"]
 
 _WORD = re.compile(r"\w+")
 _MUL = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime: the polynomial base of the n-gram hash
@@ -164,6 +172,28 @@ def scan_documents(source: str, docs: Iterable[dict], index: BenchmarkIndex, min
     return out
 
 
+class IncompleteScan(DataError):
+    """A source was not read in full (or not at all): its counts would understate contamination."""
+
+
+def check_complete(source: str, documents: int, report: BadInputReport | None) -> dict:
+    """The input accounting of one scanned source for decontamination.json ({"bad", "bad_records",
+    "truncated"}); raises IncompleteScan when nothing was read or a file broke off unallowed."""
+    bad = dict(report.bad) if report is not None else {}
+    truncated = list(report.truncations) if report is not None else []
+    if truncated and not report.allow_truncated:
+        raise IncompleteScan(
+            f"source {source!r}: scan incomplete, {len(truncated)} file(s) could not be read to the end: "
+            f"{report.truncation_summary()}; an exclude list from it would miss the unread documents, so "
+            f"nothing was written. Repair the file, or allow it (--allow_truncated {source}, or "
+            f"data.sources.{source}.allow_truncated=True) to scan what was read")
+    if documents == 0:
+        why = f"bad records: {bad}; first problems: {report.examples[:3]}" if bad else "the files hold no records"
+        raise IncompleteScan(f"source {source!r}: no documents were read ({why}); a scan of nothing would "
+                             "report no contamination, so nothing was written")
+    return {"bad": bad, "bad_records": sum(bad.values()), "truncated": truncated}
+
+
 def _report_md(report: dict) -> str:
     lines = [f"# Benchmark contamination ({report['n']}-gram overlap, >= {report['min_matches']} shared)", "",
              "| benchmark | examples | too short | examples touched | " +
@@ -174,18 +204,27 @@ def _report_md(report: dict) -> str:
         lines.append(f"| {name} | {b['examples']} | {b['too_short']} | {b['examples_touched']} | {docs} |")
     if report["skipped"]:
         lines += ["", "Not checked: " + ", ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
-    lines += ["", "| source | documents | contaminated |", "|---|---|---|"]
+    lines += ["", "| source | documents | contaminated | bad records | truncated files |", "|---|---|---|---|---|"]
     for s, v in report["sources"].items():
-        lines.append(f"| {s} | {v['documents']} | {v['contaminated']} |")
+        lines.append(f"| {s} | {v['documents']} | {v['contaminated']} | {v.get('bad_records', 0)} | "
+                     f"{len(v.get('truncated', []))} |")
+    truncated = [(s, t) for s, v in report["sources"].items() for t in v.get("truncated", [])]
+    if truncated:
+        lines += ["", "Scanned only in part (allow_truncated): " + "; ".join(
+            f"{s}: {t['path']} from line {t['line']} ({t['unread_fraction']:.1%} of the file unread)"
+            for s, t in truncated)]
     return "\n".join(lines) + "\n"
 
 
 def run(benchmarks: dict[str, list[list[str]]], documents: Mapping[str, Iterable[dict]], out_dir: str, *,
         n: int = 13, min_matches: int = 1, write_exclude: bool = False, skipped: dict | None = None,
-        benchmarks_dir: str = "") -> dict:
+        benchmarks_dir: str = "", reports: Mapping[str, BadInputReport] | None = None,
+        final_dir: str | None = None) -> dict:
     """Check every source's documents ({source: iterable of {"id", "text" | instruction fields}})
     against the benchmark texts ({benchmark: [texts of example i]}); write the reports to out_dir.
-    `skipped` ({benchmark: why}) and `benchmarks_dir` are recorded in the report."""
+    `reports` ({source: the BadInputReport its reader fills}) make the scan's completeness checked
+    and recorded (check_complete); `skipped` ({benchmark: why}) and `benchmarks_dir` are recorded.
+    `final_dir`: where out_dir will end up (a staged output), for the paths the report names."""
     if n < 1:
         raise ValueError(f"--n={n}: must be >= 1")
     t0 = time.perf_counter()
@@ -199,8 +238,9 @@ def run(benchmarks: dict[str, list[list[str]]], documents: Mapping[str, Iterable
     scans = {}
     for name, docs in documents.items():
         scans[name] = scan_documents(name, docs, index, min_matches)
+        inputs = check_complete(name, scans[name]["documents"], (reports or {}).get(name))
         report["sources"][name] = {"documents": scans[name]["documents"],
-                                   "contaminated": len(scans[name]["contaminated_ids"])}
+                                   "contaminated": len(scans[name]["contaminated_ids"]), **inputs}
     for b in index.names:
         touched: set = set()
         docs = {}
@@ -222,7 +262,7 @@ def run(benchmarks: dict[str, list[list[str]]], documents: Mapping[str, Iterable
             with open(path + ".tmp", "w", encoding="utf-8") as f:
                 f.write("".join(f"{i}\n" for i in sorted(set(scan["contaminated_ids"]))))
             os.replace(path + ".tmp", path)
-            report["exclude_files"][name] = path
+            report["exclude_files"][name] = os.path.join(final_dir or out_dir, "exclude", f"{name}.txt")
     report["seconds"] = round(time.perf_counter() - t0, 3)
     with open(os.path.join(out_dir, "decontamination.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)

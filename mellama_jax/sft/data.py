@@ -9,7 +9,17 @@ Record formats (detected per record when a source's format is "auto"):
             "gpt"/"agent"/"assistant"/"chatgpt"/"bard"/"model" -> assistant (Me-LLaMA's
             src/preprocess_instruct.py writes human/agent), "system" -> system.
 Files: .jsonl / .jsonl.gz (one record per line), .json (a list of records, or one record), .parquet
-(a `datasets` export; nested columns come back as arrays and are normalised).
+(a `datasets` export; nested columns come back as arrays and are normalised). Text is read as the
+pretraining readers read it: gzip by magic bytes, a UTF-8 BOM (as Windows tools write it) dropped,
+bytes that are not UTF-8 kept as lone surrogates so that the record holding them is skipped by
+file:line; control and invisible characters (mellama_jax.data.text_hygiene) are removed from every
+message before anything else looks at it.
+
+A file that cannot be read as a whole is never one bad record among many, because its records were
+never counted: a .json that does not parse (a list cut off mid-way, a stray byte) or a corrupt
+.parquet fails the run naming the file (and the parse position); a .jsonl(.gz) whose gzip stream
+ends early or is corrupt fails it too unless the source sets allow_truncated=True, which keeps the
+records read before the break and records the file (and the share left unread) in the report.
 
 Every assistant turn is trained (its text, the template's closing text and EOS); prompts are masked.
 An example longer than seq_len + 1 tokens is cut from the left (BOS kept), like evaluation cuts
@@ -24,9 +34,12 @@ import collections
 import dataclasses
 import glob
 import gzip
+import io
 import json
 import logging
 import os
+import re
+import zlib
 from typing import Any, Iterator
 
 import ml_collections
@@ -35,8 +48,9 @@ import numpy as np
 from mellama_jax.data.config import register_source_kind
 from mellama_jax.data.pipeline import TrainPipeline
 from mellama_jax.data.rows import PackedRows, pack_rows
-from mellama_jax.data.sources.report import BadInputReport, DataError
+from mellama_jax.data.sources.report import BadInputReport, DataError, describe_keys, label_repr
 from mellama_jax.data.sources.splits import split_of
+from mellama_jax.data.text_hygiene import strip_control_chars
 from mellama_jax.data.token_store import TokenizedDocs
 from mellama_jax.tokenizer import chat_templates as chat
 
@@ -49,6 +63,12 @@ SFT_FORMATS = ("auto", "alpaca", "messages", "sharegpt")
 FORMATS = SFT_FORMATS
 _ASSISTANT = {"gpt", "agent", "assistant", "chatgpt", "bard", "model", "bot"}
 _USER = {"human", "user"}
+_ROLES = ("system", "user", "assistant")
+# Top-level field names of the three formats: only these are ever named in a message.
+_KNOWN_KEYS = ("messages", "conversations", "instruction", "input", "output", "system", "id")
+_SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by surrogateescape
+# EOFError: a gzip cut short; BadGzipFile / zlib.error / OSError: garbage inside the stream.
+_TRUNCATION_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
 
 
 class RecordError(ValueError):
@@ -59,12 +79,15 @@ class RecordError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-def sft_source_config(paths, fmt: str = "auto", *, eval_fraction: float = 0.02, **_ignored):
-    """One instruction source: globs, a record format (auto detects per record), held-out share."""
+def sft_source_config(paths, fmt: str = "auto", *, eval_fraction: float = 0.02, allow_truncated: bool = False,
+                      **_ignored):
+    """One instruction source: globs, a record format (auto detects per record), held-out share, and
+    whether a cut-short/corrupt .jsonl.gz keeps the records read before the break (default: fail)."""
     c = ml_collections.ConfigDict()
     c.paths = tuple(paths) if not isinstance(paths, str) else (paths,)
     c.format = fmt if fmt in SFT_FORMATS else "auto"
     c.eval_fraction = float(eval_fraction)
+    c.allow_truncated = bool(allow_truncated)
     return c
 
 
@@ -83,8 +106,8 @@ def _detect(record: dict) -> str:
         return "sharegpt"
     if "instruction" in record and "output" in record:
         return "alpaca"
-    raise RecordError("unknown_format", f"keys {sorted(record)[:8]}; expected messages, conversations "
-                                        "or instruction/output")
+    raise RecordError("unknown_format", f"of the fields messages, conversations, instruction+output it "
+                                        f"{describe_keys(record, _KNOWN_KEYS)}")
 
 
 def _as_list(value: Any) -> list:
@@ -123,13 +146,21 @@ def to_messages(record: Any, fmt: str = "auto") -> list[dict]:
         for i, turn in enumerate(raw):
             if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
                 raise RecordError("bad_conversation", f"turn {i}: expected {{'from', 'value'}}")
-            who = str(turn["from"]).lower()
+            who = str(turn["from"]).strip().lower()
             role = "user" if who in _USER else "assistant" if who in _ASSISTANT else "system" if who == "system" else None
-            if role is None:
-                raise RecordError("bad_role", f"turn {i}: unknown speaker {turn['from']!r}")
+            if role is None:  # label_repr: swapped from/value puts the note text there
+                raise RecordError("bad_role", f"turn {i}: field 'from' {label_repr(turn['from'])} is no "
+                                              f"known speaker (expected one of {sorted(_USER | _ASSISTANT)} "
+                                              "or 'system')")
             msgs.append({"role": role, "content": turn["value"]})
     else:
         raise RecordError("unknown_format", f"format {fmt!r}")
+    for i, m in enumerate(msgs):
+        if isinstance(m, dict) and "role" in m and m["role"] not in _ROLES:
+            raise RecordError("bad_role", f"message {i}: field 'role' {label_repr(m['role'])} is not one "
+                                          f"of {list(_ROLES)}")
+        if isinstance(m, dict) and isinstance(m.get("content"), str):
+            m["content"] = strip_control_chars(m["content"])  # before anything looks at the text
     try:
         return chat.normalize_messages(msgs, require_answer=True)
     except chat.ChatError as err:
@@ -153,34 +184,98 @@ def expand(source: str, patterns: Any) -> list[str]:
     return sorted(dict.fromkeys(files))
 
 
-def iter_records(path: str) -> Iterator[tuple[int, Any]]:
-    """(line or item number, record | RecordError) of one file."""
+def _has_bad_utf8(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_bad_utf8(k) or _has_bad_utf8(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_bad_utf8(v) for v in value)
+    return False
+
+
+def _parquet_records(path: str) -> Iterator[tuple[int, Any]]:
+    import pandas as pd  # heavy and only needed for parquet files
+
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types (ArrowInvalid, OSError, ...) for a bad file
+        detail = (str(err).splitlines() or [""])[0][:200]
+        raise DataError(f"{path}: not a readable parquet file ({type(err).__name__}: {detail}); none of its "
+                        "records could be read. Re-export it (pandas.DataFrame.to_parquet, "
+                        "datasets.Dataset.to_parquet)") from None
+    for i, row in enumerate(frame.to_dict("records"), 1):
+        yield i, {k: v for k, v in row.items() if not (isinstance(v, float) and np.isnan(v))}
+
+
+def iter_records(path: str, report: BadInputReport | None = None) -> Iterator[tuple[int, Any]]:
+    """(line or item number, record | RecordError) of one file.
+
+    A file that cannot be read as a whole raises DataError naming it: its records cannot be counted.
+    A .jsonl(.gz) whose stream breaks is recorded in `report` (report.truncated: the file, the line
+    and the share unread; report.check then fails unless the source allows truncation), or raises
+    DataError without a report."""
     name = path[:-3] if path.endswith(".gz") else path
     if name.endswith(".parquet"):
-        import pandas as pd  # heavy and only needed for parquet files
-
-        frame = pd.read_parquet(path)
-        for i, row in enumerate(frame.to_dict("records"), 1):
-            yield i, {k: v for k, v in row.items() if not (isinstance(v, float) and np.isnan(v))}
+        yield from _parquet_records(path)
         return
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    try:
+        raw = open(path, "rb")
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
+    with raw:
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if raw.peek(2)[:2] == b"\x1f\x8b" else raw
+        # utf-8-sig: a BOM is not part of the first record; surrogateescape: a byte that is not
+        # UTF-8 costs only the record holding it, reported by file:line.
+        f = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape")
         if name.endswith(".json"):
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as err:
-                yield err.lineno, RecordError("invalid_json", err.msg)
-                return
-            for i, rec in enumerate(data if isinstance(data, list) else [data], 1):
-                yield i, rec
+            yield from _json_file_records(path, f, raw)
             return
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield i, json.loads(line)
-            except json.JSONDecodeError as err:
-                yield i, RecordError("invalid_json", err.msg)
+        lineno = 0
+        try:
+            for lineno, line in enumerate(f, 1):
+                line = line.lstrip("\ufeff")  # files joined with `cat` keep each one's BOM
+                if not line.strip():
+                    continue
+                if _SURROGATE.search(line):
+                    yield lineno, RecordError("invalid_utf8", "bytes that are not UTF-8; re-save the file as UTF-8")
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as err:
+                    yield lineno, RecordError("invalid_json", f"{err.msg} at column {err.colno}")
+                except RecursionError:
+                    yield lineno, RecordError("invalid_json", "nested too deeply")
+        except _TRUNCATION_ERRORS as err:
+            kind = "gzip stream ends early" if isinstance(err, EOFError) else f"unreadable data ({type(err).__name__})"
+            size = os.path.getsize(path)
+            pos = min(raw.tell(), size)
+            if report is None:
+                raise DataError(f"{path}:{lineno + 1}: {kind} at byte ~{pos} of {size}; the rest of the file "
+                                "cannot be read") from None
+            report.truncated(path, lineno + 1, kind, pos, size)
+
+
+def _json_file_records(path: str, f: io.TextIOWrapper, raw: Any) -> Iterator[tuple[int, Any]]:
+    """Items of a .json file: one JSON document, so a parse error loses every record of it and is
+    an error naming the file and the position, never one bad record."""
+    why = "a .json file is one JSON document (a list of records, or one record), so none of its records " \
+          "could be read; fix or re-export the file, or write JSON lines (.jsonl) so that a bad line costs one record"
+    try:
+        data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg} at character {err.pos}, "
+                        f"as a list cut off mid-way reads); {why}") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply; {why}") from None
+    except _TRUNCATION_ERRORS as err:
+        kind = "gzip stream ends early" if isinstance(err, EOFError) else f"unreadable data ({type(err).__name__})"
+        raise DataError(f"{path}: {kind} at byte ~{raw.tell()} of {os.path.getsize(path)}; {why}") from None
+    for i, rec in enumerate(data if isinstance(data, list) else [data], 1):
+        if _has_bad_utf8(rec):
+            yield i, RecordError("invalid_utf8", "bytes that are not UTF-8; re-save the file as UTF-8")
+        else:
+            yield i, rec
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,10 +345,11 @@ def read_source(name: str, src: Any, tokenizer: Any, template: str, seq_len: int
     if fmt not in SFT_FORMATS:
         raise DataError(f"data.sources.{name}.format={fmt!r}: expected one of {SFT_FORMATS}")
     eval_fraction = float(src.get("eval_fraction", 0.0))
+    report.allow_truncated = bool(src.get("allow_truncated", False))
     examples = {"train": [], "eval": []}
     seen = {"train": 0, "eval": 0}
     for path in expand(name, src.paths):
-        for line, rec in iter_records(path):
+        for line, rec in iter_records(path, report):
             if isinstance(rec, RecordError):
                 report.skip(rec.reason, path, line, rec.detail)
                 continue

@@ -62,8 +62,9 @@ def open_binary(path: str) -> io.BufferedIOBase:
 
 
 def _open_text(path: str) -> io.TextIOWrapper:
-    # surrogateescape: undecodable bytes survive as lone surrogates so we can report the line and skip it
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="surrogateescape", newline="")
+    # surrogateescape: undecodable bytes survive as lone surrogates so we can report the line and skip it;
+    # utf-8-sig: a BOM (Windows tools write one) is not part of the first record or the CSV header
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
 def _bad_utf8(s: str) -> bool:

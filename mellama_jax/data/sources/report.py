@@ -7,14 +7,70 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import re
+from typing import Any, Iterable, Mapping
 
-__all__ = ["DataError", "BadInputReport"]
+__all__ = ["DataError", "BadInputReport", "describe_value", "describe_keys", "label_repr"]
+
+# Label-shaped: a single letter, or lower-case words (an upper-case prefix such as "DDI-" allowed).
+_LABEL_SHAPE = re.compile(r"^(?:[A-Za-z]|(?:[A-Z]+[-_])?[a-z][a-z _.\-]*)$")
 
 log = logging.getLogger("mellama_jax.data")
 
 
 class DataError(ValueError):
     """Input data that cannot be used: names the source, file, line and what was expected."""
+
+
+def describe_value(value: Any) -> str:
+    """What a value is, never what it says: a field of a malformed record may hold note text (a
+    swapped speaker/text pair puts the note where a label was expected), so messages name the field
+    and describe its value by type and size."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters" if value else "an empty string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, Mapping):
+        return f"an object of {len(value)} field(s)"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item(s)"
+    return f"a {type(value).__name__}"
+
+
+def label_repr(value: Any) -> str:
+    """A bad label or speaker as a message shows it: quoted when it has the shape of a label
+    vocabulary entry ("neutral", "cell cycle", "DDI-maybe", "robot", "F": at most 32 characters and
+    3 words, lower-case apart from a single letter or an upper-case prefix, no digits), described
+    otherwise. Note text put in a label field by swapped columns is longer, capitalises names and
+    carries the digits of MRNs, phones, dates and ages, so it is described, never quoted."""
+    if isinstance(value, str) and 0 < len(value) <= 32 and len(value.split()) <= 3 and _LABEL_SHAPE.match(value):
+        return repr(value)
+    return f"({describe_value(value)})"
+
+
+def describe_keys(record: Mapping, known: Iterable[str]) -> str:
+    """The record's keys that are expected field names, and a count of the others: an unexpected key
+    is not quoted, since a record whose key is note text would otherwise put that text in a log. A
+    key that differs from an expected name only in case or surrounding spaces is reported by the
+    expected name it resembles."""
+    known = list(dict.fromkeys(known))
+    named = sorted(k for k in record if isinstance(k, str) and k in known)
+    lowered = {k.lower(): k for k in known}
+    near = sorted({lowered[k.strip().lower()] for k in record
+                   if isinstance(k, str) and k not in known and k.strip().lower() in lowered})
+    other = len(record) - len(named)
+    text = f"has {named}" if named else "has none of them"
+    if other:
+        text += f" and {other} other field(s)"
+        if near:
+            text += f", of which {len(near)} differ from {near} only in case or spacing"
+    return text
 
 
 @dataclasses.dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from mellama_jax.data.sources.report import describe_keys, label_repr
 from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, first_of, read_records,
                                            strict_report)
 from mellama_jax.eval.tasks.release import is_release_record, release_inputs
@@ -26,10 +27,11 @@ def _hoc_labels(value, path, where) -> list[str]:
         value = value.strip("\n").split(";")
     if not isinstance(value, list):
         raise FormatError(path, where, "labels must be a ';'-separated string or a list", "bad_value")
-    labels = [str(x).strip().lower() for x in value if str(x).strip()]
-    for lab in labels:
-        if lab not in HOC_CHOICES:
-            raise FormatError(path, where, f"label {lab!r} is not a hallmark of cancer {HOC_CHOICES}", "bad_label")
+    raw = [str(x).strip() for x in value if str(x).strip()]
+    labels = [x.lower() for x in raw]
+    for lab, shown in zip(labels, raw):
+        if lab not in HOC_CHOICES:  # shown as written: label_repr tells a label from a name by its case
+            raise FormatError(path, where, f"label {label_repr(shown)} is not a hallmark of cancer {HOC_CHOICES}", "bad_label")
     return [c for c in HOC_CHOICES if c in labels]  # canonical order, no duplicates
 
 
@@ -46,7 +48,7 @@ def load_hoc(path: str, report: LoadReport | None = None) -> list[Example]:
             else:
                 text = first_of(row, ("text", "sentence", "abstract"), path, where)
                 if "labels" not in row and "label" not in row:
-                    raise FormatError(path, where, f"missing field 'labels' (has: {sorted(row)})", "missing_field")
+                    raise FormatError(path, where, f"missing field 'labels' (of ['labels', 'label'] the record {describe_keys(row, ('labels', 'label'))})", "missing_field")
                 labels = _hoc_labels(row.get("labels", row.get("label")), path, where)
             ex_id = str(row.get("pmid") or row.get("document_id") or row.get("id") or f"{os.path.basename(path)}")
             out.append(Example(id=f"{ex_id}:{where}", inputs={"text": str(text)}, reference=labels,

@@ -10,7 +10,13 @@ header at all (then a task-declared column layout applies).
 A record that does not fit its format raises FormatError (file, line or row, reason) inside
 `LoadReport.record`: in strict mode (the default when a loader is called without a report) that
 stops the load; the evaluation runner passes a lenient report that counts the record and keeps
-the rest, then applies `config.max_bad_fraction` (the data pipeline's rule).
+the rest, then applies `config.max_bad_fraction` (the data pipeline's rule). Messages name the file,
+line and field and describe a bad value by type and size, never quote it (benchmarks hold clinical
+notes; report.describe_value / describe_keys).
+
+Every parsed record has its control and invisible characters removed
+(mellama_jax.data.text_hygiene.strip_control_chars_in), after parsing: a "\\u0000" JSON escape only
+becomes a NUL once decoded, and benchmark text must be the text the training readers would produce.
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
-from mellama_jax.data.sources.report import BadInputReport
+from mellama_jax.data.sources.report import BadInputReport, describe_keys
+from mellama_jax.data.text_hygiene import strip_control_chars_in
 
 __all__ = ["Example", "FormatError", "LoadReport", "read_jsonl", "read_json", "read_tsv", "read_csv",
            "read_delimited", "read_records", "read_text", "looks_like_jsonl", "require", "sha256_file", "open_text",
@@ -110,7 +117,8 @@ def require(record: Any, fields: Sequence[str], path: str, line: int | str | Non
         raise FormatError(path, line, f"expected a JSON object, got {type(record).__name__}", "not_an_object")
     for name in fields:
         if name not in record or record[name] is None:
-            raise FormatError(path, line, f"missing field {name!r} (has: {sorted(record)})", "missing_field")
+            raise FormatError(path, line, f"missing field {name!r} (of {list(fields)} the record "
+                                          f"{describe_keys(record, fields)})", "missing_field")
 
 
 def first_of(record: Mapping, names: Sequence[str], path: str, line, what: str = "") -> Any:
@@ -119,8 +127,8 @@ def first_of(record: Mapping, names: Sequence[str], path: str, line, what: str =
         if n in record and record[n] is not None:
             return record[n]
     label = what or names[0]
-    raise FormatError(path, line, f"missing field {label!r} (any of {list(names)}; has: {sorted(record)})",
-                      "missing_field")
+    raise FormatError(path, line, f"missing field {label!r} (any of {list(names)}; the record "
+                                  f"{describe_keys(record, names)})", "missing_field")
 
 
 def base_ext(path: str) -> str:
@@ -178,13 +186,13 @@ def read_jsonl(path: str, report: LoadReport | None = None) -> Iterator[tuple[in
             if not isinstance(obj, dict):
                 raise FormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}", "not_an_object")
         if isinstance(obj, dict):
-            yield lineno, obj
+            yield lineno, strip_control_chars_in(obj)
 
 
 def read_json(path: str) -> Any:
     text = read_text(path)
     try:
-        return json.loads(text)
+        return strip_control_chars_in(json.loads(text))
     except json.JSONDecodeError as e:
         raise FormatError(path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno})", "invalid_json") from None
 
@@ -239,6 +247,7 @@ def read_parquet(path: str, report: LoadReport | None = None) -> Iterator[tuple[
     if labels and report is not None:
         report.note("class_labels", labels)
     for i, rec in enumerate(table.to_pylist()):
+        rec = strip_control_chars_in(rec)
         for col, names in labels.items():
             if col in rec:
                 rec[col] = _decode(rec[col], names)
@@ -328,8 +337,11 @@ def read_delimited(path: str, columns: Sequence[str], layouts: Sequence[Sequence
         if quoted is None and raw is None:
             raise FormatError(path, None, f"cannot parse as {'TSV' if delimiter == chr(9) else 'CSV'} ({quoted_error})",
                               "unparseable")
+        # the first row is not quoted: without a header it is a record (note text)
         raise FormatError(path, 1, f"header lacks column(s) {[c for c in columns if c not in first]} "
-                                   f"(header: {first})", "bad_header")
+                                   f"(of {list(columns)} the first row "
+                                   f"{describe_keys(dict.fromkeys(c.strip() for c in first), columns)})",
+                          "bad_header")
     names, has_header, has_index = head
     report.note("format", "tsv" if delimiter == "\t" else "csv")
     report.note("quoting", mode)
@@ -348,7 +360,7 @@ def read_delimited(path: str, columns: Sequence[str], layouts: Sequence[Sequence
                                   "wrong_field_count")
             ok = True
         if ok:
-            yield start, dict(zip(names, row))
+            yield start, dict(zip(names, strip_control_chars_in(row)))
 
 
 def read_tsv(path: str, columns: Sequence[str], layouts: Sequence[Sequence[str]] = (),

@@ -12,6 +12,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
+from mellama_jax.data.sources.report import describe_value, label_repr
 from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, read_text, base_ext, first_of,
                                            read_records, strict_report)
 
@@ -48,11 +49,12 @@ def _example(ex_id: str, tokens: list[str], tags: list[str], types: tuple[str, .
 
 def _norm_tag(tag: str, types: tuple[str, ...], bare_type: str | None, path, where) -> str:
     if not _TAG.match(tag):
-        raise FormatError(path, where, f"tag {tag!r} is not O, B[-type] or I[-type]", "bad_tag")
+        # label_repr: a token/tag swap puts a note's word in the tag field
+        raise FormatError(path, where, f"tag {label_repr(tag)} is not O, B[-type] or I[-type]", "bad_tag")
     if tag == "O":
         return tag
     if len(tag) == 1 and bare_type is None:
-        raise FormatError(path, where, f"untyped tag {tag!r}: this task needs typed tags (B-problem, ...); "
+        raise FormatError(path, where, f"untyped tag {tag if tag in ('B', 'I') else '?'}: this task needs typed tags (B-problem, ...); "
                                        "single-type corpora are tasks of their own (bc5cdr_chem, bc5cdr_disease, "
                                        "ncbi_disease)", "bad_tag")
     etype = tag[2:].lower() if len(tag) > 1 else bare_type
@@ -163,8 +165,10 @@ def load_i2b2_xml(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES) -> l
         if not 0 <= s < e <= len(text):
             raise FormatError(path, None, f"EVENT {ev.attrib.get('id', '?')} offsets {s}-{e} outside TEXT")
         if "text" in ev.attrib and " ".join(text[s:e].split()) != " ".join(ev.attrib["text"].split()):
-            raise FormatError(path, None, f"EVENT {ev.attrib.get('id', '?')}: TEXT[{s}:{e}] is "
-                                          f"{text[s:e]!r}, attribute text is {ev.attrib['text']!r}")
+            # neither text is quoted: both are note text
+            raise FormatError(path, None, f"EVENT {ev.attrib.get('id', '?')}: TEXT[{s}:{e}] "
+                                          f"({describe_value(text[s:e])}) differs from its attribute text "
+                                          f"({describe_value(ev.attrib['text'])})")
         etype = ev.attrib["type"].lower()
         if etype in types:
             spans.append((s, e, etype))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from mellama_jax.data.sources.report import label_repr
 from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, first_of, read_records,
                                            strict_report)
 from mellama_jax.eval.tasks.release import is_release_record, release_inputs, release_label
@@ -32,7 +33,7 @@ def _load(path, task, choices, report, label_map=None):
             label = str(raw).strip().lower()
             label = (label_map or {}).get(label, label)
             if label not in choices:
-                raise FormatError(path, where, f"label {raw!r} is not one of {choices}", "bad_label")
+                raise FormatError(path, where, f"label {label_repr(raw)} is not one of {choices}", "bad_label")
             ex_id = str(rec.get("pairID", rec.get("id", f"{os.path.basename(path)}:{where}")))
             out.append(Example(id=ex_id, inputs={"premise": str(premise), "hypothesis": str(hypothesis)},
                                reference=label, choices=choices, target_text=label))

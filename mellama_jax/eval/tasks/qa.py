@@ -9,6 +9,7 @@ import ast
 import os
 import re
 
+from mellama_jax.data.sources.report import describe_value, label_repr
 from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, base_ext, first_of, looks_like_jsonl,
                                            read_json, read_records, read_text, require, strict_report)
 from mellama_jax.eval.tasks.release import is_release_record, release_inputs, release_label
@@ -22,9 +23,10 @@ _LETTERS = "ABCDEFGHIJ"
 def _pubmedqa_example(pid: str, question: str, contexts, label, path: str, where) -> Example:
     if isinstance(label, list):  # BigBio QA schema: answer is a list
         label = label[0] if label else ""
-    label = str(label).strip().lower()
+    shown = str(label).strip()  # as written: label_repr tells a label from a name by its case
+    label = shown.lower()
     if label not in PUBMEDQA_CHOICES:
-        raise FormatError(path, where, f"final_decision {label!r} is not one of {PUBMEDQA_CHOICES}", "bad_label")
+        raise FormatError(path, where, f"final_decision {label_repr(shown)} is not one of {PUBMEDQA_CHOICES}", "bad_label")
     if isinstance(contexts, str):
         try:
             contexts = ast.literal_eval(contexts)
@@ -90,7 +92,8 @@ def _choice_example(ex_id: str, question: str, options: list[tuple[str, str]], g
                     meta=None) -> Example:
     keys = [k for k, _ in options]
     if gold_letter not in keys:
-        raise FormatError(path, where, f"answer {gold_letter!r} is not an option key {keys}", "bad_label")
+        raise FormatError(path, where, f"answer {label_repr(gold_letter)} is not an option key "
+                                       f"[{', '.join(label_repr(k) for k in keys)}]", "bad_label")
     gold = dict(options)[gold_letter]
     return Example(id=ex_id, inputs={"question": str(question), "options": _options_text(options)},
                    reference=gold, choices=tuple(v for _, v in options), target_text=gold,
@@ -173,9 +176,10 @@ def load_medmcqa(path: str, cop_base: str = "auto", report: LoadReport | None = 
             try:
                 cop = int(rec["cop"])
             except (TypeError, ValueError):
-                raise FormatError(path, where, f"cop {rec['cop']!r} is not an integer", "bad_label") from None
+                raise FormatError(path, where, f"cop ({describe_value(rec['cop'])}) is not an integer", "bad_label") from None
             if not 0 <= cop <= 4:
-                raise FormatError(path, where, f"cop {cop} outside 0..4", "bad_label")
+                shown = cop if -99 <= cop <= 99 else f"(an integer of {len(str(abs(cop)))} digits)"  # not an MRN
+                raise FormatError(path, where, f"cop {shown} outside 0..4", "bad_label")
             rows.append((idx, where, rec, cop, ex_id))
     if rows:
         if cop_base == "auto":

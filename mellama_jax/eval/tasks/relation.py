@@ -5,6 +5,7 @@ import glob
 import os
 import xml.etree.ElementTree as ET
 
+from mellama_jax.data.sources.report import describe_value, label_repr
 from mellama_jax.eval.tasks.common import Example, FormatError, LoadReport, first_of, read_records, strict_report
 from mellama_jax.eval.tasks.release import is_release_record, release_inputs, release_label
 
@@ -39,7 +40,7 @@ def _load_table(path: str, report: LoadReport) -> list[Example]:
                 sentence = str(first_of(row, ("sentence", "text"), path, where))
                 label = str(first_of(row, ("label", "labels"), path, where)).strip()
             if label not in DDI_CHOICES:
-                raise FormatError(path, where, f"label {label!r} is not one of {DDI_CHOICES}", "bad_label")
+                raise FormatError(path, where, f"label {label_repr(label)} is not one of {DDI_CHOICES}", "bad_label")
             if PAIR_MENTION in sentence:
                 report.count("pair_mention_@DRUG-DRUG$")
             elif sentence.count("@DRUG$") < 1:
@@ -56,7 +57,7 @@ def _span(offset: str, path: str, where: str) -> tuple[int, int]:
         parts = [tuple(int(x) for x in p.split("-")) for p in offset.split(";")]
         return parts[0][0], parts[-1][1] + 1
     except (ValueError, IndexError):
-        raise FormatError(path, None, f"{where}: charOffset {offset!r} is not 'start-end'") from None
+        raise FormatError(path, None, f"{where}: charOffset ({describe_value(offset)}) is not 'start-end'") from None
 
 
 def _load_xml(path: str) -> list[Example]:
@@ -86,7 +87,7 @@ def _load_xml(path: str) -> list[Example]:
             if pair.attrib["ddi"].lower() == "true":
                 label = f"DDI-{pair.attrib.get('type', 'int').lower()}"
                 if label not in DDI_CHOICES:
-                    raise FormatError(path, None, f"pair {pid} type {pair.attrib.get('type')!r} unknown")
+                    raise FormatError(path, None, f"pair {pid} type {label_repr(pair.attrib.get('type'))} is none of {DDI_CHOICES}")
             else:
                 label = "DDI-false"
             masked = text

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from mellama_jax.data.sources.report import describe_keys
 from mellama_jax.eval.tasks.common import Example, FormatError, LoadReport, read_records, strict_report
 from mellama_jax.eval.tasks.release import is_release_record
 
@@ -31,7 +32,7 @@ def load_pubmed_sum(path: str, report: LoadReport | None = None) -> list[Example
             else:
                 missing = "abstract" if "article" in rec else ("answer" if "text" in rec else "article")
                 raise FormatError(path, where, f"missing field {missing!r} (expected article+abstract, src+tgt or "
-                                               f"text+answer; has: {sorted(rec)})", "missing_field")
+                                               f"text+answer; the record {describe_keys(rec, ('article', 'abstract', 'src', 'tgt', 'text', 'answer'))})", "missing_field")
             article, abstract = _text(article, path, where, "article"), _text(abstract, path, where, "abstract")
             ex_id = str(rec.get("id", rec.get("article_id", f"{os.path.basename(path)}:{where}")))
             out.append(Example(id=ex_id, inputs={"text": article}, reference=abstract, target_text=abstract,
@@ -53,7 +54,7 @@ def load_mimic_cxr(path: str, report: LoadReport | None = None) -> list[Example]
             else:
                 for name in ("findings", "impression"):
                     if rec.get(name) is None:
-                        raise FormatError(path, where, f"missing field {name!r} (has: {sorted(rec)})", "missing_field")
+                        raise FormatError(path, where, f"missing field {name!r} (the record {describe_keys(rec, ('findings', 'impression'))})", "missing_field")
                 findings, impression = rec["findings"], rec["impression"]
             findings = _text(findings, path, where, "findings")
             impression = _text(impression, path, where, "impression")
