@@ -106,7 +106,11 @@ def main(argv: list[str]) -> None:
     with lock:
         if jax.process_index() == 0:
             logging.info("resolved config saved to %s", save_config(config, workdir))
-        TASKS[Task(config.task)](config, workdir)
+        try:
+            TASKS[Task(config.task)](config, workdir)
+        except in_training.BenchConfigError as err:  # a benchmark task file, found before the first step
+            print(f"launch.py: {err}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

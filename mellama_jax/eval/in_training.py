@@ -31,6 +31,7 @@ import jax
 import ml_collections
 
 from mellama_jax.checkpoint import model_spec
+from mellama_jax.config_validation import ConfigError
 from mellama_jax.eval import runner, session
 from mellama_jax.eval.engine import Engine
 from mellama_jax.eval.runner import PreparedTask
@@ -48,7 +49,7 @@ __all__ = ["BenchConfigError", "BenchHooks", "BenchHook", "prepare", "eval_view"
            "bench_tokenizer_file"]
 
 
-class BenchConfigError(ValueError):
+class BenchConfigError(ConfigError):
     """config.bench / config.train.bench_every cannot run; raised before the first step."""
 
 
