@@ -70,10 +70,14 @@ def _pretrain(env, mesh=(2, 2, 2), steps=6, every=3, **bench):
     return c
 
 
-def _standalone(env, checkpoint, workdir, **kw):
+def _standalone(env, checkpoint, workdir, mesh=None, **kw):
+    """runner.run, what launch.py runs for configs/eval.py; on eval's own mesh unless `mesh` is given
+    (the training mesh: the same compiled programs, which keeps the fast tests fast)."""
     c = eval_config()
     c.checkpoint, c.tasks, c.data_dir, c.protocol, c.show_progress = checkpoint, TASKS, env["data"], "loglik", False
-    c.bootstrap.iterations = 0
+    c.bootstrap.iterations, c.batch_size = 0, 4
+    if mesh is not None:
+        c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
     for k, v in kw.items():
         c[k] = v
     validate_config(c)
@@ -111,22 +115,25 @@ def _assert_same(hooks, results, rows, step):
 
 def test_pretrain_bench_equals_standalone_eval_on_a_mesh_at_the_right_steps(env, tmp_path):
     work = tmp_path / "run"
-    config = _pretrain(env, mesh=(2, 2, 2), steps=6, every=3)
+    mesh = (2, 2, 2)
+    config = _pretrain(env, mesh=mesh, steps=4, every=2, tasks="medqa", max_examples=4)
     hooks = _train(config, work)
     rows = _bench_rows(work)
-    assert sorted(rows) == [3, 6]  # every 3 steps; the last step is a multiple
+    assert sorted(rows) == [2, 4]  # every 2 steps; the last step is a multiple
     for step in rows:
-        assert {f"bench/{t}/accuracy" for t in TASKS.split(",")} <= set(rows[step]) and rows[step]["bench/seconds"] > 0
-    # the hook saw the last step: compare with the standalone evaluation of checkpoint 6
-    results = _standalone(env, str(work / "checkpoints" / "6"), tmp_path / "eval6")
-    results["_workdir"] = str(tmp_path / "eval6")
-    _assert_same(hooks, results, rows, 6)
-    # the live state, not a stale copy: checkpoint 3 scores differently from 6 per example
-    _standalone(env, str(work / "checkpoints" / "3"), tmp_path / "eval3")
+        assert {"bench/medqa/accuracy", "bench/medqa/macro_f1"} <= set(rows[step]) and rows[step]["bench/seconds"] > 0
+    # the hook saw the last step: compare with the standalone evaluation of checkpoint 4
+    results = _standalone(env, str(work / "checkpoints" / "4"), tmp_path / "eval4", mesh=mesh, tasks="medqa",
+                          max_examples=4)
+    results["_workdir"] = str(tmp_path / "eval4")
+    _assert_same(hooks, results, rows, 4)
+    # the live state, not a stale copy: checkpoint 2 scores differently from 4 per example
+    _standalone(env, str(work / "checkpoints" / "2"), tmp_path / "eval3", mesh=mesh, tasks="medqa", max_examples=4)
     at3 = [json.loads(line)["choice_logprobs"] for line in open(tmp_path / "eval3" / "predictions" / "medqa.jsonl")]
     assert not np.allclose(at3, [x["choice_logprobs"] for x in hooks.hooks[0].last["medqa"][1]], atol=1e-4)
 
 
+@pytest.mark.slow  # two tasks, two checkpoints, another mesh
 def test_bench_at_step_3_is_that_checkpoints_score_and_the_last_step_always_runs(env, tmp_path):
     work = tmp_path / "run"
     config = _pretrain(env, mesh=(1, 4, 2), steps=5, every=3, max_examples=5)
@@ -142,6 +149,7 @@ def test_bench_at_step_3_is_that_checkpoints_score_and_the_last_step_always_runs
     assert hooks.hooks[0].last["pubmedqa"][0]["num_examples"] == 5
 
 
+@pytest.mark.slow  # SFT data pipeline + LoRA compiles
 def test_lora_sft_bench_scores_the_merged_model_as_its_checkpoint_evaluates(env, tmp_path):
     work = tmp_path / "sft"
     c = sft_config("tiny")
