@@ -21,6 +21,7 @@ from mellama_jax.checkpoint.artifact import EXPERIMENT_CONFIG, resolve_artifact
 from mellama_jax.checkpoint.model_spec import init_artifact, training_tokenizer_file
 from mellama_jax.cli.config_flags import define_config_flag, parse_flags
 from mellama_jax.config_validation import ArtifactLookup, ConfigError, Task, validate_config
+from mellama_jax.eval import in_training
 from mellama_jax.eval import runner as eval_runner
 from mellama_jax.sft import run as sft_run
 from mellama_jax.sharding import maybe_initialize_distributed
@@ -31,10 +32,24 @@ from mellama_jax.train import workdir_lock
 _CONFIG = define_config_flag("config", "Experiment config, e.g. configs/pretrain.py:demo")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 
+
+
+def run_pretrain(config, workdir: str) -> dict:
+    """Continual pretraining, with config.bench's benchmarks scored in the loop when
+    config.train.bench_every > 0 (their task files are checked here, before anything compiles;
+    eval/ sits above train/, so the two meet here)."""
+    return train_loop.run(config, workdir, make_hooks=in_training.prepare(config, workdir))
+
+
+def run_sft(config, workdir: str) -> dict:
+    """Instruction tuning, with the in-training benchmarks as for pretraining."""
+    return sft_run.run(config, workdir, make_hooks=in_training.prepare(config, workdir))
+
+
 # config.task -> run(config, workdir)
 TASKS = {
-    Task.PRETRAIN: train_loop.run,
-    Task.SFT: sft_run.run,
+    Task.PRETRAIN: run_pretrain,
+    Task.SFT: run_sft,
     Task.EVAL: eval_runner.run,
     Task.SWEEP: sweep.run,
 }
@@ -91,7 +106,11 @@ def main(argv: list[str]) -> None:
     with lock:
         if jax.process_index() == 0:
             logging.info("resolved config saved to %s", save_config(config, workdir))
-        TASKS[Task(config.task)](config, workdir)
+        try:
+            TASKS[Task(config.task)](config, workdir)
+        except in_training.BenchConfigError as err:  # a benchmark task file, found before the first step
+            print(f"launch.py: {err}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import FieldReference
 
+from configs.eval import get_config as eval_config
 from mellama_jax.data import config as data_cfg
 from mellama_jax.sharding import DEFAULT_RULES
 
@@ -41,6 +42,23 @@ def data_config(demo: bool = False) -> ml_collections.ConfigDict:
     return d
 
 
+# The keys of configs/eval.py that decide a benchmark's number (task files, prompts, protocol,
+# decoding, parsing, metrics), with its defaults: config.bench, for the benchmarks scored during
+# training (mellama_jax/eval/in_training.py). The checkpoint, tokenizer and mesh are the run's own.
+BENCH_KEYS = ("tasks", "data_dir", "task_paths", "train_paths", "max_examples", "max_bad_fraction", "protocol",
+              "loglik_normalize", "prompt_set", "share_prefix", "max_new_tokens", "batch_size", "few_shot",
+              "chat_template", "parse_lower_case", "medmcqa_cop_base", "ner_types", "rouge_stemmer",
+              "bertscore_model", "bertscore_layer", "seed", "dtype")
+
+
+def bench_config() -> ml_collections.ConfigDict:
+    """config.bench: configs/eval.py's keys and defaults, except no task until one is named."""
+    e = eval_config()
+    b = ml_collections.ConfigDict({k: e[k] for k in BENCH_KEYS})
+    b.tasks = ""  # e.g. "pubmedqa,medqa" with config.train.bench_every=N
+    return b
+
+
 def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "pretrain"
@@ -63,6 +81,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.async_checkpointing = True
     c.train.debug_step_delay_s = 0.0  # test hook: sleep after each step (preemption tests)
+    # Every N steps (and at the last), score config.bench.tasks on the live parameters (0 = off).
+    c.train.bench_every = 0
+    c.bench = bench_config()
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 3e-4

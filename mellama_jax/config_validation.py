@@ -182,6 +182,7 @@ RULES: tuple[tuple[str, Range], ...] = (
     ("train.checkpoint_every", Range(lo=0, integer=True, why="0 = only at the end")),
     ("train.keep_checkpoints", Range(lo=1, integer=True, why="at least the newest checkpoint is kept")),
     ("train.debug_step_delay_s", NON_NEGATIVE),
+    ("train.bench_every", Range(lo=0, integer=True, why="0 = no benchmarks during training")),
     # data
     ("data.seq_len", Range(lo=2, integer=True, why="next-token targets need 2 tokens")),
     ("data.max_bad_fraction", FRACTION),
@@ -343,6 +344,10 @@ def _cross_checks(config: Any) -> None:
     if _is_number(gbs) and _is_number(k) and k >= 1 and gbs % k:
         raise ConfigRangeError(f"config.train.global_batch_size={gbs} is not divisible by "
                                f"config.train.micro_batches={k}")
+    bench_every, bench_tasks = _get(config, "train.bench_every"), _get(config, "bench.tasks")
+    if _is_number(bench_every) and bench_every > 0 and not str(bench_tasks or "").strip(" ,"):
+        raise ConfigRangeError(f"config.train.bench_every={bench_every} but config.bench.tasks is empty; name "
+                               "the benchmarks to score, e.g. --config.bench.tasks=pubmedqa,medqa")
     mixture = _get(config, "data.mixture")
     if mixture is not None and hasattr(mixture, "items"):
         weights = [v for _, v in mixture.items() if _is_number(v)]

@@ -21,7 +21,9 @@ from mellama_jax.train import loop
 from mellama_jax.train.checkpointing import checkpoint_dir
 
 
-def run(config: Any, workdir: str) -> dict:
+def run(config: Any, workdir: str, *, make_hooks: loop.HookFactory | None = None) -> dict:
+    """Instruction tuning in `workdir`; `make_hooks` as train.loop.run's (launch.py passes the
+    in-training benchmarks)."""
     hf_chat_template(config.data.chat_template)  # an unknown template fails before any work
     spec = lora_lib.spec_from_config(config.get("lora"))
     if spec is not None and jax.process_index() == 0:
@@ -34,4 +36,4 @@ def run(config: Any, workdir: str) -> dict:
                 raise ValueError(f"{existing}: this workdir trains LoRA {old} over {body.get('base')!r}, but the "
                                  f"config asks for {spec} over {base!r}; use a new workdir")
         lora_io.write_adapter_config(directory, spec, base, config.data.chat_template)
-    return loop.run(config, workdir, make_pipeline=build_sft_pipeline)
+    return loop.run(config, workdir, make_pipeline=build_sft_pipeline, make_hooks=make_hooks)

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -242,6 +242,9 @@ class _Preemption:
 
 
 Hook = Callable[[StepInfo], None]
+# (trainer, write(step, values)) -> [(state hook, every)]: state hooks built by a layer above train/
+# once the Trainer exists, before the first step (eval/in_training.py: benchmarks on the live params).
+HookFactory = Callable[[Trainer, Callable[[int, dict], None]], Sequence[tuple[Hook, int]]]
 
 
 class TrainLoop:
@@ -306,12 +309,15 @@ class TrainLoop:
         return state
 
 
-def run(config: Any, workdir: str, *, make_pipeline: PipelineFactory | None = None) -> dict:
+def run(config: Any, workdir: str, *, make_pipeline: PipelineFactory | None = None,
+        make_hooks: HookFactory | None = None) -> dict:
     """Trains per ``config`` in ``workdir``; returns the last logged metrics.
 
     The caller has validated the config and holds the workdir lock: launch.py does both, once;
     a Python caller takes the lock with ``train.workdir_lock.acquire(workdir)``. `make_pipeline`
-    builds the real-data pipeline (see build_pipeline; the SFT task passes its own).
+    builds the real-data pipeline (see build_pipeline; the SFT task passes its own); `make_hooks`
+    adds state hooks, run after the checkpoint of their step has been handed to the writer (launch.py
+    passes the in-training benchmarks of eval/in_training.py).
     """
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -383,6 +389,8 @@ def run(config: Any, workdir: str, *, make_pipeline: PipelineFactory | None = No
                   every=int(config.train.eval_every))
     loop.add_hook(hooks.CheckpointSaver(ckpt, pipeline, mesh, tokens),
                   every=int(config.train.checkpoint_every), on_preemption=True)
+    for hook, every in (make_hooks(trainer, logger.add) if make_hooks is not None else ()):
+        loop.add_hook(hook, every=every)
     try:
         loop.run(state, start, preempt.any_process)
     finally:
