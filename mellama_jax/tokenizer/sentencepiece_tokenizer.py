@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
-from mellama_jax.tokenizer.files import TOKENIZER_CONFIG, file_sha256, read_json, tokenizer_files
+from mellama_jax.tokenizer.files import TOKENIZER_CONFIG, file_sha256, read_chat_template, read_json, tokenizer_files
 from mellama_jax.tokenizer.sentencepiece_hf import read_model_proto, write_sentencepiece_hf_files
 
 __all__ = ["SentencePieceTokenizer"]
@@ -38,6 +38,7 @@ class SentencePieceTokenizer:
         # transformers' `legacy` (default true): whether text after a special token gets the dummy "▁".
         legacy = cfg.get("legacy", True)
         self.legacy = True if legacy is None else bool(legacy)
+        self.chat_template = read_chat_template(os.path.dirname(os.path.abspath(model_path)))
 
     # --- ids -----------------------------------------------------------------------------------
     @property
@@ -47,6 +48,11 @@ class SentencePieceTokenizer:
     @property
     def eos_id(self) -> int:
         return int(self._sp.eos_id())
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """The ids generation stops at (sentencepiece LLaMA: </s> only)."""
+        return [self.eos_id]
 
     @property
     def unk_id(self) -> int:
@@ -86,6 +92,8 @@ class SentencePieceTokenizer:
     def sha256(self) -> str:
         """Content hash of the model file (used in data cache keys)."""
         return file_sha256(self.model_path)
+
+    fingerprint = sha256
 
     def write_hf_files(self, directory: str, tokenizer_config: dict | None = None) -> list[str]:
         """tokenizer.model, tokenizer.json, tokenizer_config.json and special_tokens_map.json that
