@@ -59,6 +59,8 @@ class Tokenizer(Protocol):
     def encode_chunk(self, text: str, at_start: bool) -> list[tuple[int, int, int]]:
         """(id, begin byte, end byte) per token of text between special tokens, as HF tokenizes it."""
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str: ...
+    def decode_as_hf(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text exactly as transformers decodes `ids` (lm-eval parity, also for invalid UTF-8 runs)."""
     def id_to_piece(self, i: int) -> str: ...
     def write_hf_files(self, directory: str, tokenizer_config: dict | None = None) -> list[str]:
         """The Hugging Face files that make transformers encode with these ids, into `directory`."""

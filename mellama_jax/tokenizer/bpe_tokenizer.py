@@ -197,6 +197,8 @@ class BPETokenizer:
         """The files unchanged into `directory`, tokenizer_config.json replaced by `tokenizer_config`
         when given (the run's chat template), so transformers loads the same ids."""
         os.makedirs(directory, exist_ok=True)
+        if tokenizer_config == self.config:
+            tokenizer_config = None  # nothing changed: the file itself, byte for byte
         written = []
         for source in self.files:
             name = os.path.basename(source)
@@ -257,6 +259,8 @@ class BPETokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids` (transformers 5 does no clean-up of spaces for BPE)."""
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    decode_as_hf = decode  # tokenizers' decoder is transformers' decoder
 
     def id_to_piece(self, i: int) -> str:
         return self._tok.id_to_token(int(i))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
@@ -17,6 +18,8 @@ from mellama_jax.tokenizer.files import TOKENIZER_CONFIG, file_sha256, read_chat
 from mellama_jax.tokenizer.sentencepiece_hf import read_model_proto, write_sentencepiece_hf_files
 
 __all__ = ["SentencePieceTokenizer"]
+
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 class SentencePieceTokenizer:
@@ -148,6 +151,41 @@ class SentencePieceTokenizer:
             special = {self.bos_id, self.eos_id, int(self._sp.pad_id())}
             ids = [i for i in ids if i not in special]
         return self._sp.DecodeIds(ids)
+
+    def decode_as_hf(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text of ids as a LLaMA tokenizer.json decodes them (what transformers returns).
+
+        Not sentencepiece's own decode: on a run of byte-fallback pieces that is not valid UTF-8
+        (random or weak models emit them) the Hugging Face decoder writes one U+FFFD per byte,
+        sentencepiece something else; results compared with HF must not depend on the backend."""
+        special = {self.bos_id, self.eos_id, self.unk_id}
+        text, run = [], bytearray()
+
+        def flush():
+            if run:
+                try:
+                    text.append(run.decode("utf-8"))
+                except UnicodeDecodeError:
+                    text.append("\ufffd" * len(run))
+                run.clear()
+
+        for t in (int(t) for t in ids):
+            if skip_special_tokens and t in special:
+                continue
+            piece = self.id_to_piece(t)
+            byte = _BYTE_PIECE.match(piece)
+            if byte:
+                run.append(int(byte.group(1), 16))
+                continue
+            flush()
+            text.append(piece.replace("\u2581", " "))
+        flush()
+        out = "".join(text)
+        return out[1:] if out.startswith(" ") and self.add_dummy_prefix else out
+
+    @functools.cached_property
+    def add_dummy_prefix(self) -> bool:
+        return bool(read_model_proto(self.model_path).normalizer_spec.add_dummy_prefix)
 
     def id_to_piece(self, i: int) -> str:
         return self._sp.IdToPiece(int(i))
