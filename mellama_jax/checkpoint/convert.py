@@ -26,7 +26,7 @@ from mellama_jax.checkpoint.orbax_io import PARAMS_ITEM, StreamingParamsWriter, 
 from mellama_jax.checkpoint.safetensors_io import write_file
 from mellama_jax.checkpoint.vocab import new_row_sources, resize_params, round_up
 from mellama_jax.output_dir import OutputDirError, StagedOutput
-from mellama_jax.tokenizer import (CHAT_TEMPLATE_FILE, MAX_VOCAB_MULTIPLE, TOKENIZER_FILES, TOKENIZER_FILES_TEXT,
+from mellama_jax.tokenizer import (BPE_FILES, CHAT_TEMPLATE_FILE, MAX_VOCAB_MULTIPLE, TOKENIZER_FILES, TOKENIZER_FILES_TEXT,
                                    TokenizerMismatchError, UnsupportedTokenizerError, copy_tokenizer_files,
                                    load_tokenizer, read_json)
 
@@ -68,7 +68,8 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, overwrite: bool
             writer.add(path, stacked)
             del stacked
         writer.finalize()
-        for name in TOKENIZER_FILES + (CHAT_TEMPLATE_FILE,):
+        # Either tokenizer's files; generation_config.json carries a BPE tokenizer's EOS list.
+        for name in dict.fromkeys(TOKENIZER_FILES + BPE_FILES + (CHAT_TEMPLATE_FILE,)):
             if os.path.isfile(os.path.join(hf_dir, name)):
                 shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, name))
         _write_json(os.path.join(tmp, "provenance.json"),

@@ -25,7 +25,7 @@ import tokenizers
 from mellama_jax.tokenizer.files import (BPE_FILES, GENERATION_CONFIG, SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG,
                                          read_chat_template, read_json, write_json)
 
-__all__ = ["BPETokenizer", "AS_WRITTEN_CLASSES"]
+__all__ = ["BPETokenizer", "AS_WRITTEN_CLASSES", "read_spec", "all_ids", "check_bpe_extends", "bpe_row_sources"]
 # tokenizer_class values whose AutoTokenizer uses tokenizer.json exactly as written.
 AS_WRITTEN_CLASSES = (None, "PreTrainedTokenizerFast", "TokenizersBackend")
 # tokenizer_config.json fields that change ids (the fingerprint covers them, not the chat template).
@@ -271,3 +271,45 @@ class BPETokenizer:
     def __repr__(self) -> str:
         return (f"BPETokenizer({self.model_path!r}, vocab_size={self.vocab_size}, add_bos={self.add_bos}, "
                 f"eos_ids={self.eos_ids})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Extension (vocabulary growth keeps every id)
+# --------------------------------------------------------------------------------------------------
+def read_spec(path: str) -> dict:
+    """A tokenizer.json as its JSON object (errors name the file)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable tokenizer.json ({err})") from err
+
+
+def all_ids(spec: dict) -> dict[str, int]:
+    """Token -> id over the BPE vocabulary and the added tokens."""
+    ids = dict(spec["model"]["vocab"])
+    ids.update({t["content"]: int(t["id"]) for t in spec.get("added_tokens", [])})
+    return ids
+
+
+def check_bpe_extends(base_file: str, extended_file: str) -> tuple[int, int]:
+    """(base size, extended size); error naming both files unless every base token keeps its id."""
+    base, ext = all_ids(read_spec(base_file)), all_ids(read_spec(extended_file))
+    for token, i in base.items():
+        if ext.get(token) != i:
+            raise ValueError(f"{extended_file}: {token!r} has id {ext.get(token)} but {i} in the base {base_file}; "
+                             "an extended tokenizer must keep every base id")
+    return max(base.values()) + 1, max(ext.values()) + 1
+
+
+def bpe_row_sources(base_file: str, extended_file: str) -> dict[int, list[int]]:
+    """For each new id of the extended tokenizer.json: the base ids its text splits into (the BPE
+    model alone: a new token is already in the model's symbol space, e.g. byte-level "Ġmetformin")."""
+    n_base, _ = check_bpe_extends(base_file, extended_file)
+    base = tokenizers.Tokenizer.from_file(base_file)
+    new = {i: t for t, i in all_ids(read_spec(extended_file)).items() if i >= n_base}
+    sources = {}
+    for i, token in sorted(new.items()):
+        pieces = base.model.tokenize(token)
+        sources[i] = [int(p.id) for p in pieces] if "".join(p.value for p in pieces) == token else []
+    return sources
