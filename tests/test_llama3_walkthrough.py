@@ -35,7 +35,7 @@ def test_readme_llama3_walkthrough_runs_as_written(tmp_path):
     make_llama3_model_dir(os.path.join(cwd, "Llama-3-tiny"))
     os.makedirs(os.path.join(cwd, "benchmarks"))
     F.write_pubmedqa_tsv(os.path.join(cwd, "benchmarks", "pubmedqa.tsv"))
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     commands = _commands()
     assert len(commands) == 4
     for cmd in commands:

@@ -162,11 +162,21 @@ def test_model_specific_class_is_refused(tok_dir, tmp_path):
     d = str(tmp_path / "t")
     shutil.copytree(tok_dir, d)
     cfg = json.load(open(os.path.join(d, "tokenizer_config.json")))
-    cfg["tokenizer_class"] = "LlamaTokenizer"
+    cfg["tokenizer_class"] = "Qwen2Tokenizer"
     json.dump(cfg, open(os.path.join(d, "tokenizer_config.json"), "w"))
-    with pytest.raises(ValueError, match=r"tokenizer_config.json: tokenizer_class 'LlamaTokenizer'.*"
+    with pytest.raises(ValueError, match=r"tokenizer_config.json: tokenizer_class 'Qwen2Tokenizer'.*"
                                          r"PreTrainedTokenizerFast"):
         load_tokenizer(d)
+    # ...and transformers really does encode it differently (so the refusal is not over-cautious).
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    as_written = PreTrainedTokenizerFast(tokenizer_file=os.path.join(d, "tokenizer.json"))
+    rebuilt = AutoTokenizer.from_pretrained(d)
+    assert any(rebuilt(t)["input_ids"] != as_written(t)["input_ids"] for t in CLINICAL_TEXTS)
+    # LlamaTokenizer over a byte-level tokenizer.json: transformers uses the file as written, so do we.
+    cfg["tokenizer_class"] = "LlamaTokenizerFast"
+    json.dump(cfg, open(os.path.join(d, "tokenizer_config.json"), "w"))
+    hf = AutoTokenizer.from_pretrained(d)
+    assert [load_tokenizer(d).encode(t) for t in CLINICAL_TEXTS] == [hf(t)["input_ids"] for t in CLINICAL_TEXTS]
 
 
 def test_generation_config_eos_outside_vocab(tok_dir, tmp_path):

@@ -6,7 +6,9 @@ ignored then (BOS/EOS come from the post-processor: LLaMA-3's TemplateProcessing
 <|begin_of_text|>), and the special tokens (bos/eos/pad/unk) are the names tokenizer_config.json and
 special_tokens_map.json give. That holds for the generic classes (`PreTrainedTokenizerFast`,
 `TokenizersBackend`); a model-specific class may rebuild the tokenizer from its vocabulary and encode
-differently, so such a file is refused with its name rather than silently encoded another way.
+differently (tested: Qwen2Tokenizer, GPT2Tokenizer), so such a file is refused with its name rather
+than silently encoded another way; `LlamaTokenizer(Fast)` over a byte-level tokenizer.json is loaded
+as written by transformers too, and so here.
 
 generation_config.json's eos_token_id may be a list (LLaMA-3 Instruct: <|end_of_text|>, <|eom_id|>,
 <|eot_id|>): `eos_ids` holds them all so generation stops at any of them.
@@ -68,7 +70,11 @@ class BPETokenizer:
         self.special_map = read_json(os.path.join(self.directory, SPECIAL_TOKENS_MAP))
         self.generation_config = read_json(os.path.join(self.directory, GENERATION_CONFIG))
         cls = self.config.get("tokenizer_class")
-        if cls not in AS_WRITTEN_CLASSES:
+        # transformers 5 loads a LlamaTokenizer(Fast) whose tokenizer.json is byte-level (LLaMA-3
+        # repos that declare it) as TokenizersBackend, i.e. as written.
+        llama_byte_level = (str(cls).removesuffix("Fast") == "LlamaTokenizer"
+                            and "ByteLevel" in json.dumps(spec.get("pre_tokenizer")))
+        if cls not in AS_WRITTEN_CLASSES and not llama_byte_level:
             raise ValueError(f"{config_file}: tokenizer_class {cls!r}: transformers may rebuild this tokenizer "
                              f"from its vocabulary and encode differently from {model_path}; set tokenizer_class "
                              "to \"PreTrainedTokenizerFast\" to use tokenizer.json as written")
