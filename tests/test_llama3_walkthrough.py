@@ -23,7 +23,7 @@ def _commands() -> list[str]:
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
-@pytest.mark.slow  # four processes (jax import each) and short training runs: minutes on 2 cores
+@pytest.mark.slow  # four processes (jax import each) and short runs: 12 min on 2 heavily loaded cores
 def test_readme_llama3_walkthrough_runs_as_written(tmp_path):
     from transformers import AutoTokenizer
 
