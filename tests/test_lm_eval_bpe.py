@@ -17,7 +17,7 @@ from lm_eval_fixtures import write_tasks  # noqa: E402
 from test_lm_eval_parity import TASKS, _assert_same, _evaluate  # noqa: E402
 
 
-@pytest.mark.slow  # two full lm-eval runs (~1 min on 2 cores)
+@pytest.mark.slow  # two full lm-eval runs (6 min on 2 heavily loaded cores)
 def test_adapter_matches_hf_backend_on_a_llama3_shaped_model(tmp_path):
     from lm_eval.models.huggingface import HFLM
 
