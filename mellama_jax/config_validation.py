@@ -366,7 +366,8 @@ def _check_eval(config: Any, artifacts: ArtifactLookup | None) -> None:
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"config.checkpoint={checkpoint!r}: {err}") from err
     if not artifact.tokenizer_file and not _get(config, "tokenizer_path"):
-        raise ConfigError(f"config.checkpoint={checkpoint!r}: no tokenizer.model travels with it "
+        raise ConfigError(f"config.checkpoint={checkpoint!r}: no tokenizer files (tokenizer.model or "
+                          "tokenizer.json) travel with it "
                           f"({artifact.root}); set config.tokenizer_path")
 
 

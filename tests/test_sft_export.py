@@ -143,5 +143,5 @@ def test_eval_takes_the_chat_template_from_the_sft_workdir(sft_workdir, tmp_path
     shutil.copytree(base, foreign)
     with open(foreign / "chat_template.jinja", "w") as f:
         f.write("{{ messages[0]['content'] }}")
-    with pytest.raises(ValueError, match="not one of"):
-        resolved(str(foreign))
+    # A template that is none of ours is the model's own: rendered as Jinja (`model`), not an error.
+    assert resolved(str(foreign)) == "model"

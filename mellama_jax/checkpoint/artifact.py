@@ -28,7 +28,7 @@ from typing import Any, Callable
 from mellama_jax.checkpoint.lora_io import ADAPTER_CONFIG, ADAPTERS_ITEM, merge_adapter_item
 from mellama_jax.checkpoint.orbax_io import MODEL_CONFIG, PARAMS_ITEM, read_model_config, restore_params
 from mellama_jax.model.config import LlamaConfig
-from mellama_jax.tokenizer import (Tokenizer, check_tokenizer, copy_tokenizer_files, load_tokenizer,
+from mellama_jax.tokenizer import (TOKENIZER_FILES_TEXT, Tokenizer, check_tokenizer, copy_tokenizer_files, load_tokenizer,
                                    read_chat_template, read_json, tokenizer_file_in, write_chat_template, write_json)
 
 __all__ = [
@@ -97,8 +97,8 @@ class ModelArtifact:
     def load_tokenizer(self) -> Tokenizer:
         """The tokenizer for this model (error when the artifact carries none)."""
         if not self.tokenizer_file:
-            raise FileNotFoundError(f"{self.root}: no tokenizer.model travels with this model; give a "
-                                    "tokenizer path explicitly")
+            raise FileNotFoundError(f"{self.root}: no {TOKENIZER_FILES_TEXT} travel with this model; give "
+                                    "a tokenizer path explicitly")
         return load_tokenizer(self.tokenizer_file)
 
     def describe(self) -> str:
@@ -238,12 +238,28 @@ def write_artifact_files(directory: str, model_config: LlamaConfig, *, tokenizer
 
     os.makedirs(directory, exist_ok=True)
     if tokenizer_file:
+        _refuse_other_tokenizer(directory, tokenizer_file)
         copy_tokenizer_files(tokenizer_file, directory)
     if chat_template:
         write_chat_template(directory, chat_template)
     if provenance is not None:
         write_json(os.path.join(directory, PROVENANCE), provenance)
     write_model_config(directory, model_config)
+
+
+def _refuse_other_tokenizer(directory: str, tokenizer_file: str) -> None:
+    """A directory that already carries a tokenizer (a resumed run's W/checkpoints) keeps it: its
+    checkpoints and token store were made with those ids. Compared by the tokenizers' fingerprints,
+    so either backend (and a switch between them) is caught."""
+    saved = tokenizer_file_in(directory)
+    if saved is None or os.path.abspath(saved) == os.path.abspath(tokenizer_file):
+        return
+    new = load_tokenizer(tokenizer_file)
+    old = load_tokenizer(saved)
+    if type(old) is not type(new) or old.fingerprint() != new.fingerprint():
+        raise ValueError(f"{saved}: this directory's checkpoints were made with a different tokenizer than "
+                         f"{tokenizer_file} (fingerprint {old.fingerprint()[:12]} vs {new.fingerprint()[:12]}); "
+                         "resume with the same tokenizer or use a new workdir")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,9 +26,9 @@ from mellama_jax.checkpoint.orbax_io import PARAMS_ITEM, StreamingParamsWriter, 
 from mellama_jax.checkpoint.safetensors_io import write_file
 from mellama_jax.checkpoint.vocab import new_row_sources, resize_params, round_up
 from mellama_jax.output_dir import OutputDirError, StagedOutput
-from mellama_jax.tokenizer import (CHAT_TEMPLATE_FILE, MAX_VOCAB_MULTIPLE, TOKENIZER_FILES, TokenizerMismatchError,
-                                   UnsupportedTokenizerError, copy_tokenizer_files, load_tokenizer, read_json,
-                                   write_sentencepiece_hf_files)
+from mellama_jax.tokenizer import (BPE_FILES, CHAT_TEMPLATE_FILE, MAX_VOCAB_MULTIPLE, TOKENIZER_FILES, TOKENIZER_FILES_TEXT,
+                                   TokenizerMismatchError, UnsupportedTokenizerError, copy_tokenizer_files,
+                                   load_tokenizer, read_json)
 
 __all__ = ["DTYPES", "TOOL", "hf_to_orbax", "orbax_to_hf", "export_tokenizer", "resize_vocab"]
 
@@ -68,7 +68,8 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, overwrite: bool
             writer.add(path, stacked)
             del stacked
         writer.finalize()
-        for name in TOKENIZER_FILES + (CHAT_TEMPLATE_FILE,):
+        # Either tokenizer's files; generation_config.json carries a BPE tokenizer's EOS list.
+        for name in dict.fromkeys(TOKENIZER_FILES + BPE_FILES + (CHAT_TEMPLATE_FILE,)):
             if os.path.isfile(os.path.join(hf_dir, name)):
                 shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, name))
         _write_json(os.path.join(tmp, "provenance.json"),
@@ -152,14 +153,17 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
 
 
 def export_tokenizer(artifact, out: str) -> None:
-    """The artifact's tokenizer as HF files (+ its chat template). A tokenizer that does not fit the
-    model is exported with a warning (the export converts what there is; training and eval refuse it)."""
+    """The artifact's tokenizer as HF files (+ its chat template), through the Tokenizer interface:
+    sentencepiece writes LLaMA-2's layout, a BPE tokenizer.json is written back unchanged (its
+    tokenizer_config.json gains the run's template). A tokenizer that does not fit the model is exported
+    with a warning (the export converts what there is; training and eval refuse it)."""
     if not artifact.tokenizer_file:
-        print(f"warning: {artifact.root} carries no tokenizer.model; {out} has no tokenizer files",
+        print(f"warning: {artifact.root} carries no {TOKENIZER_FILES_TEXT}; {out} has no tokenizer files",
               file=sys.stderr)
         return
+    tokenizer = artifact.load_tokenizer()
     try:
-        check_artifact_tokenizer(artifact, artifact.load_tokenizer(), artifact.tokenizer_file)
+        check_artifact_tokenizer(artifact, tokenizer, artifact.tokenizer_file)
     except TokenizerMismatchError as err:
         print(f"warning: {err}", file=sys.stderr)
     source_config = read_json(os.path.join(artifact.root, "tokenizer_config.json"))
@@ -168,12 +172,26 @@ def export_tokenizer(artifact, out: str) -> None:
         with open(os.path.join(out, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
             f.write(artifact.chat_template)
     try:
-        write_sentencepiece_hf_files(artifact.tokenizer_file, out, source_config)
+        tokenizer.write_hf_files(out, source_config if (source_config or artifact.chat_template) else None)
     except UnsupportedTokenizerError as err:  # not LLaMA-style: hand over the files as they are
         print(f"warning: {artifact.tokenizer_file}: {err}; copied its tokenizer files unchanged", file=sys.stderr)
         copy_tokenizer_files(artifact.tokenizer_file, out)
         if artifact.chat_template:
             _write_json(os.path.join(out, "tokenizer_config.json"), source_config)
+    _write_eos_list(out, list(getattr(tokenizer, "eos_ids", [])))
+
+
+def _write_eos_list(out: str, eos_ids: list[int]) -> None:
+    """generation_config.json's eos_token_id as the tokenizer's EOS list (LLaMA-3 Instruct stops at
+    any of <|end_of_text|>, <|eom_id|>, <|eot_id|>), so transformers' generate stops where we do."""
+    path = os.path.join(out, "generation_config.json")
+    if len(eos_ids) < 2 or not os.path.isfile(path):
+        return
+    config = read_json(path)
+    first = config.get("eos_token_id")
+    first = first[0] if isinstance(first, list) and first else first
+    config["eos_token_id"] = [first] + [i for i in eos_ids if i != first] if first in eos_ids else eos_ids
+    _write_json(path, config)
 
 
 def resize_vocab(ckpt: str, tokenizer: str, out: str, pad_to_multiple: int = 64, step: int | None = None,
@@ -185,7 +203,7 @@ def resize_vocab(ckpt: str, tokenizer: str, out: str, pad_to_multiple: int = 64,
         raise ValueError(f"--pad_to_multiple {m}: expected a power of two <= {MAX_VOCAB_MULTIPLE}")
     artifact = resolve_artifact(ckpt, step)
     if not artifact.tokenizer_file:
-        raise FileNotFoundError(f"{artifact.root}: no tokenizer.model travels with {ckpt}; the base tokenizer "
+        raise FileNotFoundError(f"{artifact.root}: no {TOKENIZER_FILES_TEXT} travel with {ckpt}; the base tokenizer "
                                 "is needed to initialise the new rows")
     check_artifact_tokenizer(artifact, artifact.load_tokenizer(), artifact.tokenizer_file)
     extended = load_tokenizer(tokenizer)

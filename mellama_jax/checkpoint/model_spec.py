@@ -65,9 +65,11 @@ def training_tokenizer_file(config: Any) -> str:
     artifact = init_artifact(config.model)
     if artifact is None:
         raise ValueError("config.data.tokenizer_path is empty and config.model.init_from is not set: name a "
-                         "tokenizer.model (e.g. the bundled demo one, mellama_jax/data/samples/tokenizer.model)")
+                         "tokenizer.model or tokenizer.json (e.g. the bundled demo one, "
+                         "mellama_jax/data/samples/tokenizer.model)")
     if not artifact.tokenizer_file:
-        raise FileNotFoundError(f"config.model.init_from={config.model.init_from!r}: no tokenizer.model in "
+        raise FileNotFoundError(f"config.model.init_from={config.model.init_from!r}: no tokenizer files "
+                                f"(tokenizer.model or tokenizer.json) in "
                                 f"{artifact.root}; set config.data.tokenizer_path")
     return artifact.tokenizer_file
 

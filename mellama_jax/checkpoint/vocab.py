@@ -8,12 +8,14 @@ up to the sharding multiple, get the mean of all base rows.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 
-from mellama_jax.tokenizer import read_model_proto
+from mellama_jax.tokenizer import TOKENIZER_JSON, read_model_proto
+from mellama_jax.tokenizer.bpe_tokenizer import bpe_row_sources, check_bpe_extends
 
 __all__ = ["check_extends", "new_row_sources", "resize_params", "round_up"]
 
@@ -24,6 +26,8 @@ def round_up(n: int, multiple: int) -> int:
 
 def check_extends(base_file: str, extended_file: str) -> tuple[int, int]:
     """(base size, extended size); error naming both files unless every base piece keeps its id."""
+    if os.path.basename(extended_file) == TOKENIZER_JSON:
+        return check_bpe_extends(base_file, extended_file)
     base, ext = read_model_proto(base_file), read_model_proto(extended_file)
     if len(ext.pieces) < len(base.pieces):
         raise ValueError(f"{extended_file} has {len(ext.pieces)} pieces, fewer than the base {base_file} "
@@ -48,6 +52,8 @@ def _surface_encoder(model_file: str) -> spm.SentencePieceProcessor:
 def new_row_sources(base_file: str, extended_file: str) -> dict[int, list[int]]:
     """For each new id of the extended tokenizer: the base ids whose rows its row averages
     ([] = no clean split; the mean of all base rows is used)."""
+    if os.path.basename(extended_file) == TOKENIZER_JSON:
+        return bpe_row_sources(base_file, extended_file)
     n_base, _ = check_extends(base_file, extended_file)
     ext = read_model_proto(extended_file)
     encoder = _surface_encoder(base_file)

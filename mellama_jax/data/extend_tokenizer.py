@@ -13,17 +13,33 @@ The command: `python -m mellama_jax.cli.extend_tokenizer` (it resolves the base 
    tokenizer_config.json, special_tokens_map.json) and `fertility.json`: tokens per word and per
    character, base vs extended, on held-out biomedical, clinical and general text.
 
+A Hugging Face BPE `tokenizer.json` (LLaMA-3, Qwen2) is extended the same way (`extend_bpe_spec`):
+a domain BPE is trained with the base's own normalizer and pre-tokenizer, and each of its tokens that
+the base BPE model splits into exactly two tokens is appended as a new vocabulary entry plus one merge
+*at the end of the merge list*. BPE applies merges by rank, so every base merge still happens first
+and a new merge only joins what is left: text without a new token encodes to the same ids as before.
+New tokens are deliberately not "added tokens": those are matched anywhere in the raw text before
+pre-tokenization (mid-word too) and would change how the text around them splits. New ids follow
+every existing id (the added tokens, e.g. LLaMA-3's 256 specials, are also entered in the BPE
+vocabulary at their own ids, which the tokenizers library requires to keep them where they are).
+
 Grow a model to the new vocabulary with `python -m mellama_jax.cli.convert resize_vocab`.
 """
 from __future__ import annotations
 
+import copy
+import json
 import os
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import sentencepiece as spm
+import tokenizers
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+from tokenizers import models, pre_tokenizers, trainers
 
-__all__ = ["extend_proto", "fertility", "fertility_report", "format_report", "read_texts", "default_eval_sets",
+from mellama_jax.tokenizer import TOKENIZER_JSON, load_tokenizer
+
+__all__ = ["extend_proto", "extend_bpe_spec", "train_domain_bpe", "fertility", "fertility_report", "format_report", "read_texts", "default_eval_sets",
            "train_domain_model"]
 
 _NORMAL = sp_pb2.ModelProto.SentencePiece.NORMAL
@@ -91,12 +107,78 @@ def extend_proto(base: sp_pb2.ModelProto, domain: sp_pb2.ModelProto, add: int,
     return out, added
 
 
+def train_domain_bpe(base_spec: dict, texts: Iterable[str], vocab_size: int) -> list[str]:
+    """The tokens of a BPE trained on the domain corpus with the base's normalizer and pre-tokenizer,
+    in merge order (the candidates `extend_bpe_spec` appends)."""
+    spec = copy.deepcopy(base_spec)
+    spec["added_tokens"], spec["post_processor"] = [], None
+    tok = tokenizers.Tokenizer.from_str(json.dumps(spec))
+    byte_level = "ByteLevel" in json.dumps(base_spec.get("pre_tokenizer"))
+    tok.model = models.BPE(byte_fallback=bool(base_spec["model"].get("byte_fallback")))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=[],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if byte_level else [])
+    tok.train_from_iterator(list(texts), trainer)
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    return ["".join(m.split(" ", 1) if isinstance(m, str) else m) for m in merges]
+
+
+def extend_bpe_spec(base_spec: dict, candidates: Sequence[str], add: int, max_passes: int = 4,
+                    chunk: int = 256) -> tuple[dict, list[str]]:
+    """`base_spec` (a tokenizer.json object) with up to `add` of `candidates` appended as vocabulary
+    entries + last-rank merges (see the module docstring); returns (spec, added tokens)."""
+    model = base_spec.get("model") or {}
+    if model.get("type") != "BPE":
+        raise ValueError(f"only BPE tokenizer.json files can be extended this way, not {model.get('type')!r}")
+    if model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise ValueError("BPE dropout / subword prefixes or suffixes are not supported for extension")
+    out = copy.deepcopy(base_spec)
+    vocab, merges = out["model"]["vocab"], out["model"]["merges"]
+    as_strings = bool(merges) and isinstance(merges[0], str)
+    for t in out.get("added_tokens", []):  # keep the added tokens' ids (see the module docstring)
+        vocab.setdefault(t["content"], int(t["id"]))
+    next_id = max(vocab.values()) + 1
+    present = set(vocab)
+    pending = [c for c in dict.fromkeys(candidates) if c not in present and len(c) > 1]
+    added: list[str] = []
+    for _ in range(max_passes):  # a token whose parts were added later gets another chance
+        progress, waiting = False, []
+        for start in range(0, len(pending), chunk):
+            if len(added) >= add:
+                break
+            # A new last-rank merge cannot change how a token that splits into two *other* tokens
+            # splits, so one checker serves a chunk.
+            checker = tokenizers.Tokenizer.from_str(json.dumps(out)).model
+            for token in pending[start:start + chunk]:
+                if len(added) >= add:
+                    break
+                pieces = [p.value for p in checker.tokenize(token)]
+                if len(pieces) != 2 or "".join(pieces) != token:
+                    waiting.append(token)
+                    continue
+                vocab[token] = next_id
+                next_id += 1
+                merges.append(" ".join(pieces) if as_strings else pieces)
+                added.append(token)
+                progress = True
+        pending = waiting
+        if not progress or len(added) >= add:
+            break
+    return out, added
+
+
 # ------------------------------------------------------------------------------------------------
 # Fertility
 # ------------------------------------------------------------------------------------------------
-def fertility(processor: spm.SentencePieceProcessor, texts: list[str]) -> dict:
-    """Tokens per whitespace word and per character (no BOS/EOS), over all `texts`."""
-    tokens = sum(len(ids) for ids in processor.Encode(texts, out_type=int)) if texts else 0
+def _encode_all(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    if isinstance(tokenizer, spm.SentencePieceProcessor):
+        return tokenizer.Encode(texts, out_type=int)
+    return tokenizer.encode_batch(texts, bos=False, eos=False)
+
+
+def fertility(processor: Any, texts: list[str]) -> dict:
+    """Tokens per whitespace word and per character (no BOS/EOS), over all `texts`; `processor` is a
+    SentencePieceProcessor or a mellama_jax Tokenizer."""
+    tokens = sum(len(ids) for ids in _encode_all(processor, texts)) if texts else 0
     words = sum(len(t.split()) for t in texts)
     chars = sum(len(t) for t in texts)
     return {"documents": len(texts), "words": words, "characters": chars, "tokens": tokens,
@@ -105,9 +187,14 @@ def fertility(processor: spm.SentencePieceProcessor, texts: list[str]) -> dict:
 
 def fertility_report(base_file: str, extended_file: str, texts: dict[str, list[str]]) -> dict:
     """Per text set: base and extended fertility and the relative change of tokens per word."""
-    base, ext = spm.SentencePieceProcessor(model_file=base_file), spm.SentencePieceProcessor(model_file=extended_file)
+    if os.path.basename(extended_file) == TOKENIZER_JSON:
+        base, ext = load_tokenizer(base_file), load_tokenizer(extended_file)
+        sizes = base.vocab_size, ext.vocab_size
+    else:
+        base, ext = spm.SentencePieceProcessor(model_file=base_file), spm.SentencePieceProcessor(model_file=extended_file)
+        sizes = base.GetPieceSize(), ext.GetPieceSize()
     report = {"base_tokenizer": base_file, "extended_tokenizer": extended_file,
-              "base_vocab": base.GetPieceSize(), "extended_vocab": ext.GetPieceSize(), "sets": {}}
+              "base_vocab": sizes[0], "extended_vocab": sizes[1], "sets": {}}
     for name, docs in texts.items():
         before, after = fertility(base, docs), fertility(ext, docs)
         change = (after["tokens_per_word"] - before["tokens_per_word"]) / max(before["tokens_per_word"], 1e-12)

@@ -169,6 +169,7 @@ class Engine:
             raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
                              f"max_position_embeddings={self.max_len}")
         bos, eos = self.tokenizer.bos_id, self.tokenizer.eos_id
+        stops = list(getattr(self.tokenizer, "eos_ids", None) or [eos])
         pad = 0 if self.model_config.pad_token_id is None else int(self.model_config.pad_token_id)
         cut = [truncate_left(list(p), cap, bos) for p in prompts]
         n_trunc = sum(c for _, c in cut)
@@ -194,8 +195,9 @@ class Engine:
             out = self._get(out)[:, length:]
             for r, i in enumerate(chunk):
                 new = [int(t) for t in out[r]]
-                if eos in new:
-                    new = new[:new.index(eos)]
+                ends = [new.index(e) for e in stops if e in new]  # any EOS of the list (LLaMA-3: <|eot_id|>...)
+                if ends:
+                    new = new[:min(ends)]
                 out_ids[i] = new
             if self.show_progress:
                 _progress(label, min(start + rows, len(order)), len(order))
@@ -317,7 +319,8 @@ def load_engine(checkpoint: str, tokenizer_path: str = "", batch_size: int = 8, 
     artifact = resolve_artifact(checkpoint)
     tok_path = tokenizer_path or artifact.tokenizer_file
     if not tok_path:
-        raise FileNotFoundError(f"{checkpoint}: no tokenizer.model travels with this checkpoint "
+        raise FileNotFoundError(f"{checkpoint}: no tokenizer files (tokenizer.model or tokenizer.json) travel "
+                                f"with this checkpoint "
                                 f"({artifact.root}); set config.tokenizer_path")
     tokenizer = load_tokenizer(tok_path)
     check_artifact_tokenizer(artifact, tokenizer, tokenizer.model_path)

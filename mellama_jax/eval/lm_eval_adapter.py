@@ -28,7 +28,6 @@ import functools
 import json
 import logging
 import os
-import re
 from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
 
@@ -44,6 +43,9 @@ from tqdm import tqdm
 from mellama_jax.checkpoint.artifact import resolve_artifact
 from mellama_jax.eval.engine import bucket_length, load_engine
 from mellama_jax.model.llama import Llama
+from mellama_jax.tokenizer.chat_templates import (MODEL_TEMPLATE, TEMPLATES, Part, encode_parts, hf_chat_template,
+                                                  render_jinja, render_text, template_name_for_jinja,
+                                                  template_names)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,6 @@ MODEL_NAME = "mellama_jax"
 # The project's lm-eval task YAMLs (local data only), e.g. pubmedqa_mellama.
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lm_eval_tasks")
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HF backend default
-_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -169,15 +170,8 @@ class MellamaJaxLM(TemplateLM):
         self.custom_prefix_token_id = prefix_token_id
         self.add_bos_token = add_bos_token
         self.batch_sizes: dict = {}
-        self._specials = {self.tok.id_to_piece(self.tok.bos_id): self.tok.bos_id,
-                          self.tok.id_to_piece(self.tok.eos_id): self.tok.eos_id}
+        self._specials = dict(self.tok.special_tokens)  # text -> id, matched whole as HF does
         self._chat = _resolve_chat_template(chat_template, self.checkpoint)
-        from sentencepiece import sentencepiece_model_pb2
-
-        proto = sentencepiece_model_pb2.ModelProto()
-        with open(self.tok.model_path, "rb") as f:
-            proto.ParseFromString(f.read())
-        self._dummy_prefix = bool(proto.normalizer_spec.add_dummy_prefix)
 
     # --- what lm-eval reads ----------------------------------------------------------------------
     @property
@@ -234,53 +228,14 @@ class MellamaJaxLM(TemplateLM):
     def _encode_with_specials(self, string: str) -> list[int]:
         if not any(s in string for s in self._specials):
             return self.tok.encode(string, bos=False, eos=False)
-        from mellama_jax.tokenizer.chat_templates import BOS, EOS, Part, encode_parts
-
-        kinds = {self.tok.bos_id: BOS, self.tok.eos_id: EOS}
-        parts, rest = [], string
-        while rest:
-            hits = [(rest.find(s), s) for s in self._specials if s in rest]
-            if not hits:
-                parts.append(Part("text", rest))
-                break
-            pos, special = min(hits)
-            if pos:
-                parts.append(Part("text", rest[:pos]))
-            parts.append(Part(kinds[self._specials[special]]))
-            rest = rest[pos + len(special):]
-        return [int(i) for i in encode_parts(self.tok, parts)[0]]
+        # Special-token text becomes its id; the text between is encoded chunk by chunk, as HF does.
+        return [int(i) for i in encode_parts(self.tok, [Part("text", string)])[0]]
 
     def tok_decode(self, tokens: Iterable[int], skip_special_tokens: bool = True) -> str:
-        """Text of ids as a LLaMA tokenizer.json decodes them (what lm-eval's HF backend returns).
-
-        Written here rather than taken from sentencepiece: on a run of byte-fallback pieces that is not
-        valid UTF-8 (random or weak models emit them) the Hugging Face decoder writes one U+FFFD per
-        byte, sentencepiece something else; generate_until results must not depend on the backend."""
+        """Text of ids as the model's Hugging Face tokenizer decodes them (what lm-eval's HF backend
+        returns), through the Tokenizer interface for either backend."""
         tokens = [int(t) for t in ([tokens] if isinstance(tokens, (int, np.integer)) else tokens)]
-        special = {self.tok.bos_id, self.tok.eos_id, self.tok.unk_id}
-        text, run = [], bytearray()
-
-        def flush():
-            if run:
-                try:
-                    text.append(run.decode("utf-8"))
-                except UnicodeDecodeError:
-                    text.append("\ufffd" * len(run))
-                run.clear()
-
-        for t in tokens:
-            if skip_special_tokens and t in special:
-                continue
-            piece = self.tok.id_to_piece(t)
-            byte = _BYTE_PIECE.match(piece)
-            if byte:
-                run.append(int(byte.group(1), 16))
-                continue
-            flush()
-            text.append(piece.replace("\u2581", " "))
-        flush()
-        out = "".join(text)
-        return out[1:] if out.startswith(" ") and self._dummy_prefix else out
+        return self.tok.decode_as_hf(tokens, skip_special_tokens=skip_special_tokens)
 
     # --- log-likelihood --------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
@@ -346,25 +301,20 @@ class MellamaJaxLM(TemplateLM):
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         if self._chat is None:
             raise ValueError(f"{MODEL_NAME}: --apply_chat_template needs a chat template: pass --model_args "
-                             "chat_template=NAME (none, mellama, llama2) or evaluate a checkpoint that ships one")
+                             f"chat_template=NAME {template_names()} or evaluate a checkpoint that ships one")
         kind, template = self._chat
+        bos = self.tok.id_to_piece(self.tok.bos_id) if self.tok.bos_id >= 0 else ""
+        eos = self.tok.id_to_piece(self.tok.eos_id) if self.tok.eos_id >= 0 else ""
         if kind == "name":
-            from mellama_jax.tokenizer.chat_templates import render_text
-
-            bos, eos = (self.tok.id_to_piece(self.tok.bos_id), self.tok.id_to_piece(self.tok.eos_id))
             return render_text(template, chat_history, add_generation_prompt, bos_token=bos, eos_token=eos)
-        return _render_jinja(template, chat_history, add_generation_prompt,
-                             self.tok.id_to_piece(self.tok.bos_id), self.tok.id_to_piece(self.tok.eos_id))
+        return render_jinja(template, chat_history, add_generation_prompt, source=self.checkpoint or "chat_template",
+                            bos_token=bos, eos_token=eos)[0]
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
         if not chat_template or self._chat is None:
             return None
         kind, template = self._chat
-        if kind == "name":
-            from mellama_jax.tokenizer.chat_templates import hf_chat_template
-
-            return hf_chat_template(template)
-        return template
+        return hf_chat_template(template) if kind == "name" else template
 
 
 def _batch_size(value: Any) -> int:
@@ -384,9 +334,14 @@ def _batch_size(value: Any) -> int:
 
 def _resolve_chat_template(chat_template: str | None, checkpoint: str | None) -> tuple[str, str] | None:
     """("name", template name from mellama_jax.tokenizer.chat_templates) or ("jinja", text): the
-    explicit argument first, else what the checkpoint ships (a template name or Jinja text), else None."""
-    from mellama_jax.tokenizer.chat_templates import template_names
-
+    explicit argument first, else what the checkpoint ships (a template name or Jinja text), else None.
+    `model` is the checkpoint's own Jinja."""
+    if chat_template == MODEL_TEMPLATE:
+        shipped = resolve_artifact(checkpoint).chat_template if checkpoint else None
+        if not shipped:
+            raise ValueError(f"chat_template=model: {checkpoint} carries no chat template "
+                             "(tokenizer_config.json chat_template or chat_template.jinja)")
+        return ("jinja", shipped)
     if chat_template:
         if chat_template in template_names():
             return ("name", chat_template)
@@ -402,30 +357,7 @@ def _resolve_chat_template(chat_template: str | None, checkpoint: str | None) ->
         return None
     if not shipped:
         return None
-    return ("name", shipped.strip()) if shipped.strip() in template_names() else ("jinja", shipped)
-
-
-def _render_jinja(template: str, messages: list[dict], add_generation_prompt: bool, bos: str, eos: str) -> str:
-    """Render a Hugging Face chat template (Jinja) as transformers does, special tokens as text."""
-    import jinja2
-    import jinja2.ext
-    import jinja2.nodes
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    class GenerationBlock(jinja2.ext.Extension):
-        """transformers' `{% generation %}...{% endgeneration %}` (marks assistant text for masks): the body as is."""
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.Scope(body, lineno=lineno)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationBlock, jinja2.ext.loopcontrols])
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                            bos_token=bos, eos_token=eos)
+    if shipped.strip() in TEMPLATES:
+        return ("name", shipped.strip())
+    name = template_name_for_jinja(shipped)
+    return ("name", name) if name != MODEL_TEMPLATE else ("jinja", shipped)

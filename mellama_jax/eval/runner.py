@@ -109,8 +109,9 @@ def _chat(prompt: str, config) -> str:
     name = resolve_chat_template(config)
     if name == "none":
         return prompt
+    jinja, bos, eos = session.checkpoint_template_tokens(config) if name == chat.MODEL_TEMPLATE else (None, None, "")
     return chat.apply_chat_template(name, [{"role": "user", "content": prompt}],
-                                    add_generation_prompt=True)
+                                    add_generation_prompt=True, jinja=jinja, bos_token=bos, eos_token=eos)
 
 
 def _demos(spec: TaskSpec, config, k: int, template: prompts.Template) -> tuple[list[Example], dict]:

@@ -14,6 +14,7 @@ import os
 from mellama_jax.checkpoint.artifact import resolve_artifact
 from mellama_jax.eval import provenance
 from mellama_jax.eval.engine import Engine, load_engine
+from mellama_jax.tokenizer import load_tokenizer
 from mellama_jax.tokenizer.chat_templates import template_name_for_jinja
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def resolve_chat_template(config) -> str:
 
     An SFT checkpoint carries the template it was trained with (chat_template.jinja / the
     tokenizer_config.json of an export), so evaluating it needs no flag; a checkpoint without one is
-    evaluated on raw prompts. A template that is none of ours is an error rather than a guess.
+    evaluated on raw prompts. A template that is none of ours is `model`: the checkpoint's Jinja,
+    rendered as transformers renders it.
     """
     name = config.chat_template or "none"
     return _checkpoint_chat_template(config.get("checkpoint") or "") if name == "auto" else name
@@ -47,12 +49,21 @@ def _checkpoint_chat_template(checkpoint: str) -> str:
     if not checkpoint or not os.path.exists(checkpoint):
         return "none"  # a missing checkpoint is reported when the model loads, after every task file is checked
     found = template_name_for_jinja(resolve_artifact(checkpoint).chat_template)
-    if found is None:
-        raise ValueError(f"config.chat_template=auto: {checkpoint} carries a chat template that is not "
-                         "one of mellama_jax.tokenizer.chat_templates (none, mellama, llama2); set --config.chat_template "
-                         "explicitly")
     log.info("chat template from the checkpoint: %s", found)
     return found
+
+
+@functools.lru_cache(maxsize=16)
+def _template_tokens(checkpoint: str, tokenizer_path: str) -> tuple[str | None, str, str]:
+    artifact = resolve_artifact(checkpoint)
+    tok = load_tokenizer(tokenizer_path or artifact.tokenizer_file or artifact.root)
+    text = lambda i: tok.id_to_piece(i) if i >= 0 else ""  # noqa: E731
+    return artifact.chat_template or tok.chat_template, text(tok.bos_id), text(tok.eos_id)
+
+
+def checkpoint_template_tokens(config) -> tuple[str | None, str, str]:
+    """(the checkpoint's Jinja chat template, BOS text, EOS text): what template `model` renders with."""
+    return _template_tokens(config.get("checkpoint") or "", config.get("tokenizer_path") or "")
 
 
 def engine_from_config(config, show_progress: bool) -> Engine:

@@ -1,18 +1,19 @@
 """The one tokenizer interface every stage codes against, and the factory that picks its backend.
 
 A backend is a class built from one file path; `BACKENDS` maps the file name a model directory holds
-it under to the class, in order of preference. Today: sentencepiece (`tokenizer.model`, LLaMA-2).
-A Hugging Face BPE backend (LLaMA-3 / Qwen `tokenizer.json`, via `tokenizers`) slots in as one more
-entry after it, so a LLaMA-2 directory that carries both files keeps its sentencepiece tokenizer.
+it under to the class, in order of preference: sentencepiece (`tokenizer.model`, LLaMA-2) first, so a
+LLaMA-2 directory that carries both files keeps its sentencepiece tokenizer, then the Hugging Face
+BPE backend (LLaMA-3 / Qwen2 / Mistral `tokenizer.json`, via `tokenizers`).
 """
 from __future__ import annotations
 
 import os
 from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 
+from mellama_jax.tokenizer.bpe_tokenizer import BPETokenizer
 from mellama_jax.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer
 
-__all__ = ["Tokenizer", "BACKENDS", "load_tokenizer", "tokenizer_file_in"]
+__all__ = ["Tokenizer", "BACKENDS", "TOKENIZER_FILES_TEXT", "load_tokenizer", "tokenizer_file_in"]
 
 
 @runtime_checkable
@@ -20,6 +21,7 @@ class Tokenizer(Protocol):
     """What data, SFT, checkpoint, eval and export need from a tokenizer."""
 
     model_path: str   # the file that defines the vocabulary (tokenizer.model; tokenizer.json for BPE)
+    chat_template: str | None  # the Jinja template the tokenizer's directory carries (template `model`)
     add_bos: bool     # encode's defaults, from the checkpoint's tokenizer_config.json
     add_eos: bool
 
@@ -29,6 +31,9 @@ class Tokenizer(Protocol):
     def bos_id(self) -> int: ...
     @property
     def eos_id(self) -> int: ...
+    @property
+    def eos_ids(self) -> list[int]:
+        """Every id generation stops at (eos_id first; LLaMA-3 Instruct also <|eom_id|>, <|eot_id|>)."""
     @property
     def unk_id(self) -> int: ...
     @property
@@ -45,13 +50,17 @@ class Tokenizer(Protocol):
         """The files this tokenizer is made of (what travels with a model)."""
 
     def sha256(self) -> str:
-        """Content hash of `model_path` (data cache keys, provenance, same-tokenizer checks)."""
+        """Hash of the files that decide the ids (data cache keys, provenance, same-tokenizer checks);
+        `fingerprint` is the same method."""
+    def fingerprint(self) -> str: ...
     def encode(self, text: str, bos: bool | None = None, eos: bool | None = None) -> list[int]: ...
     def encode_batch(self, texts: Sequence[str], bos: bool | None = None, eos: bool | None = None,
                      num_threads: int = 0) -> list[list[int]]: ...
     def encode_chunk(self, text: str, at_start: bool) -> list[tuple[int, int, int]]:
         """(id, begin byte, end byte) per token of text between special tokens, as HF tokenizes it."""
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str: ...
+    def decode_as_hf(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text exactly as transformers decodes `ids` (lm-eval parity, also for invalid UTF-8 runs)."""
     def id_to_piece(self, i: int) -> str: ...
     def write_hf_files(self, directory: str, tokenizer_config: dict | None = None) -> list[str]:
         """The Hugging Face files that make transformers encode with these ids, into `directory`."""
@@ -60,7 +69,10 @@ class Tokenizer(Protocol):
 # File name in a model directory -> backend, most preferred first.
 BACKENDS: dict[str, Callable[[str], Tokenizer]] = {
     "tokenizer.model": SentencePieceTokenizer,
+    "tokenizer.json": BPETokenizer,
 }
+# Said where a model directory holds none of them.
+TOKENIZER_FILES_TEXT = "tokenizer files (tokenizer.model or tokenizer.json)"
 
 
 def tokenizer_file_in(directory: str) -> str | None:
@@ -76,8 +88,11 @@ def load_tokenizer(path: str) -> Tokenizer:
     """The tokenizer of a file, or of a directory that holds one of the `BACKENDS` files.
 
     A file whose name is not in `BACKENDS` is read as a sentencepiece model (trainers name them
-    freely, e.g. bio.model); a directory without any is reported as missing its tokenizer.model.
+    freely, e.g. bio.model); a directory without any is reported as missing its tokenizer files.
     """
     if os.path.isdir(path):
-        path = tokenizer_file_in(path) or os.path.join(path, next(iter(BACKENDS)))
+        found = tokenizer_file_in(path)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no {TOKENIZER_FILES_TEXT} in this directory")
+        path = found
     return BACKENDS.get(os.path.basename(path), SentencePieceTokenizer)(path)

@@ -42,19 +42,29 @@ def check_tokenizer(tokenizer: Any, model_config: ModelIds, tokenizer_file: str,
 
     The model's vocab must equal the tokenizer's or be it padded to a power-of-two multiple
     (`padded_vocab_sizes`); `allow_larger_model` accepts any larger vocab (a fresh model whose
-    vocab_size was set by hand). BOS and EOS must be the same ids; a model pad id must be inside the
-    vocab and equal the tokenizer's pad piece when it has one.
+    vocab_size was set by hand). BOS must be the same id (unless the tokenizer has none, as Qwen2's);
+    the model's EOS must be one the tokenizer stops at (`eos_ids`: LLaMA-3 Instruct's list); a model
+    pad id must be inside the vocab and equal the tokenizer's pad piece when it has one. Added tokens
+    (LLaMA-3's specials) past the model's rows are named: they would index no embedding.
     """
     def fail(what: str) -> None:
         raise TokenizerMismatchError(f"tokenizer {tokenizer_file} does not match model {model_file}: {what}")
 
     n_tok, n_model = int(tokenizer.vocab_size), int(model_config.vocab_size)
+    beyond = sorted((i, t) for t, i in (getattr(tokenizer, "added_tokens", None) or {}).items() if i >= n_model)
+    if beyond:
+        shown = ", ".join(f"{t!r}={i}" for i, t in beyond[:5]) + (" ..." if len(beyond) > 5 else "")
+        fail(f"{len(beyond)} added token(s) have ids beyond the model's vocab_size {n_model}: {shown}")
     if n_model < n_tok or (n_model not in padded_vocab_sizes(n_tok) and not allow_larger_model):
         fail(f"tokenizer has {n_tok} pieces, model vocab_size is {n_model}")
-    if int(tokenizer.bos_id) != int(model_config.bos_token_id):
+    if int(tokenizer.bos_id) >= 0 and int(tokenizer.bos_id) != int(model_config.bos_token_id):
         fail(f"BOS id {tokenizer.bos_id} in the tokenizer, bos_token_id {model_config.bos_token_id} in the model")
-    if int(tokenizer.eos_id) != int(model_config.eos_token_id):
-        fail(f"EOS id {tokenizer.eos_id} in the tokenizer, eos_token_id {model_config.eos_token_id} in the model")
+    model_eos = model_config.eos_token_id
+    model_eos = list(model_eos) if isinstance(model_eos, (list, tuple)) else [model_eos]
+    tok_eos = [int(i) for i in (getattr(tokenizer, "eos_ids", None) or [tokenizer.eos_id])]
+    if not set(int(i) for i in model_eos) & set(tok_eos):
+        fail(f"EOS id {tokenizer.eos_id} in the tokenizer (stops at {tok_eos}), eos_token_id "
+             f"{model_config.eos_token_id} in the model")
     pad = model_config.pad_token_id
     if pad is not None:
         tok_pad = getattr(tokenizer, "declared_pad_id", -1)

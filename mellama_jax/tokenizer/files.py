@@ -10,7 +10,8 @@ import os
 import shutil
 from typing import Any
 
-__all__ = ["TOKENIZER_FILES", "TOKENIZER_CONFIG", "CHAT_TEMPLATE_FILE", "file_sha256", "read_json", "write_json",
+__all__ = ["TOKENIZER_FILES", "TOKENIZER_CONFIG", "CHAT_TEMPLATE_FILE", "TOKENIZER_JSON", "BPE_FILES",
+           "GENERATION_CONFIG", "SPECIAL_TOKENS_MAP", "file_sha256", "read_json", "write_json",
            "tokenizer_files", "llama_tokenizer_config", "write_llama_tokenizer_config", "copy_tokenizer_files",
            "read_chat_template", "write_chat_template"]
 
@@ -19,6 +20,16 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # Files of a LLaMA tokenizer, in the names transformers reads them by.
 TOKENIZER_FILES = ("tokenizer.model", TOKENIZER_CONFIG, "special_tokens_map.json", "tokenizer.json",
                    "added_tokens.json")
+TOKENIZER_JSON = "tokenizer.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+GENERATION_CONFIG = "generation_config.json"
+# Files of a Hugging Face BPE tokenizer (LLaMA-3, Qwen2); generation_config.json carries its EOS list.
+BPE_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, "added_tokens.json", GENERATION_CONFIG)
+
+
+def _names_for(tokenizer_file: str) -> tuple[str, ...]:
+    """The file names that make up the tokenizer whose defining file is `tokenizer_file`."""
+    return BPE_FILES if os.path.basename(tokenizer_file) == TOKENIZER_JSON else TOKENIZER_FILES
 
 
 def file_sha256(path: str) -> str:
@@ -71,7 +82,7 @@ def tokenizer_files(tokenizer_file: str) -> list[str]:
     """`tokenizer_file` and the Hugging Face tokenizer files that exist beside it."""
     source_dir = os.path.dirname(os.path.abspath(tokenizer_file))
     found = [os.path.abspath(tokenizer_file)]
-    for name in TOKENIZER_FILES[1:]:
+    for name in _names_for(tokenizer_file)[1:]:
         path = os.path.join(source_dir, name)
         if os.path.isfile(path):
             found.append(path)
@@ -79,18 +90,20 @@ def tokenizer_files(tokenizer_file: str) -> list[str]:
 
 
 def copy_tokenizer_files(tokenizer_file: str, directory: str) -> list[str]:
-    """Copy tokenizer.model and the HF tokenizer files beside it into `directory`.
+    """Copy the tokenizer file (tokenizer.model or tokenizer.json) and the HF files beside it into
+    `directory`.
 
-    When the source lacks tokenizer_config.json, one with LLaMA-2's conventions (BOS on, EOS off)
-    is written, which is also what the project's tokenizer assumes without one, so transformers and
-    the project agree on the exported tokenizer.
+    When a sentencepiece source lacks tokenizer_config.json, one with LLaMA-2's conventions (BOS on,
+    EOS off) is written, which is also what the project's tokenizer assumes without one, so
+    transformers and the project agree on the exported tokenizer. A tokenizer.json needs none.
     """
     source_dir = os.path.dirname(os.path.abspath(tokenizer_file))
     os.makedirs(directory, exist_ok=True)
     copied = []
-    for name in TOKENIZER_FILES:
+    names = _names_for(tokenizer_file)
+    for name in names:
         source = os.path.join(source_dir, name)
-        if name == "tokenizer.model":
+        if name == names[0]:
             source = os.path.abspath(tokenizer_file)
         if not os.path.isfile(source):
             continue
@@ -100,7 +113,7 @@ def copy_tokenizer_files(tokenizer_file: str, directory: str) -> list[str]:
             shutil.copyfile(source, tmp)
             os.replace(tmp, target)
         copied.append(target)
-    if not os.path.isfile(os.path.join(directory, TOKENIZER_CONFIG)):
+    if names is TOKENIZER_FILES and not os.path.isfile(os.path.join(directory, TOKENIZER_CONFIG)):
         copied.append(write_llama_tokenizer_config(directory))
     return copied
 

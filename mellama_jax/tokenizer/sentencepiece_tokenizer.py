@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
-from mellama_jax.tokenizer.files import TOKENIZER_CONFIG, file_sha256, read_json, tokenizer_files
+from mellama_jax.tokenizer.files import TOKENIZER_CONFIG, file_sha256, read_chat_template, read_json, tokenizer_files
 from mellama_jax.tokenizer.sentencepiece_hf import read_model_proto, write_sentencepiece_hf_files
 
 __all__ = ["SentencePieceTokenizer"]
+
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 class SentencePieceTokenizer:
@@ -38,6 +41,7 @@ class SentencePieceTokenizer:
         # transformers' `legacy` (default true): whether text after a special token gets the dummy "▁".
         legacy = cfg.get("legacy", True)
         self.legacy = True if legacy is None else bool(legacy)
+        self.chat_template = read_chat_template(os.path.dirname(os.path.abspath(model_path)))
 
     # --- ids -----------------------------------------------------------------------------------
     @property
@@ -47,6 +51,11 @@ class SentencePieceTokenizer:
     @property
     def eos_id(self) -> int:
         return int(self._sp.eos_id())
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """The ids generation stops at (sentencepiece LLaMA: </s> only)."""
+        return [self.eos_id]
 
     @property
     def unk_id(self) -> int:
@@ -86,6 +95,8 @@ class SentencePieceTokenizer:
     def sha256(self) -> str:
         """Content hash of the model file (used in data cache keys)."""
         return file_sha256(self.model_path)
+
+    fingerprint = sha256
 
     def write_hf_files(self, directory: str, tokenizer_config: dict | None = None) -> list[str]:
         """tokenizer.model, tokenizer.json, tokenizer_config.json and special_tokens_map.json that
@@ -140,6 +151,41 @@ class SentencePieceTokenizer:
             special = {self.bos_id, self.eos_id, int(self._sp.pad_id())}
             ids = [i for i in ids if i not in special]
         return self._sp.DecodeIds(ids)
+
+    def decode_as_hf(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text of ids as a LLaMA tokenizer.json decodes them (what transformers returns).
+
+        Not sentencepiece's own decode: on a run of byte-fallback pieces that is not valid UTF-8
+        (random or weak models emit them) the Hugging Face decoder writes one U+FFFD per byte,
+        sentencepiece something else; results compared with HF must not depend on the backend."""
+        special = {self.bos_id, self.eos_id, self.unk_id}
+        text, run = [], bytearray()
+
+        def flush():
+            if run:
+                try:
+                    text.append(run.decode("utf-8"))
+                except UnicodeDecodeError:
+                    text.append("\ufffd" * len(run))
+                run.clear()
+
+        for t in (int(t) for t in ids):
+            if skip_special_tokens and t in special:
+                continue
+            piece = self.id_to_piece(t)
+            byte = _BYTE_PIECE.match(piece)
+            if byte:
+                run.append(int(byte.group(1), 16))
+                continue
+            flush()
+            text.append(piece.replace("\u2581", " "))
+        flush()
+        out = "".join(text)
+        return out[1:] if out.startswith(" ") and self.add_dummy_prefix else out
+
+    @functools.cached_property
+    def add_dummy_prefix(self) -> bool:
+        return bool(read_model_proto(self.model_path).normalizer_spec.add_dummy_prefix)
 
     def id_to_piece(self, i: int) -> str:
         return self._sp.IdToPiece(int(i))
