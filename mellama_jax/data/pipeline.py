@@ -113,8 +113,8 @@ class TrainPipeline:
         # config.model.init_from) after checking it against the model.
         if tokenizer is None:
             if not data_config.get("tokenizer_path", ""):
-                raise DataError("data.tokenizer_path is empty: name a tokenizer.model (the train loop fills "
-                                "it in from config.model.init_from)")
+                raise DataError("data.tokenizer_path is empty: name a tokenizer.model or tokenizer.json (the train "
+                                "loop fills it in from config.model.init_from)")
             tokenizer = load_tokenizer(os.path.expanduser(data_config.tokenizer_path))
         self.tokenizer = tokenizer
         self.vocab_size = self.tokenizer.vocab_size

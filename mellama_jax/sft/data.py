@@ -380,9 +380,10 @@ class SFTRows:
     """Rows of prompt-masked instruction examples, for data.pipeline.TrainPipeline (its mixture draws,
     per-source permutations per epoch, eval batches and stateless resume) in place of documents."""
 
-    def __init__(self, data_config):
+    def __init__(self, data_config, tokenizer: Any = None):
         self.template = str(data_config.get("chat_template", "mellama"))
-        self.chat_template_jinja = chat.hf_chat_template(self.template)  # fails early on an unknown name
+        # Fails early on an unknown name; `model` is the template the tokenizer's directory carries.
+        self.chat_template_jinja = chat.hf_chat_template(self.template, tokenizer)
         self.packing = str(data_config.get("packing", "pack"))
         if self.packing not in ("pack", "pad"):
             raise DataError(f"data.packing={self.packing!r}: SFT expects 'pack' (examples packed into "
@@ -423,7 +424,7 @@ class SFTRows:
 def build_sft_pipeline(data_config, *, global_batch_size: int, process_index: int = 0, process_count: int = 1,
                        tokenizer: Any = None) -> TrainPipeline:
     """The pretraining pipeline over instruction examples (SFTRows): what the SFT task trains on."""
-    rows = SFTRows(data_config)
+    rows = SFTRows(data_config, tokenizer)
     pipeline = TrainPipeline(data_config, global_batch_size=global_batch_size, process_index=process_index,
                              process_count=process_count, tokenizer=tokenizer, row_source=rows)
     rows.warn_truncated(pipeline.seq_len)

@@ -27,7 +27,7 @@ from mellama_jax.checkpoint.artifact import write_artifact_files
 from mellama_jax.checkpoint.lora_io import ADAPTERS_ITEM
 from mellama_jax.data import pipeline as data_pipeline
 from mellama_jax.data.batch_source import BatchSource
-from mellama_jax.tokenizer import file_sha256, load_tokenizer
+from mellama_jax.tokenizer import load_tokenizer
 from mellama_jax.model import lora as lora_lib
 from mellama_jax.model.config import LlamaConfig
 from mellama_jax.model.llama import init_params, param_logical_axes, param_shapes
@@ -96,17 +96,14 @@ def write_artifact(directory: str, config: Any, model_config: LlamaConfig, token
     """
     if jax.process_index() != 0:
         return
-    saved = os.path.join(directory, "tokenizer.model")
-    if tokenizer_file and os.path.isfile(saved) and file_sha256(saved) != file_sha256(tokenizer_file):
-        raise ValueError(f"{saved}: this run's checkpoints were trained with a different tokenizer than "
-                         f"{tokenizer_file}; resume with the same tokenizer or use a new workdir")
+    # A resumed run with another tokenizer (either backend) is refused by write_artifact_files.
     artifact = model_spec.init_artifact(config.model)
     source = ({"init_from": artifact.path, "kind": artifact.kind, "step": artifact.step,
                "provenance": artifact.provenance} if artifact is not None
               else {"init_from": "", "preset": config.model.preset})
     provenance = {"created_by": "mellama_jax.train.loop", "task": config.get("task", "pretrain"),
                   "source": source, "tokenizer": tokenizer_file,
-                  "tokenizer_sha256": file_sha256(tokenizer_file) if tokenizer_file else None,
+                  "tokenizer_sha256": load_tokenizer(tokenizer_file).fingerprint() if tokenizer_file else None,
                   "data_fingerprint": pipeline.fingerprint()}
     # An instruction-tuning pipeline names the template it trained with; else init_from's travels on.
     chat_template = pipeline.chat_template_jinja or (artifact.chat_template if artifact is not None else None)
