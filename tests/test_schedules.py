@@ -140,6 +140,41 @@ def save_config(config, workdir):
         f.write(config.to_json_best_effort())
 
 
+def test_restored_mid_decay_state_continues_identically(tmp_path):
+    """Fast resume equivalence: the state checkpointed mid-decay (step 8 of 12), restored into a fresh
+    abstract state, steps on with the same learning rates (the count lives in the optimizer state)
+    and losses as the uninterrupted run, and both follow the closed form."""
+    import jax
+    from mellama_jax import sharding as shd
+    from mellama_jax.train.checkpointing import Checkpointer
+    from mellama_jax.train.synthetic import SyntheticPipeline
+
+    config = tiny()
+    model_config = loop.resolve_model_config(config)
+    mesh = shd.make_mesh(types.SimpleNamespace(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    trainer = loop.Trainer(config, model_config, mesh)
+    pipe = SyntheticPipeline(vocab_size=model_config.vocab_size, seq_len=32, global_batch_size=8)
+    state, ref = trainer.init_state(0), []
+    ckpt = Checkpointer(str(tmp_path), async_save=False)
+    for step in range(12):
+        state, m = trainer.train_step(state, trainer.global_batch(pipe.batch(step)))
+        ref.append((float(m["loss"]), float(m["learning_rate"])))
+        if step + 1 == 8:
+            ckpt.save(state, {"data_state": None})
+    restored, meta = ckpt.restore(trainer.abstract_state())
+    assert meta["step"] == 8
+    got = []
+    for step in range(8, 12):
+        restored, m = trainer.train_step(restored, trainer.global_batch(pipe.batch(step)))
+        got.append((float(m["loss"]), float(m["learning_rate"])))
+    assert got == ref[8:]
+    want = [ref_wsd(t, 12, 2, 0.5, "1-sqrt", peak=3e-3, end=3e-4) for t in range(12)]
+    np.testing.assert_allclose([lr for _, lr in ref], want, rtol=2e-6)
+    assert ref[7][1] > ref[8][1] > ref[11][1]  # the checkpoint is inside the decay
+    ckpt.close()
+
+
+@pytest.mark.slow
 def test_interrupted_mid_decay_resumes_exactly_and_logs_the_schedule(tmp_path, monkeypatch):
     """Fast resume equivalence: a run stopped mid-decay (after its step-8 checkpoint) and run again
     logs the same learning rates and losses as an uninterrupted run, and both equal the schedule."""
@@ -181,6 +216,60 @@ def test_interrupted_mid_decay_resumes_exactly_and_logs_the_schedule(tmp_path, m
         assert ref[s]["learning_rate"] == pytest.approx(float(sched(s - 1)), rel=1e-7)
 
 
+def _fake_training_workdir(tmp_path, config, step):
+    """A training workdir whose newest checkpoint is `step` (weights of a fresh init: the last lr
+    depends only on the experiment config and the step), with its experiment_config.json."""
+    import jax
+    from mellama_jax import sharding as shd
+    from mellama_jax.train import state as state_lib
+    from mellama_jax.train.checkpointing import Checkpointer, write_model_config
+
+    model_config = loop.resolve_model_config(config)
+    mesh = shd.make_mesh(types.SimpleNamespace(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    opt = optim.make_optimizer(config.optim, int(config.train.steps))
+    from mellama_jax.model.llama import init_params, param_logical_axes, param_shapes
+    abstract = param_shapes(model_config)
+    shardings = state_lib.state_shardings(opt, abstract, shd.logical_to_sharding(
+        param_logical_axes(model_config), mesh, shd.rules_as_tuple(config.sharding.rules), abstract), mesh)
+    state = state_lib.create_state(lambda: init_params(model_config, jax.random.key(0)), opt,
+                                   jax.random.PRNGKey(0), shardings).replace(step=jax.numpy.asarray(step, "int32"))
+    workdir = str(tmp_path / "base")
+    ckpt = Checkpointer(workdir, async_save=False)
+    write_model_config(ckpt.directory, model_config)
+    ckpt.save(state, {"data_state": None})
+    ckpt.close()
+    save_config(config, workdir)
+    return workdir
+
+
+def test_rewarm_start_from_checkpoint_config_or_metrics_and_zero(tmp_path):
+    """The init_from run's last lr is its schedule at its checkpoint's last update (from its
+    experiment config; from metrics.jsonl without one); the re-warmed schedule climbs from it."""
+    first = tiny(steps=8, schedule="cosine", warmup_steps=2)
+    base = _fake_training_workdir(tmp_path, first, 6)
+    last = ref_cosine(5, 8, 2, peak=3e-3, end=3e-4)
+    cont = tiny(steps=10, schedule="wsd", warmup_steps=4, learning_rate=1e-3, rewarm=True,
+                rewarm_from="checkpoint")
+    cont.model.init_from = base
+    assert optim.rewarm_start(cont) == pytest.approx(last, rel=1e-6)
+    want = [ref_wsd(t, 10, 4, 0.5, "1-sqrt", start=last, peak=1e-3, end=1e-4) for t in range(11)]
+    np.testing.assert_allclose(lrs(optim.schedule_for(cont), 10), want, rtol=2e-6)
+    os.remove(os.path.join(base, "experiment_config.json"))
+    with open(os.path.join(base, "metrics.jsonl"), "w") as f:  # logged rows, one past the checkpoint
+        for s, lr in ((5, 1.0), (6, 2.5e-4), (7, 9.0)):
+            f.write(json.dumps({"step": s, "learning_rate": lr}) + "\n")
+    assert optim.rewarm_start(cont) == pytest.approx(2.5e-4)
+    os.remove(os.path.join(base, "metrics.jsonl"))
+    with pytest.raises(ConfigError, match="neither experiment_config.json nor a learning_rate"):
+        optim.rewarm_start(cont)
+    cont.optim.rewarm_from = "zero"
+    assert optim.rewarm_start(cont) == 0.0
+    np.testing.assert_allclose(lrs(optim.schedule_for(cont), 10),
+                               [ref_wsd(t, 10, 4, 0.5, "1-sqrt", peak=1e-3, end=1e-4) for t in range(11)],
+                               rtol=2e-6)
+
+
+@pytest.mark.slow
 def test_rewarm_from_checkpoint_and_zero(tmp_path):
     """A continued run re-warms from the init_from run's last learning rate (from its experiment
     config, or its metrics.jsonl without one) or from 0, to the new peak over the warmup steps."""
