@@ -33,7 +33,7 @@ from mellama_jax.checkpoint import model_spec
 from mellama_jax.checkpoint.artifact import EXPERIMENT_CONFIG
 from mellama_jax.config_validation import ConfigError, DecayShape, RewarmFrom, Schedule
 
-__all__ = ["warmup_steps", "make_schedule", "schedule_for", "init_from_last_lr", "decay_mask",
+__all__ = ["warmup_steps", "make_schedule", "schedule_for", "rewarm_start", "init_from_last_lr", "decay_mask",
            "make_optimizer", "cycle_bounds", "decay_steps"]
 
 log = logging.getLogger("mellama_jax.train")
