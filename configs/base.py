@@ -91,11 +91,18 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optim.b2 = 0.95
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.1
-    c.optim.schedule = "cosine"  # cosine | linear | constant (all after linear warmup)
+    # cosine | linear | constant | wsd | cyclic_cosine (all after linear warmup; train/optim.py)
+    c.optim.schedule = "cosine"
     c.optim.warmup_fraction = 0.05
     c.optim.warmup_steps = -1  # >=0 overrides warmup_fraction
     c.optim.min_lr_ratio = 0.1  # final lr = learning_rate * min_lr_ratio
     c.optim.grad_clip_norm = 1.0  # 0 = no clipping
+    c.optim.decay_fraction = 0.2  # wsd: the last share of train.steps that decays, in (0, 1]
+    c.optim.decay_shape = "linear"  # wsd: linear | cosine | 1-sqrt
+    c.optim.cycles = 1  # cyclic_cosine: cycles of warmup + cosine decay over train.steps
+    # Continued runs (model.init_from): warm up again, from 0 or from the init_from run's last lr.
+    c.optim.rewarm = False
+    c.optim.rewarm_from = "zero"  # zero | checkpoint (a training workdir's last learning rate)
 
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.sharding = ml_collections.ConfigDict()

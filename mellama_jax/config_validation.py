@@ -33,7 +33,8 @@ from mellama_jax.model.lora import spec_from_config
 from mellama_jax.model.presets import PRESETS
 from mellama_jax.tokenizer.chat_templates import template_names
 
-__all__ = ["ConfigError", "ConfigRangeError", "ConfigChoice", "Task", "Schedule", "LossImpl", "Packing",
+__all__ = ["ConfigError", "ConfigRangeError", "ConfigChoice", "Task", "Schedule", "DecayShape", "RewarmFrom",
+           "LossImpl", "Packing",
            "DType", "AttentionImpl", "RematPolicy", "ArtifactLookup", "Range", "RULES", "validate_config",
            "numeric_items", "uncovered_numeric_keys", "rule_for"]
 
@@ -72,10 +73,25 @@ class Task(ConfigChoice):
 
 
 class Schedule(ConfigChoice):
-    """config.optim.schedule: the decay after linear warmup."""
+    """config.optim.schedule: the decay after linear warmup (train/optim.py)."""
     COSINE = "cosine"
     LINEAR = "linear"
     CONSTANT = "constant"
+    WSD = "wsd"                      # warmup-stable-decay: the last optim.decay_fraction decays
+    CYCLIC_COSINE = "cyclic_cosine"  # optim.cycles cycles of warmup + cosine decay
+
+
+class DecayShape(ConfigChoice):
+    """config.optim.decay_shape: the curve of the wsd schedule's final decay."""
+    LINEAR = "linear"
+    COSINE = "cosine"
+    ONE_MINUS_SQRT = "1-sqrt"
+
+
+class RewarmFrom(ConfigChoice):
+    """config.optim.rewarm_from: where a re-warmed continued run's warmup starts."""
+    ZERO = "zero"
+    CHECKPOINT = "checkpoint"  # the learning rate the init_from training run ended at
 
 
 class LossImpl(ConfigChoice):
@@ -171,6 +187,8 @@ RULES: tuple[tuple[str, Range], ...] = (
     ("optim.warmup_steps", Range(lo=0, integer=True, special=(-1,), why="-1 = use warmup_fraction")),
     ("optim.min_lr_ratio", FRACTION),
     ("optim.grad_clip_norm", Range(lo=0.0, why="0 = no clipping")),
+    ("optim.decay_fraction", Range(lo=0.0, hi=1.0, lo_open=True, why="share of train.steps that decays (wsd)")),
+    ("optim.cycles", POSITIVE_INT),
     # training loop
     ("train.steps", POSITIVE_INT),
     ("train.global_batch_size", POSITIVE_INT),
@@ -190,6 +208,7 @@ RULES: tuple[tuple[str, Range], ...] = (
     ("data.max_docs_per_source", Range(lo=0, integer=True, why="0 = all")),
     ("data.sources.*.eval_fraction", Range(lo=0.0, hi=1.0, hi_open=True)),
     ("data.mixture.*", NON_NEGATIVE),
+    ("data.target_budget_tokens", Range(lo=0.0, why="0 = off")),
     # mesh / distributed / hardware
     ("mesh.*", MESH_AXIS),
     ("distributed.num_processes", Range(lo=1, integer=True, special=(-1,), why="-1 = auto")),
@@ -340,6 +359,12 @@ def _cross_checks(config: Any) -> None:
     if _is_number(steps) and _is_number(warm) and warm > steps:
         raise ConfigRangeError(f"config.optim.warmup_steps={warm} exceeds config.train.steps={steps}: the "
                                "peak learning rate would never be reached")
+    cycles = _get(config, "optim.cycles")
+    if _get(config, "optim.schedule") == Schedule.CYCLIC_COSINE and _is_number(steps) and _is_number(cycles) \
+            and cycles > steps:
+        raise ConfigRangeError(f"config.optim.cycles={cycles} exceeds config.train.steps={steps}: a cycle "
+                               "needs at least one step")
+    _check_budget(config)
     gbs, k = _get(config, "train.global_batch_size"), _get(config, "train.micro_batches")
     if _is_number(gbs) and _is_number(k) and k >= 1 and gbs % k:
         raise ConfigRangeError(f"config.train.global_batch_size={gbs} is not divisible by "
@@ -353,6 +378,26 @@ def _cross_checks(config: Any) -> None:
         weights = [v for _, v in mixture.items() if _is_number(v)]
         if weights and sum(weights) <= 0:
             raise ConfigRangeError(f"config.data.mixture={dict(mixture.items())}: at least one weight must be > 0")
+
+
+def _check_budget(config: Any) -> None:
+    """data.target_budget_tokens (the full run a short run stands for) holds at least one batch and
+    at least this run's own budget (train.steps x global_batch_size x seq_len): the short run keeps a
+    budget/target share of each source, which cannot exceed all of it."""
+    target = _get(config, "data.target_budget_tokens")
+    if not _is_number(target) or target <= 0:
+        return
+    steps, gbs, seq = (_get(config, k) for k in ("train.steps", "train.global_batch_size", "data.seq_len"))
+    if not all(_is_number(v) for v in (steps, gbs, seq)):
+        return
+    batch = int(gbs) * int(seq)
+    if target < batch:
+        raise ConfigRangeError(f"config.data.target_budget_tokens={target:g} is smaller than one batch "
+                               f"(train.global_batch_size x data.seq_len = {batch} tokens)")
+    if target < int(steps) * batch:
+        raise ConfigRangeError(f"config.data.target_budget_tokens={target:g} is smaller than this run's own "
+                               f"budget (train.steps x global_batch_size x seq_len = {int(steps) * batch} "
+                               "tokens): a short run stands for a longer one")
 
 
 # ------------------------------------------------------------------------------ per task
@@ -398,6 +443,14 @@ def _check_training(config: Any, artifacts: ArtifactLookup | None, task: Task) -
     except ValueError as err:
         raise ConfigError(f"config.model: {err}") from err
     Schedule.parse(config.optim.schedule, "optim.schedule")
+    DecayShape.parse(_get(config, "optim.decay_shape", "linear"), "optim.decay_shape")
+    rewarm_from = RewarmFrom.parse(_get(config, "optim.rewarm_from", "zero"), "optim.rewarm_from")
+    rewarm = bool(_get(config, "optim.rewarm", False))
+    if rewarm and not config.model.init_from:
+        raise ConfigError("config.optim.rewarm=True re-warms a continued run: set config.model.init_from")
+    if _get(config, "data.target_budget_tokens", 0) and task is not Task.PRETRAIN:
+        raise ConfigError(f"config.data.target_budget_tokens is a pretraining setting; a {task} run "
+                          "keeps it 0")
     LossImpl.parse(config.train.loss_impl, "train.loss_impl")
     packing = _get(config, "data.packing")
     if packing is not None and Packing.parse(packing, "data.packing") not in _PACKINGS[task]:
@@ -409,7 +462,11 @@ def _check_training(config: Any, artifacts: ArtifactLookup | None, task: Task) -
     if init_from and not os.path.exists(os.path.expanduser(init_from)):
         raise ConfigError(f"config.model.init_from={init_from!r}: no such path")
     try:
-        artifacts.init_artifact(config.model)
+        init = artifacts.init_artifact(config.model)
+        if rewarm and rewarm_from is RewarmFrom.CHECKPOINT and init is not None and init.kind != "training":
+            raise ConfigError(f"config.optim.rewarm_from='checkpoint': model.init_from={init_from!r} is a "
+                              f"{init.kind} model with no last learning rate (only a training workdir has "
+                              "one); use config.optim.rewarm_from=zero")
         if not config.data.get("synthetic", False):
             artifacts.training_tokenizer_file(config)
     except (FileNotFoundError, ValueError) as err:

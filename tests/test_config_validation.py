@@ -23,7 +23,7 @@ from mellama_jax.model.presets import get_preset  # noqa: E402
 
 def test_choices_compare_as_strings_and_parse_names_the_key():
     assert Schedule.COSINE == "cosine" and Schedule.parse("linear", "optim.schedule") is Schedule.LINEAR
-    with pytest.raises(ConfigError, match=r"config.optim.schedule='cosinus': expected cosine, linear or constant"):
+    with pytest.raises(ConfigError, match=r"config.optim.schedule='cosinus': expected cosine, linear, constant, wsd or cyclic_cosine"):
         Schedule.parse("cosinus", "optim.schedule")
     with pytest.raises(ConfigError, match=r"config.train.loss_impl='sparse': expected vocab_parallel or dense"):
         LossImpl.parse("sparse", "train.loss_impl")

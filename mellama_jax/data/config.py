@@ -27,6 +27,11 @@ replaces the configured sources by the listed ones; it is expanded when the conf
 Mixture schedule (`config.data.mixture_stages`, see `parse_mixture_stages`): weights per step range,
   --config.data.mixture_stages='1000:clinical=4,general=1;5000:clinical=1'
 A source whose weight is 0 in every stage is never trained on; its held-out split is still evaluated.
+`config.data.target_budget_tokens` (e.g. 129e9): a short run stands for a full run of that many tokens.
+Source s repeats r_s = target x weight_s / tokens_s times in the full run; the short run (budget =
+train.steps x global_batch_size x seq_len) keeps a deterministic subsample of tokens_s x budget / target
+of each source's train documents (chosen by a hash of (seed, source, document)), so it repeats each
+source r_s times too. 0 = off (every document).
 `config.data.perplexity_texts` (globs) adds a text set that is only evaluated (every document held
 out), reported as eval/<perplexity_name>/loss and /perplexity: a general-domain forgetting measure.
 """
@@ -335,6 +340,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Globs of a text set that is only evaluated (e.g. a general-domain held-out set): forgetting.
     c.perplexity_texts = ()
     c.perplexity_name = "general_text"
+    # Budget-faithful ablations: the token budget of the full run this (short) run stands for; each
+    # trained source is subsampled so that it repeats as often as in that run. 0 = off.
+    c.target_budget_tokens = 0.0
     return c
 
 

@@ -5,9 +5,11 @@ earlier steps, and a resumed run draws exactly the same sources.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
-__all__ = ["mixture_choices"]
+__all__ = ["mixture_choices", "document_keys"]
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -23,3 +25,10 @@ def mixture_choices(seed: int, host: int, rows: np.ndarray, cum_weights: np.ndar
     salt = _splitmix64(np.array([(seed & 0xFFFFFFFF) << 20 | (host & 0xFFFFF)], np.uint64))[0]
     u = (_splitmix64(rows.astype(np.uint64) ^ salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     return np.searchsorted(cum_weights, u, side="right").astype(np.int64)
+
+
+def document_keys(seed: int, source: str, doc_ids: np.ndarray) -> np.ndarray:
+    """A uint64 key per document id of one source (pure function of seed, source name, id): the order
+    in which a budget subsample takes documents (token_cache.subsample_documents)."""
+    salt = np.uint64(int(hashlib.sha256(f"{int(seed)}|{source}".encode()).hexdigest()[:16], 16))
+    return _splitmix64(_splitmix64(doc_ids.astype(np.uint64) ^ salt))

@@ -18,6 +18,12 @@ How a batch is made, and why resume is exact:
      epoch).
      So a batch is a pure function of (seed, step, process_index) and the data: resuming at any step
      reproduces the same batches without saving iterator state.
+  3. Budget-faithful ablations (data.target_budget_tokens = T, the full run's budget; the run's own
+     budget b = train_steps x global_batch_size x seq_len): source s repeats r_s = T x w_s / tokens_s
+     times in the full run; keeping tokens_s x b / T of it (token_cache.subsample_documents, a hash of
+     (seed, source, document id)) makes the short run repeat it r_s times too. stats() reports
+     data/<s>/target_repetition (r_s) and data/<s>/repetition (b x w_s / kept tokens), and
+     repetition_so_far(tokens) the repetition the draws have realised up to a step.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from mellama_jax.data.config import parse_mixture_stages, resolved_data_config
 from mellama_jax.data.mixture_order import mixture_choices
 from mellama_jax.data.rows import ConcatRows, Rows, concat_rows, pack_rows
 from mellama_jax.data.sources.report import BadInputReport, DataError
-from mellama_jax.data.token_cache import load_source_tokens, source_dict, source_fingerprint
+from mellama_jax.data.token_cache import load_source_tokens, source_dict, source_fingerprint, subsample_documents
 from mellama_jax.data.token_store import TokenizedDocs
 from mellama_jax.tokenizer import Tokenizer, load_tokenizer
 
@@ -97,7 +103,8 @@ class TrainPipeline:
     """
 
     def __init__(self, data_config, *, global_batch_size: int, process_index: int, process_count: int,
-                 tokenizer: Tokenizer | None = None, row_source: RowSource | None = None):
+                 tokenizer: Tokenizer | None = None, row_source: RowSource | None = None,
+                 train_steps: int | None = None):
         if global_batch_size % process_count:
             raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
                              f"process_count={process_count}")
@@ -144,6 +151,10 @@ class TrainPipeline:
         weights = np.array([mixture[n] for n in self.source_names])
         self.weights = weights / weights.sum()  # target token fractions (of the first stage)
 
+        self.target_budget = float(data_config.get("target_budget_tokens", 0) or 0)
+        self.budget_fraction = self._budget_fraction(global_batch_size, train_steps)
+        self._full_train_tokens: dict[str, int] = {}
+
         self._reports: dict[str, BadInputReport] = {}
         self._docs: dict[str, dict[str, TokenizedDocs]] = {}
         self._rows, self._eval_rows = [], {}
@@ -152,6 +163,9 @@ class TrainPipeline:
             t0 = time.perf_counter()
             docs, report = self.row_source.load(name, data_config, self.tokenizer, self.process_index,
                                                 self.process_count)
+            self._full_train_tokens[name] = docs["train"].num_tokens
+            if trained and self.budget_fraction < 1.0:
+                docs = {**docs, "train": self._subsample(name, docs["train"])}
             self._timings[name] = time.perf_counter() - t0
             self._reports[name], self._docs[name] = report, docs
             if trained and docs["train"].num_docs == 0:
@@ -172,6 +186,61 @@ class TrainPipeline:
         self._cum = self._stage_cums[0]
         self._count_cache: dict[int, np.ndarray] = {0: np.zeros(len(self.source_names), np.int64)}
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def _budget_fraction(self, global_batch_size: int, train_steps: int | None) -> float:
+        """b / T, the share of each source a run of budget b keeps to stand for a run of budget T."""
+        if self.target_budget <= 0:
+            return 1.0
+        batch = int(global_batch_size) * self.seq_len
+        if self.target_budget < batch:
+            raise DataError(f"data.target_budget_tokens={self.target_budget:g} is smaller than one batch "
+                            f"(global_batch_size x seq_len = {batch} tokens)")
+        if train_steps is None:
+            raise DataError("data.target_budget_tokens is set but the pipeline was not given the run's "
+                            "train steps (build_train_pipeline(..., train_steps=config.train.steps))")
+        self.run_budget = int(train_steps) * batch
+        if self.target_budget < self.run_budget:
+            raise DataError(f"data.target_budget_tokens={self.target_budget:g} is smaller than this run's "
+                            f"own budget (train.steps x global_batch_size x seq_len = {self.run_budget})")
+        return self.run_budget / self.target_budget
+
+    def _subsample(self, name: str, train: TokenizedDocs) -> TokenizedDocs:
+        kept = subsample_documents(train, self.budget_fraction, seed=self.seed, source=name,
+                                   process_index=self.process_index, process_count=self.process_count)
+        if kept.num_tokens < self.seq_len + 1:
+            raise DataError(f"source {name!r}: under data.target_budget_tokens={self.target_budget:g} this "
+                            f"run keeps {kept.num_tokens} of its {train.num_tokens} train tokens on host "
+                            f"{self.process_index}, less than one row of {self.seq_len + 1}; train longer "
+                            "or lower the target budget")
+        log.info("data: %s keeps %d of %d train tokens (%d documents) for target budget %.4g",
+                 name, kept.num_tokens, train.num_tokens, kept.num_docs, self.target_budget)
+        return kept
+
+    def repetition(self) -> dict[str, tuple[float, float]]:
+        """Under a target budget: {source: (full-run repetition r_s = T x w_s / tokens_s, this run's
+        b x w_s / kept tokens)} for every trained source (this host's tokens, its share of the budget)."""
+        if self.target_budget <= 0:
+            return {}
+        out = {}
+        for s, name in enumerate(self.source_names):
+            if not self._trained[s]:
+                continue
+            share = float(self.weights[s]) / self.process_count
+            full, kept = self._full_train_tokens[name], self._docs[name]["train"].num_tokens
+            out[name] = (self.target_budget * share / max(full, 1), self.run_budget * share / max(kept, 1))
+        return out
+
+    def repetition_so_far(self, source_tokens) -> dict[str, float]:
+        """data/<source>/repetition: tokens trained on so far (all hosts, per source) over the source's
+        kept tokens (all hosts: this host's x process_count); {} without a target budget."""
+        if self.target_budget <= 0:
+            return {}
+        out = {}
+        for s, name in enumerate(self.source_names):
+            if self._trained[s]:
+                kept = self._docs[name]["train"].num_tokens * self.process_count
+                out[f"data/{name}/repetition"] = float(source_tokens[s]) / max(kept, 1)
+        return out
 
     def _cum_weights(self, weights: dict[str, float], fills: np.ndarray) -> np.ndarray:
         """Cumulative row-draw probabilities of one stage; the last drawable source ends at exactly 1,
@@ -286,6 +355,9 @@ class TrainPipeline:
         state = {"kind": "stateless", "seed": self.seed, "packing": self.packing, "seq_len": self.seq_len,
                  "sources": self.source_names,
                  "rows": {n: int(r.num_rows) for n, r in zip(self.source_names, self._rows)}}
+        if self.target_budget > 0:  # the subsample: a resumed run must keep the same one
+            state["target_budget_tokens"] = self.target_budget
+            state["budget_fraction"] = self.budget_fraction
         if len(self.stages) > 1:
             state["stages"] = [[st.start_step, [st.weights[n] for n in self.source_names]] for st in self.stages]
         return {**state, **self.row_source.state()}
@@ -298,7 +370,9 @@ class TrainPipeline:
             sources[name] = source_fingerprint(name, source_dict(self.config.sources[name]))
         return {"sources": sources, "mixture": dict(zip(self.source_names, map(float, self.weights))),
                 "seq_len": self.seq_len, "packing": self.packing, "seed": self.seed,
-                "tokenizer_sha256": self.tokenizer.sha256()}
+                "tokenizer_sha256": self.tokenizer.sha256(),
+                **({"target_budget_tokens": self.target_budget, "budget_fraction": self.budget_fraction}
+                   if self.target_budget > 0 else {})}
 
     def restore(self, state: dict) -> None:
         """Check that a resumed run reads the same data the same way (else batches would differ)."""
@@ -322,6 +396,10 @@ class TrainPipeline:
             out[f"data/{name}/eval_tokens"] = docs["eval"].num_tokens
             out[f"data/{name}/train_rows"] = self._rows[s].num_rows
             out[f"data/{name}/load_seconds"] = round(self._timings[name], 3)
+        for name, (full, realised) in self.repetition().items():
+            out[f"data/{name}/target_repetition"] = full
+            out[f"data/{name}/repetition"] = realised
+            out[f"data/{name}/full_train_tokens"] = self._full_train_tokens[name]
         for name in self.source_names:
             out.update(self.row_source.stats(name, self._docs[name]))
         return out
@@ -340,7 +418,9 @@ class TrainPipeline:
 
 
 def build_train_pipeline(data_config, *, global_batch_size: int, process_index: int = 0,
-                         process_count: int = 1, tokenizer: Tokenizer | None = None) -> TrainPipeline:
-    """The pretraining pipeline (documents, DocumentRows(data.packing))."""
+                         process_count: int = 1, tokenizer: Tokenizer | None = None,
+                         train_steps: int | None = None) -> TrainPipeline:
+    """The pretraining pipeline (documents, DocumentRows(data.packing)); `train_steps` sets the run's
+    own budget under data.target_budget_tokens."""
     return TrainPipeline(data_config, global_batch_size=global_batch_size, process_index=process_index,
-                         process_count=process_count, tokenizer=tokenizer)
+                         process_count=process_count, tokenizer=tokenizer, train_steps=train_steps)

@@ -24,15 +24,18 @@ import shutil
 import tempfile
 from typing import Any, Iterator
 
+import numpy as np
+
 from mellama_jax.data.config import source_paths
 from mellama_jax.data.doc_filters import exclude_ids_sha256
+from mellama_jax.data.mixture_order import document_keys
 from mellama_jax.data.sources.readers import expand_paths, iter_documents
 from mellama_jax.data.sources.report import BadInputReport, DataError
 from mellama_jax.data.sources.splits import split_of
 from mellama_jax.data.token_store import SPLITS, SplitWriter, TokenizedDocs, load_store, split_files
 from mellama_jax.tokenizer import Tokenizer
 
-__all__ = ["load_source_tokens", "source_fingerprint", "source_dict"]
+__all__ = ["load_source_tokens", "source_fingerprint", "source_dict", "subsample_documents", "global_doc_ids"]
 
 log = logging.getLogger("mellama_jax.data")
 _PIPELINE_VERSION = "1"        # part of every cache key: bump when the tokenized layout changes
@@ -223,3 +226,37 @@ def load_source_tokens(name: str, data_config, tokenizer: Tokenizer, process_ind
     finally:
         if not ok or not use_cache or os.path.isdir(tmp):  # failed, uncached, or lost a publish race
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def global_doc_ids(num_docs: int, process_index: int, process_count: int) -> np.ndarray:
+    """Each local document's ordinal in its source's split across all hosts (host h holds ordinals
+    h, h + count, ...: see _tokenize_texts): a document id that does not change with the host count."""
+    return np.arange(num_docs, dtype=np.int64) * int(process_count) + int(process_index)
+
+
+def subsample_documents(docs: TokenizedDocs, fraction: float, *, seed: int, source: str,
+                        process_index: int = 0, process_count: int = 1) -> TokenizedDocs:
+    """round(fraction x tokens) tokens of `docs`: whole documents in the order of a hash of (seed,
+    source, document id), the last one cut to a prefix so the count is exact (a per-document coin
+    would miss a small source's share by a whole document). The kept documents stay in their
+    original order, in RAM (a short run's subsample is about its own budget, not the corpus).
+    A pure function of its arguments, so a resumed run keeps exactly the same subsample."""
+    if fraction >= 1.0:
+        return docs
+    want = int(round(fraction * docs.num_tokens))
+    lengths = np.diff(np.asarray(docs.offsets, np.int64))
+    order = np.argsort(document_keys(seed, source, global_doc_ids(docs.num_docs, process_index, process_count)),
+                       kind="stable")
+    cum = np.cumsum(lengths[order])
+    whole = int(np.searchsorted(cum, want, side="right"))  # documents that fit entirely
+    keep = np.zeros(docs.num_docs, np.int64)                # tokens kept per document
+    keep[order[:whole]] = lengths[order[:whole]]
+    if whole < len(order):
+        keep[order[whole]] = want - (int(cum[whole - 1]) if whole else 0)
+    kept = np.flatnonzero(keep)
+    offsets = np.zeros(len(kept) + 1, np.int64)
+    np.cumsum(keep[kept], out=offsets[1:])
+    starts = np.asarray(docs.offsets[:-1], np.int64)[kept]
+    tokens = np.concatenate([np.asarray(docs.tokens[s:s + n]) for s, n in zip(starts, keep[kept])]) \
+        if len(kept) else np.zeros(0, np.int32)
+    return TokenizedDocs(tokens.astype(np.int32, copy=False), offsets)

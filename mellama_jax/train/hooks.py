@@ -177,8 +177,11 @@ class MetricsLogger:
             record["z_loss"] = values["z_loss"]
         for n, f in global_source_fractions(self._window_tokens, self.names).items():
             record[f"data/{n}/fraction"] = f
-        for n, t in zip(self.names, self.tokens.totals()):
+        totals = self.tokens.totals()
+        for n, t in zip(self.names, totals):
             record[f"data/{n}/tokens"] = int(t)
+        if hasattr(self.pipeline, "repetition_so_far"):  # target budget: each source's passes so far
+            record.update(self.pipeline.repetition_so_far(totals))
         if len(self.pipeline.stages) > 1:  # mixture schedule: the stage and its realised row shares so far
             stage, rows = self.pipeline.stage_row_counts(info.step)
             record["data/stage"] = stage

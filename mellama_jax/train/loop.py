@@ -66,7 +66,7 @@ def build_pipeline(config: Any, vocab_size: int | None, tokenizer: Any = None,
     data = config.data
     gbs = int(config.train.global_batch_size)
     if data.get("synthetic", False):
-        for key in ("mixture_stages", "perplexity_texts"):  # real-data features: refuse, never ignore
+        for key in ("mixture_stages", "perplexity_texts", "target_budget_tokens"):  # real-data features: refuse, never ignore
             if data.get(key):
                 raise ValueError(f"config.data.{key} is set but config.data.synthetic=True generates "
                                  "tokens without sources; set config.data.synthetic=False")
@@ -78,8 +78,10 @@ def build_pipeline(config: Any, vocab_size: int | None, tokenizer: Any = None,
             process_index=jax.process_index(), process_count=jax.process_count(),
             seed=int(data.seed), source_names=names, mixture=weights)
     make = make_pipeline or data_pipeline.build_train_pipeline
+    # Only a budget-faithful run needs its step count in the pipeline (its own token budget).
+    budget = {"train_steps": int(config.train.steps)} if data.get("target_budget_tokens", 0) else {}
     return make(data, global_batch_size=gbs, process_index=jax.process_index(),
-                process_count=jax.process_count(), tokenizer=tokenizer)
+                process_count=jax.process_count(), tokenizer=tokenizer, **budget)
 
 
 def _init_tokenizer_file(config: Any) -> str | None:
@@ -132,8 +134,8 @@ class Trainer:
         self.config, self.model_config, self.mesh = config, model_config, mesh
         self.rules = shd.rules_as_tuple(config.sharding.rules)
         total = int(config.train.steps)
-        self.schedule = optim.make_schedule(config.optim, total)
-        self.optimizer = optim.make_optimizer(config.optim, total)
+        self.schedule = optim.schedule_for(config)  # re-warm start resolved from init_from
+        self.optimizer = optim.make_optimizer(config.optim, total, self.schedule)
         self.abstract_params = param_shapes(model_config)
         self.param_shardings = shd.logical_to_sharding(
             param_logical_axes(model_config), mesh, self.rules, self.abstract_params)
