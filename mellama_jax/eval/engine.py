@@ -203,11 +203,14 @@ class Engine:
                 row_keys = np.zeros((rows,) + keys.shape[1:], np.uint32)  # filler rows: key data 0
                 row_keys[:len(chunk)] = keys[chunk]
                 row_keys = self._put(row_keys)
+            active = np.zeros((rows,), bool)
+            active[:len(chunk)] = True
             self._shape("generate", rows, length, max_new_tokens)
             with self._context():
                 out, steps = generate(self.model_config, self.params, self._put(tokens), max_new_tokens,
                                       temperature=float(temperature), top_p=float(top_p), eos_id=eos,
                                       prompt_mask=self._put(mask), row_keys=row_keys, stop_ids=stop_ids,
+                                      active=self._put(active),
                                       return_steps=True)
             self.stats["decode_steps"] = self.stats.get("decode_steps", 0) + int(steps)
             out = self._get(out)[:, length:]

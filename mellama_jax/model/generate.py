@@ -52,7 +52,7 @@ def _ends_with_stop(recent: jnp.ndarray, stop_ids: jnp.ndarray) -> jnp.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "temperature", "top_p", "eos_id",
                                              "per_row"))
-def _generate(params, prompt_tokens, prompt_mask, rng, stop_ids, *, config: LlamaConfig, max_new_tokens: int,
+def _generate(params, prompt_tokens, prompt_mask, rng, stop_ids, active, *, config: LlamaConfig, max_new_tokens: int,
               temperature: float, top_p: float, eos_id: int | None, per_row: bool):
     batch, prompt_len = prompt_tokens.shape
     pad_id = 0 if config.pad_token_id is None else config.pad_token_id
@@ -89,7 +89,7 @@ def _generate(params, prompt_tokens, prompt_mask, rng, stop_ids, *, config: Llam
         i, done = state[0], state[4]
         return (i < max_new_tokens) & ~jnp.all(done)
 
-    done = jnp.zeros((batch,), bool)
+    done = ~active  # rows that only fill the batch are done from the start
     recent = jnp.full((batch, stop_len), -2, jnp.int32)
     state = (jnp.int32(0), logits[:, -1], cache, out, done, next_position, rng, recent)
     final = jax.lax.while_loop(keep_going, step, state)
@@ -111,7 +111,7 @@ def _last_column_all_ones(mask: jax.Array) -> bool:
 
 def generate(config: LlamaConfig, params, prompt_tokens, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, eos_id: int | None = None, rng: jax.Array | None = None,
-             prompt_mask=None, row_keys=None, stop_ids=None, return_steps: bool = False):
+             prompt_mask=None, row_keys=None, stop_ids=None, active=None, return_steps: bool = False):
     """Continue `prompt_tokens` [b, t] by `max_new_tokens`; returns int32 [b, t + max_new_tokens].
 
     Batches of different prompt lengths are left-padded, with `prompt_mask` (1 = real token) saying
@@ -125,7 +125,8 @@ def generate(config: LlamaConfig, params, prompt_tokens, max_new_tokens: int, te
     fold_in(row_keys[r], i), so its samples do not depend on which rows share its batch.
     `stop_ids` [n, L] int: token-id sequences (left-padded with -1) that end a row as EOS does, checked
     on device after every token, so a batch stops once every row has hit EOS or a stop sequence.
-    With `return_steps`, returns (tokens, number of decode steps run).
+    `active` [b] bool (default all): False marks a row that only fills the batch; it emits padding
+    and never keeps the loop running. With `return_steps`, returns (tokens, number of decode steps run).
     """
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_tokens.ndim != 2:
@@ -159,7 +160,8 @@ def generate(config: LlamaConfig, params, prompt_tokens, max_new_tokens: int, te
     stop_ids = jnp.asarray(stop_ids, jnp.int32)
     if stop_ids.ndim != 2:
         raise ValueError(f"stop_ids must be [sequences, length], got shape {stop_ids.shape}")
-    out, steps = _generate(params, prompt_tokens, prompt_mask, rng, stop_ids, config=config,
+    active = jnp.ones((prompt_tokens.shape[0],), bool) if active is None else jnp.asarray(active, bool)
+    out, steps = _generate(params, prompt_tokens, prompt_mask, rng, stop_ids, active, config=config,
                            max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
                            eos_id=eos_id, per_row=per_row)
     return (out, steps) if return_steps else out
