@@ -33,7 +33,7 @@ from mellama_jax.tokenizer import chat_templates as chat
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "run_builtin", "HARNESSES", "metrics_from_records", "prepare_task", "load_task_file",
+__all__ = ["run", "run_builtin", "prepare_all", "decoding_settings", "HARNESSES", "metrics_from_records", "prepare_task", "load_task_file",
            "prompt_set_name", "PROTOCOLS", "MELLAMA_TASKS"]
 
 PROTOCOLS = ("generate", "loglik")
@@ -437,17 +437,23 @@ def write_predictions(path: str, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n")
 
 
+def prepare_all(config) -> dict[str, PreparedTask]:
+    """Validate the config and read, check and render every task of config.tasks (no model)."""
+    _validate(config)
+    prepared = {}
+    for name in _task_list(config):
+        prepared[name] = prepare_task(get_task(name), config)
+        log.info("%s: %d examples from %s", name, len(prepared[name].examples), prepared[name].path)
+    return prepared
+
+
 def run_builtin(config, workdir: str, engine=None) -> dict:
     """Evaluate config.checkpoint on config.tasks; returns the results dict also written to results.json.
 
     Every task's file is read, validated and its prompts rendered before the model is loaded, so a
     wrong or partial download fails in seconds, not after hours of model time."""
-    _validate(config)
-    tasks = _task_list(config)
-    prepared = {}
-    for name in tasks:
-        prepared[name] = prepare_task(get_task(name), config)
-        log.info("%s: %d examples from %s", name, len(prepared[name].examples), prepared[name].path)
+    prepared = prepare_all(config)
+    tasks = list(prepared)
     os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
     if engine is None:  # callers running several protocols on one checkpoint pass theirs
         engine = session.engine_from_config(config, show_progress=bool(config.show_progress))
