@@ -198,3 +198,16 @@ def test_bad_decoding_settings_fail_before_the_model_loads(override, message, tm
                                str(tmp_path / "w"), "--config.checkpoint=/nonexistent", override], cwd=REPO,
                               capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_protocol_sensitivity_refuses_bad_variants_before_the_model_loads(env, tmp_path):
+    out = tmp_path / "sens"
+    base = [sys.executable, "-m", "mellama_jax.cli.protocol_sensitivity", "--config", "configs/eval.py",
+            "--out", str(out), f"--config.data_dir={env['data']}", "--config.tasks=pubmedqa"]
+    run = lambda *extra: subprocess.run(base + list(extra), cwd=REPO, capture_output=True, text=True, timeout=120,
+                                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    proc = run(f"--config.checkpoint={env['model']}", "--sc_samples=0")
+    assert proc.returncode == 2 and "variant mellama-release__sc: config.decoding.samples=0" in proc.stderr, proc.stderr
+    proc = run("--config.checkpoint=/nonexistent/model", "--prompt_sets=mellama-release,no-such-set")
+    assert proc.returncode == 2 and "/nonexistent/model" in proc.stderr, proc.stderr
+    assert not out.exists()

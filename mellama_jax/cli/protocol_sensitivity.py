@@ -101,7 +101,8 @@ def paired(run_dirs: dict[str, str], names: list[str], tasks: list[str], config)
                                          seed=int(config.bootstrap.seed), confidence=float(config.bootstrap.confidence),
                                          same_protocol=False)
             except compare.ComparisonError as err:
-                per_task[t] = {"skipped": str(err)}
+                per_task[t] = {"skipped": f"{err} (the variants score different answer forms, e.g. option "
+                                          "letters and option texts, so no example-by-example difference)"}
                 continue
             per_task[t] = {"metrics": c["tasks"][t]["metrics"], "protocol_differences": c["protocol_differences"]}
         out[n] = per_task
