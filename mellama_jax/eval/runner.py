@@ -2,7 +2,8 @@
 results.json, results.md and predictions/<task>.jsonl.
 
 Per task: load the local file -> Me-LLaMA prompt (optionally k demonstrations from the training
-split) -> greedy generation + parsing, or log-likelihoods (choice tasks: rank the choices; HoC: one
+split) -> generation (greedy, or seeded samples with a self-consistency vote; sampling.py) + parsing,
+or log-likelihoods (choice tasks: rank the choices; HoC: one
 yes/no decision per hallmark, see loglik.py) -> metrics. Everything that
 decides a number (data hashes, template text, decoding, order, seed, checkpoint, code, packages)
 is written beside it; predictions are a pure function of those, byte for byte.
