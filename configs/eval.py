@@ -54,6 +54,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.prompt_set = ""
     c.share_prefix = True  # loglik: one KV-cache prefill per prompt, continuations scored from it
     c.max_new_tokens = 256
+    # Generation protocol (generate protocol only; README "Sampled protocols"). temperature 0 = greedy
+    # (Me-LLaMA's); > 0 samples `samples` continuations per example, each drawn with the key
+    # fold_in(fold_in(fold_in(key(seed), crc32(task)), example index), sample index), so outputs do not
+    # depend on batch_size or bucketing. Choice tasks score the majority vote over the samples
+    # (self-consistency). cot=True adds a think-step-by-step instruction and reads the answer from the
+    # last "Answer: X" line (choice tasks).
+    c.decoding = ml_collections.ConfigDict(dict(temperature=0.0, top_p=1.0, samples=1, seed=0, cot=False))
     c.batch_size = 8
     c.few_shot = 0  # k demonstrations from the training split
     # "auto": the template the checkpoint carries (an SFT workdir or its export), else none;
@@ -88,6 +95,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.max_examples = 20
     elif variant == "loglik":
         c.protocol = "loglik"
+    elif variant == "self_consistency":  # Wang et al. 2023's setting: 5 samples at temperature 0.7
+        c.decoding.temperature, c.decoding.samples = 0.7, 5
     elif variant:
-        raise ValueError(f"configs/eval.py: unknown variant {variant!r} (known: quick, loglik)")
+        raise ValueError(f"configs/eval.py: unknown variant {variant!r} (known: quick, loglik, self_consistency)")
     return c

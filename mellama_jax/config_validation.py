@@ -223,6 +223,9 @@ RULES: tuple[tuple[str, Range], ...] = (
     ("lm_eval_bootstrap_iters", Range(lo=0, integer=True, why="0 = no bootstrap")),
     ("bootstrap.iterations", Range(lo=0, integer=True, why="0 = no intervals")),
     ("bootstrap.confidence", Range(lo=0.0, hi=1.0, lo_open=True, hi_open=True)),
+    ("decoding.temperature", Range(lo=0.0, why="0 = greedy")),
+    ("decoding.top_p", Range(lo=0.0, hi=1.0, lo_open=True, why="1 = no nucleus cut")),
+    ("decoding.samples", Range(lo=1, integer=True, why="1 = one continuation per example")),
     # sweeps (configs/sweep.py): SLURM resources
     ("slurm.gpus_per_node", NON_NEGATIVE_INT),
     ("slurm.*", POSITIVE_INT),
@@ -373,6 +376,10 @@ def _cross_checks(config: Any) -> None:
     if _is_number(bench_every) and bench_every > 0 and not str(bench_tasks or "").strip(" ,"):
         raise ConfigRangeError(f"config.train.bench_every={bench_every} but config.bench.tasks is empty; name "
                                "the benchmarks to score, e.g. --config.bench.tasks=pubmedqa,medqa")
+    samples, temperature = _get(config, "decoding.samples"), _get(config, "decoding.temperature")
+    if _is_number(samples) and _is_number(temperature) and samples > 1 and temperature == 0:
+        raise ConfigRangeError(f"config.decoding.samples={samples} with config.decoding.temperature=0: greedy "
+                               "decoding gives the same continuation every time; set a temperature > 0")
     mixture = _get(config, "data.mixture")
     if mixture is not None and hasattr(mixture, "items"):
         weights = [v for _, v in mixture.items() if _is_number(v)]

@@ -196,7 +196,7 @@ def test_bad_arguments_fail_clearly(jax_lm):
         MellamaJaxLM()
     with pytest.raises(ValueError, match="not a template name"):
         MellamaJaxLM(engine=jax_lm.engine, chat_template="chatml")
-    req = Instance(request_type="generate_until", doc={}, arguments=("Note:", {"do_sample": True, "temperature": 0.7}),
+    req = Instance(request_type="generate_until", doc={}, arguments=("Note:", {"do_sample": True, "top_p": 1.5}),
                    idx=0, metadata=("my_task", 0, 1))
-    with pytest.raises(ValueError, match="greedy decoding only.*my_task"):
+    with pytest.raises(ValueError, match="0 < top_p <= 1.*my_task"):
         jax_lm.generate_until([req])

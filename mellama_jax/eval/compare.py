@@ -159,8 +159,12 @@ def _task_comparison(task: str, family: str, recs_a: list[dict], recs_b: list[di
 
 
 def compare_runs(run_a: str, run_b: str, tasks: Sequence[str] | None = None, *, iterations: int = 1000,
-                 seed: int = 0, confidence: float = 0.95) -> dict:
-    """The paired comparison of two evaluation directories (what comparison.json holds)."""
+                 seed: int = 0, confidence: float = 0.95, same_protocol: bool = True) -> dict:
+    """The paired comparison of two evaluation directories (what comparison.json holds).
+
+    same_protocol=False compares runs that differ on purpose (the protocol-sensitivity command): the
+    differences are listed under "protocol_differences" instead of refused; the examples must still be
+    the same."""
     if iterations < 1:
         raise ComparisonError(f"iterations={iterations}: a paired bootstrap needs at least 1 resample")
     if not 0.0 < confidence < 1.0:
@@ -175,7 +179,7 @@ def compare_runs(run_a: str, run_b: str, tasks: Sequence[str] | None = None, *, 
                                   f"built-in harness's task families {stats.FAMILIES} (lm-eval runs carry "
                                   "lm-eval's own stderr)")
         problems += _protocol_differences(t, a["tasks"][t], b["tasks"][t])
-    if problems:
+    if problems and same_protocol:
         raise ComparisonError("the runs used different protocols, so their difference is not the models' alone:\n  "
                               + "\n  ".join(problems))
     out = {"run_a": _run_info(run_a, a), "run_b": _run_info(run_b, b), "difference": "run B minus run A",
@@ -187,6 +191,8 @@ def compare_runs(run_a: str, run_b: str, tasks: Sequence[str] | None = None, *, 
                                     "differences, d the observed one"},
            "mcnemar": "exact (binomial) two-sided test on the discordant examples, for per-example 0/1 metrics",
            "tasks": {}}
+    if not same_protocol:
+        out["protocol_differences"] = problems
     for t in names:
         recs_a, recs_b = _predictions(run_a, t), _predictions(run_b, t)
         _check_examples(t, recs_a, recs_b)

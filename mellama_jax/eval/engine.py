@@ -157,12 +157,17 @@ class Engine:
         return int(self.model_config.max_position_embeddings)
 
     # --- generation ----------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, label: str = "generate",
-                 ) -> tuple[list[str], list[list[int]], int]:
-        """Greedy continuations of token-id prompts; returns (texts, token ids, number truncated).
+    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, label: str = "generate", *,
+                 temperature: float = 0.0, top_p: float = 1.0, keys: np.ndarray | None = None,
+                 stop_ids: np.ndarray | None = None) -> tuple[list[str], list[list[int]], int]:
+        """Continuations of token-id prompts (greedy, or sampled with temperature / top_p); returns
+        (texts, token ids, number truncated).
 
         Prompts are sorted by length and batched into power-of-two length buckets (a few compiled
-        shapes per task, listed in results.json); each batch stops as soon as every row has ended.
+        shapes per task, listed in results.json); each batch stops as soon as every row has ended (EOS,
+        or one of the `stop_ids` token sequences, see model/generate.py). Sampling needs `keys`, one
+        uint32 key-data row per prompt ([n, 2], `jax.random.key_data`): a prompt's samples depend on
+        its key alone, not on its batch or bucket. stats["decode_steps"] counts the decode steps run.
         """
         cap = self.max_len - max_new_tokens
         if cap < 2:
@@ -176,6 +181,12 @@ class Engine:
         ids = [p for p, _ in cut]
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))  # group similar lengths
         rows = self._rows(len(ids))
+        if temperature > 0 and keys is None:
+            raise ValueError("sampling (temperature > 0) needs one key per prompt (keys)")
+        if keys is not None:
+            keys = np.asarray(keys, np.uint32)
+            if keys.shape[0] != len(ids):
+                raise ValueError(f"{keys.shape[0]} keys for {len(ids)} prompts")
         out_ids: list[list[int] | None] = [None] * len(ids)
         for start in range(0, len(order), rows):
             chunk = order[start:start + rows]
@@ -188,10 +199,21 @@ class Engine:
                 p = ids[i]
                 tokens[r, length - len(p):] = p
                 mask[r, length - len(p):] = 1
+            row_keys = None
+            if keys is not None:
+                row_keys = np.zeros((rows,) + keys.shape[1:], np.uint32)  # filler rows: key data 0
+                row_keys[:len(chunk)] = keys[chunk]
+                row_keys = self._put(row_keys)
+            active = np.zeros((rows,), bool)
+            active[:len(chunk)] = True
             self._shape("generate", rows, length, max_new_tokens)
             with self._context():
-                out = generate(self.model_config, self.params, self._put(tokens), max_new_tokens,
-                               temperature=0.0, eos_id=eos, prompt_mask=self._put(mask))
+                out, steps = generate(self.model_config, self.params, self._put(tokens), max_new_tokens,
+                                      temperature=float(temperature), top_p=float(top_p), eos_id=eos,
+                                      prompt_mask=self._put(mask), row_keys=row_keys, stop_ids=stop_ids,
+                                      active=self._put(active),
+                                      return_steps=True)
+            self.stats["decode_steps"] = self.stats.get("decode_steps", 0) + int(steps)
             out = self._get(out)[:, length:]
             for r, i in enumerate(chunk):
                 new = [int(t) for t in out[r]]

@@ -11,9 +11,12 @@ token, so the two give the same numbers for the same weights (tests/test_lm_eval
     max_length tokens, and the continuation is scored from the last len(continuation) positions;
     is_greedy says every continuation token is the argmax.
   * loglikelihood_rolling: lm-eval's own disjoint rolling windows (BOS-prefixed, max_length each).
-  * generate_until: greedy on the project's jitted KV-cache decode loop (Engine.generate), contexts
-    cut from the left to max_length - max_gen_toks, EOS ends a row, the text is cut at the first stop
-    sequence (lm-eval's `until`), exactly as the HF backend post-processes its generations.
+  * generate_until: greedy, or sampled (gen_kwargs do_sample / temperature / top_p; model arg `seed`,
+    one key per request from its context, see _request_keys), on the project's jitted KV-cache decode
+    loop (Engine.generate), contexts cut from the left to max_length - max_gen_toks; EOS ends a row, and
+    so does a stop sequence (lm-eval's `until`) once its tokens are generated (checked on device, see
+    stop_token_ids); the text is cut at the first stop sequence, exactly as the HF backend
+    post-processes its generations.
   * strings that contain the tokenizer's special-token text (`<s>`, `</s>`, as chat templates write
     them) become those ids, as a Hugging Face tokenizer does.
 
@@ -143,7 +146,7 @@ class MellamaJaxLM(TemplateLM):
                  dtype: str = "", use_mesh: bool = True, mesh_data: int = -1, mesh_fsdp: int = 1,
                  mesh_tensor: int = 1, max_length: int | None = None, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
                  chat_template: str | None = None, prefix_token_id: int | None = None,
-                 add_bos_token: bool | None = None, **unknown: Any):
+                 add_bos_token: bool | None = None, seed: int = 0, **unknown: Any):
         super().__init__()
         # lm-eval's CLI passes its generic options (and, for some tasks, metadata) to every model.
         unknown.pop("trust_remote_code", None)
@@ -151,7 +154,7 @@ class MellamaJaxLM(TemplateLM):
         if unknown:
             raise ValueError(f"--model_args: unknown argument(s) {sorted(unknown)} for --model {MODEL_NAME}; "
                              "known: checkpoint, tokenizer, batch_size, dtype, use_mesh, mesh_data, mesh_fsdp, "
-                             "mesh_tensor, max_length, max_gen_toks, chat_template, prefix_token_id, add_bos_token")
+                             "mesh_tensor, max_length, max_gen_toks, chat_template, prefix_token_id, add_bos_token, seed")
         rows = _batch_size(batch_size)
         if engine is None:
             if not checkpoint:
@@ -167,6 +170,7 @@ class MellamaJaxLM(TemplateLM):
         self.tok = engine.tokenizer
         self._max_length = int(max_length) if max_length else int(engine.model_config.max_position_embeddings)
         self._max_gen_toks = int(max_gen_toks)
+        self.seed = int(seed)  # sampled generate_until (do_sample): see _request_keys
         self.custom_prefix_token_id = prefix_token_id
         self.add_bos_token = add_bos_token
         self.batch_sizes: dict = {}
@@ -270,32 +274,62 @@ class MellamaJaxLM(TemplateLM):
             groups.setdefault(json.dumps(req.args[1], sort_keys=True, default=str), []).append(i)
         out: list[str | None] = [None] * len(requests)
         eos_text = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        keys = _request_keys(self.seed, [req.args[0] for req in requests])
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="mellama_jax generate_until")
         for members in groups.values():
             gen_kwargs = requests[members[0]].args[1]
             kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
             max_gen = int(kwargs.pop("max_gen_toks"))
-            if kwargs.pop("do_sample", False) or float(kwargs.pop("temperature", 0.0) or 0.0) > 0:
-                raise ValueError(f"{MODEL_NAME}: generate_until supports greedy decoding only; got gen_kwargs "
-                                 f"{gen_kwargs} (task {requests[members[0]].task_name})")
-            ignored = {k: v for k, v in kwargs.items() if k not in ("top_p", "top_k", "repetition_penalty")
+            temperature, top_p = _sampling_kwargs(kwargs, gen_kwargs, requests[members[0]].task_name)
+            ignored = {k: v for k, v in kwargs.items() if k not in ("top_k", "repetition_penalty")
                        or v not in (None, 1.0, 0, 1)}
             if ignored:
-                log.warning("%s: generation kwargs %s are not used (greedy decoding)", MODEL_NAME, ignored)
+                log.warning("%s: generation kwargs %s are not used", MODEL_NAME, ignored)
             cap = self.max_length - max_gen
             if cap < 1:
                 raise ValueError(f"max_gen_toks={max_gen} leaves no room for a context in max_length="
                                  f"{self.max_length}")
             # lm-eval cuts contexts from the left to max_length - max_gen_toks (BOS included).
             prompts = [self.tok_encode(requests[i].args[0], left_truncate_len=cap) for i in members]
-            _, ids, _ = self.engine.generate(prompts, max_gen, label="lm_eval generate_until")
+            _, ids, _ = self.engine.generate(prompts, max_gen, label="lm_eval generate_until",
+                                             temperature=temperature, top_p=top_p,
+                                             keys=keys[members] if temperature > 0 else None,
+                                             stop_ids=self.stop_token_ids(until))
             for i, new_ids in zip(members, ids):
                 out[i] = postprocess_generated_text(self.tok_decode(new_ids), until, None)
                 self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
             bar.update(len(members))
         bar.close()
         return out  # type: ignore[return-value]
+
+    def stop_token_ids(self, until: Sequence[str]) -> np.ndarray | None:
+        """Token-id sequences [n, L] (left-padded with -1) that end a row on device (model/generate.py).
+
+        For each stop string: its encoding (and that encoding without a leading lone dummy-prefix
+        piece), and every single vocabulary piece whose text contains it. Each sequence's text contains
+        the stop string, so a row stops only after the string has appeared; generations that reach a
+        stop string through other tokens run on to max_gen_toks and are cut on the host as before, so
+        the returned text never depends on this list (only the decode time does)."""
+        seqs: set[tuple[int, ...]] = set()
+        pieces = [self.tok_decode([t], skip_special_tokens=False) if t not in (self.tok.bos_id, self.tok.eos_id)
+                  else "" for t in range(self.tok.vocab_size)]
+        for stop in until:
+            if not stop:
+                continue
+            ids = tuple(self._encode_with_specials(stop))
+            if ids and self.tok_decode(list(ids), skip_special_tokens=False).find(stop) >= 0:
+                seqs.add(ids)
+            if len(ids) > 1 and self.tok.id_to_piece(ids[0]) == "\u2581":
+                seqs.add(ids[1:])
+            seqs.update((t,) for t, text in enumerate(pieces) if stop in text)
+        if not seqs:
+            return None
+        width = max(len(q) for q in seqs)
+        table = np.full((len(seqs), width), -1, np.int32)
+        for r, q in enumerate(sorted(seqs)):
+            table[r, width - len(q):] = q
+        return table
 
     # --- chat ------------------------------------------------------------------------------------
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
@@ -315,6 +349,41 @@ class MellamaJaxLM(TemplateLM):
             return None
         kind, template = self._chat
         return hf_chat_template(template) if kind == "name" else template
+
+
+def _sampling_kwargs(kwargs: dict, gen_kwargs: dict, task: str) -> tuple[float, float]:
+    """(temperature, top_p) from normalised gen_kwargs (lm-eval's normalize_gen_kwargs: do_sample absent
+    means "sample iff temperature > 0"; do_sample=False zeroes the temperature): sampled iff do_sample
+    and temperature > 0, else greedy (0.0, 1.0)."""
+    do_sample = bool(kwargs.pop("do_sample", False))
+    temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
+    top_p = kwargs.pop("top_p", None)
+    top_p = 1.0 if top_p is None else float(top_p)
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"{MODEL_NAME}: need temperature >= 0 and 0 < top_p <= 1; got gen_kwargs {gen_kwargs} "
+                         f"(task {task})")
+    return (temperature, top_p) if do_sample and temperature > 0 else (0.0, 1.0)
+
+
+def _request_keys(seed: int, contexts: Sequence[str]) -> np.ndarray:
+    """One sampling key per request: fold_in(fold_in(key(seed), crc32(context)), k), k = how many
+    requests with the same context came before it (lm-eval's `repeats` send identical requests), so a
+    request's samples depend on its context, its repeat index and the seed only: not on its batch,
+    its position or its gen_kwargs (the same seed gives the same draws with and without `until`)."""
+    import zlib
+
+    seen: dict[str, int] = {}
+    rows = []
+    for ctx in contexts:
+        k = seen.get(ctx, 0)
+        seen[ctx] = k + 1
+        rows.append((zlib.crc32(ctx.encode()), k))
+    if not rows:
+        return np.zeros((0, 2), np.uint32)
+    base = jax.random.key(int(seed))
+    h, k = (jnp.asarray([r[i] for r in rows], jnp.uint32) for i in (0, 1))
+    keys = jax.vmap(lambda a, b: jax.random.fold_in(jax.random.fold_in(base, a), b))(h, k)
+    return np.asarray(jax.random.key_data(keys), np.uint32)
 
 
 def _batch_size(value: Any) -> int:

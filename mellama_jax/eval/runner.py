@@ -2,7 +2,8 @@
 results.json, results.md and predictions/<task>.jsonl.
 
 Per task: load the local file -> Me-LLaMA prompt (optionally k demonstrations from the training
-split) -> greedy generation + parsing, or log-likelihoods (choice tasks: rank the choices; HoC: one
+split) -> generation (greedy, or seeded samples with a self-consistency vote; sampling.py) + parsing,
+or log-likelihoods (choice tasks: rank the choices; HoC: one
 yes/no decision per hallmark, see loglik.py) -> metrics. Everything that
 decides a number (data hashes, template text, decoding, order, seed, checkpoint, code, packages)
 is written beside it; predictions are a pure function of those, byte for byte.
@@ -21,8 +22,8 @@ import jax
 import numpy as np
 
 from mellama_jax.data.sources.report import DataError
-from mellama_jax.eval import (bertscore, lm_eval_harness, parsing, prompts, provenance, published, report, session,
-                              stats)
+from mellama_jax.eval import (bertscore, lm_eval_harness, parsing, prompts, provenance, published, report, sampling,
+                              session, stats)
 from mellama_jax.eval import loglik as ll
 from mellama_jax.eval import metrics as M
 from mellama_jax.eval.session import resolve_chat_template
@@ -33,7 +34,7 @@ from mellama_jax.tokenizer import chat_templates as chat
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "run_builtin", "HARNESSES", "metrics_from_records", "prepare_task", "load_task_file",
+__all__ = ["run", "run_builtin", "prepare_all", "decoding_settings", "HARNESSES", "metrics_from_records", "prepare_task", "load_task_file",
            "prompt_set_name", "PROTOCOLS", "MELLAMA_TASKS"]
 
 PROTOCOLS = ("generate", "loglik")
@@ -166,9 +167,25 @@ def prepare_task(spec: TaskSpec, config) -> PreparedTask:
     if yesno:
         texts = [_chat(prompts.render_yesno(template, ex, LABEL_SLOT, demos), config) for ex in examples]
     else:
-        texts = [_chat(prompts.render(template, ex, demos), config) for ex in examples]
+        cot = _cot_applies(spec, use_loglik, config)
+        texts = [_chat(_with_cot(prompts.render(template, ex, demos), cot), config) for ex in examples]
     return PreparedTask(spec, path, examples, n_file, report, template, demos, few_shot, use_loglik, yesno,
                         texts, size)
+
+
+def decoding_settings(config) -> dict:
+    """config.decoding with defaults (configs written before sampled protocols have none)."""
+    d = config.get("decoding") or {}
+    return {"temperature": float(d.get("temperature", 0.0)), "top_p": float(d.get("top_p", 1.0)),
+            "samples": int(d.get("samples", 1)), "seed": int(d.get("seed", 0)), "cot": bool(d.get("cot", False))}
+
+
+def _cot_applies(spec: TaskSpec, use_loglik: bool, config) -> bool:
+    return decoding_settings(config)["cot"] and spec.family == CHOICE and not use_loglik
+
+
+def _with_cot(prompt: str, cot: bool) -> str:
+    return sampling.add_cot(prompt) if cot else prompt
 
 
 def metrics_from_records(spec: TaskSpec, records: Sequence[dict], choices: Sequence[str] = (),
@@ -254,6 +271,69 @@ def _multilabel_loglik(engine, t: PreparedTask, config) -> tuple[list[dict], dic
     return records, decoding, n_trunc
 
 
+def _generate_task(engine, t: PreparedTask, config) -> tuple[list[dict], dict, int]:
+    """Generate (greedy, or `samples` sampled continuations per example), parse, and for choice tasks
+    with several samples vote (self-consistency). Returns (records, decoding block, truncated count)."""
+    spec, examples, texts = t.spec, t.examples, t.texts
+    d = decoding_settings(config)
+    sampled = d["temperature"] > 0
+    n_samples = d["samples"] if sampled else 1
+    cot = _cot_applies(spec, t.use_loglik, config)
+    vote = spec.family == CHOICE and n_samples > 1
+    ids = [engine.tokenizer.encode(x) for x in texts]
+    keys = sampling.sample_keys(d["seed"], spec.name, len(ids), n_samples) if sampled else None
+    flat = [p for p in ids for _ in range(n_samples)]  # example-major, as the keys
+    gens, _, n_trunc = engine.generate(flat, int(config.max_new_tokens), label=spec.name,
+                                       temperature=d["temperature"], top_p=d["top_p"], keys=keys)
+    n_trunc //= n_samples
+    records = []
+    for i, ex in enumerate(examples):
+        outs = gens[i * n_samples:(i + 1) * n_samples]
+        parsed = [_parse_generation(spec, ex, g, config, cot) for g in outs]
+        rec = {"id": ex.id, "prompt": texts[i], "generation": outs[0], "prediction": parsed[0][0],
+               "reference": ex.reference}
+        if cot:
+            rec["answer_line"] = parsed[0][1]
+        if n_samples > 1:
+            rec["samples"] = [{"generation": g, "prediction": p, **({"answer_line": a} if cot else {})}
+                              for g, (p, a) in zip(outs, parsed)]
+            if vote:  # an unparsed sample ("missing") does not vote; no vote at all: missing
+                winner, rec["votes"] = sampling.majority_vote([None if p == parsing.MISSING else p
+                                                               for p, _ in parsed])
+                rec["prediction"] = parsing.MISSING if winner is None else winner
+        records.append(rec)
+    decoding = {"protocol": "generate",
+                "strategy": ("self-consistency" if vote else "sampling") if sampled else "greedy",
+                "temperature": d["temperature"], "top_p": d["top_p"] if sampled else None,
+                "samples": n_samples, "seed": d["seed"] if sampled else None,
+                "sample_keys": sampling.KEY_RULE if sampled else None,
+                "vote": sampling.VOTE_RULE if vote else None,
+                "scored": ("the voted answer per example (intervals resample examples with that outcome)" if vote
+                           else "the first sample; every sample is in predictions" if n_samples > 1
+                           else "the one continuation"),
+                "cot": cot, "cot_instruction": sampling.COT_INSTRUCTION if cot else None,
+                "cot_placement": sampling.COT_PLACEMENT if cot else None,
+                "answer_extraction": sampling.EXTRACTION_RULE if cot else None,
+                "max_new_tokens": int(config.max_new_tokens), "stop": "eos, or max_new_tokens; a batch "
+                "stops as soon as every row has ended", "max_context": int(engine.max_len),
+                "batching": "prompts sorted by token length, batches of config.batch_size rows padded "
+                            "on the left to a power-of-two length bucket (see compiled_shapes)"}
+    return records, decoding, n_trunc
+
+
+def _parse_generation(spec: TaskSpec, ex: Example, generation: str, config, cot: bool) -> tuple[Any, str | None]:
+    """(prediction, the extracted answer line or None): with CoT the last 'Answer: X' line is parsed
+    first, then the whole generation (sampling.EXTRACTION_RULE)."""
+    if not cot:
+        return _parse(spec, ex, generation, config), None
+    line = sampling.extract_answer(generation)
+    if line is not None:
+        pred = _parse(spec, ex, line, config)
+        if pred != parsing.MISSING:
+            return pred, line
+    return _parse(spec, ex, generation, config), line
+
+
 def _sharing_note(config, what: str) -> str:
     if not config.share_prefix:
         return "off (config.share_prefix=False): every request computed in full"
@@ -290,16 +370,7 @@ def _evaluate_task(engine, t: PreparedTask, config) -> tuple[dict, list[dict]]:
                     "continuation": "each choice encoded without BOS after the prompt",
                     "prefix_sharing": _sharing_note(config, "the choices of one example")}
     else:
-        ids = [tok.encode(x) for x in texts]
-        gens, _, n_trunc = engine.generate(ids, int(config.max_new_tokens), label=spec.name)
-        for i, ex in enumerate(examples):
-            records.append({"id": ex.id, "prompt": texts[i], "generation": gens[i],
-                            "prediction": _parse(spec, ex, gens[i], config), "reference": ex.reference})
-        decoding = {"protocol": "generate", "strategy": "greedy", "temperature": 0.0,
-                    "max_new_tokens": int(config.max_new_tokens), "stop": "eos, or max_new_tokens; a batch "
-                    "stops as soon as every row has ended", "max_context": int(engine.max_len),
-                    "batching": "prompts sorted by token length, batches of config.batch_size rows padded "
-                                "on the left to a power-of-two length bucket (see compiled_shapes)"}
+        records, decoding, n_trunc = _generate_task(engine, t, config)
     choices = examples[0].choices if examples else ()
     shared_choices = all(ex.choices == choices for ex in examples)
     if spec.family == CHOICE and not shared_choices:
@@ -368,19 +439,26 @@ def write_predictions(path: str, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n")
 
 
-def run_builtin(config, workdir: str) -> dict:
+def prepare_all(config) -> dict[str, PreparedTask]:
+    """Validate the config and read, check and render every task of config.tasks (no model)."""
+    _validate(config)
+    prepared = {}
+    for name in _task_list(config):
+        prepared[name] = prepare_task(get_task(name), config)
+        log.info("%s: %d examples from %s", name, len(prepared[name].examples), prepared[name].path)
+    return prepared
+
+
+def run_builtin(config, workdir: str, engine=None) -> dict:
     """Evaluate config.checkpoint on config.tasks; returns the results dict also written to results.json.
 
     Every task's file is read, validated and its prompts rendered before the model is loaded, so a
     wrong or partial download fails in seconds, not after hours of model time."""
-    _validate(config)
-    tasks = _task_list(config)
-    prepared = {}
-    for name in tasks:
-        prepared[name] = prepare_task(get_task(name), config)
-        log.info("%s: %d examples from %s", name, len(prepared[name].examples), prepared[name].path)
+    prepared = prepare_all(config)
+    tasks = list(prepared)
     os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
-    engine = session.engine_from_config(config, show_progress=bool(config.show_progress))
+    if engine is None:  # callers running several protocols on one checkpoint pass theirs
+        engine = session.engine_from_config(config, show_progress=bool(config.show_progress))
     main = jax.process_index() == 0
     results = {
         **session.results_header(config, engine),
