@@ -436,7 +436,6 @@ def test_lock_file_that_is_a_link_or_directory_is_refused_and_never_written_thro
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="seed range check lands with the config_validation rewrite")
 def test_seed_outside_the_prng_range_is_refused_by_validation():
     """jax.random.PRNGKey keeps only the low 32 bits without jax_enable_x64 (2**32 is seed 0) and raises
     OverflowError from 2**63; numpy seeds stop at 2**32 - 1. So seeds must be in [0, 2**32 - 1]."""
