@@ -148,12 +148,15 @@ class Range:
         return True
 
     def describe(self) -> str:
+        def num(x: float) -> str:  # integer bounds in full (2**32 - 1, not 4.29497e+09)
+            return str(int(x)) if self.integer else f"{x:g}"
+
         if self.lo is not None and self.hi is not None:
-            text = f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            text = f"in {'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
         elif self.lo is not None:
-            text = f"{'>' if self.lo_open else '>='} {self.lo:g}"
+            text = f"{'>' if self.lo_open else '>='} {num(self.lo)}"
         elif self.hi is not None:
-            text = f"{'<' if self.hi_open else '<='} {self.hi:g}"
+            text = f"{'<' if self.hi_open else '<='} {num(self.hi)}"
         else:
             text = "finite"
         if self.special:
@@ -167,12 +170,15 @@ NON_NEGATIVE = Range(lo=0.0)
 POSITIVE = Range(lo=0.0, lo_open=True)
 FRACTION = Range(lo=0.0, hi=1.0)
 ANY_FINITE = Range()
+# jax.random.PRNGKey keeps only the low 32 bits without jax_enable_x64 (2**32 would be seed 0, and
+# 2**64 an OverflowError), and numpy's seeds stop at 2**32 - 1.
+SEED = Range(lo=0, hi=2**32 - 1, integer=True, why="a 32-bit PRNG seed")
 MESH_AXIS = Range(lo=1, integer=True, special=(-1,), why="-1 = all remaining devices")
 
 # Explicit keys first (first match wins), then name-based fallbacks for keys added later.
 RULES: tuple[tuple[str, Range], ...] = (
-    ("seed", NON_NEGATIVE_INT),
-    ("*.seed", NON_NEGATIVE_INT),
+    ("seed", SEED),
+    ("*.seed", SEED),
     # model overrides (None = from the preset; checked only when set)
     ("model.rms_norm_eps", POSITIVE),
     ("model.rope_theta", POSITIVE),

@@ -441,7 +441,6 @@ def test_lock_file_that_is_a_link_or_directory_is_refused_and_never_written_thro
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="seed range check lands with the config_validation rewrite")
 def test_seed_outside_the_prng_range_is_refused_by_validation():
     """jax.random.PRNGKey keeps only the low 32 bits without jax_enable_x64 (2**32 is seed 0) and raises
     OverflowError from 2**63; numpy seeds stop at 2**32 - 1. So seeds must be in [0, 2**32 - 1]."""
@@ -456,3 +455,111 @@ def test_seed_outside_the_prng_range_is_refused_by_validation():
     c = get_config("tiny")
     c.seed = 2**32 - 1
     validate_config(c)
+
+
+# ---------------------------------------------------------------- sources with no held-out examples
+class _Sums:
+    def __init__(self, nll: float, weight: float):
+        self.nll, self.weight = nll, weight
+
+
+def test_a_source_with_no_held_out_examples_is_not_reported_as_loss_zero(capsys):
+    """eval_fraction=0 used to log eval/<source>/loss 0.0, perplexity 1.0: the best source in any table."""
+    from types import SimpleNamespace
+
+    from mellama_jax.train.hooks import Evaluator
+
+    held = {"qa": [], "bio": [{"rows": 1}]}  # qa holds nothing out (what the pipeline returns for it)
+    pipeline = SimpleNamespace(source_names=["bio", "qa"], eval_batches=lambda n, k: held[n])
+    trainer = SimpleNamespace(global_batch=lambda b: b, eval_step=lambda params, batch: _Sums(6.0, 3.0))
+    written = []
+    evaluator = Evaluator(trainer, pipeline, 1, lambda step, out: written.append(out))
+    for step in (1, 2):
+        evaluator(SimpleNamespace(step=step, state=SimpleNamespace(params=None)))
+    assert written == [{"eval/bio/loss": 2.0, "eval/bio/perplexity": pytest.approx(np.exp(2.0))}] * 2
+    out = capsys.readouterr().out + capsys.readouterr().err
+    assert out.count("'qa' has no held-out examples") == 1
+
+
+def test_sweep_table_and_mixing_law_skip_held_out_losses_that_measured_nothing(tmp_path):
+    """Older metrics hold eval/qa/loss 0.0 (perplexity 1.0); the table and the law leave them out."""
+    from mellama_jax.sweep.mixing_law import sweep_data
+    from mellama_jax.sweep.table import point_row
+
+    rows = []
+    for i, (w, bio) in enumerate(((0.2, 2.5), (0.5, 2.1), (0.8, 1.9))):
+        d = tmp_path / f"p{i}"
+        d.mkdir()
+        records = [{"step": 4, "loss": 3.0},
+                   {"step": 4, "eval/bio/loss": bio, "eval/bio/perplexity": float(np.exp(bio)),
+                    "eval/qa/loss": 0.0, "eval/qa/perplexity": 1.0, "eval/gen/loss": float("nan")}]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        row = point_row(f"p{i}", {}, {"bio": w, "qa": 1 - w}, str(d), 4, [])
+        assert "eval/bio/loss" in row and not any(k.startswith(("eval/qa/", "eval/gen/")) for k in row), row
+        rows.append({**row, "eval/qa/loss": 0.0})  # as an older sweep.csv holds it
+    _, _, _, targets = sweep_data(rows)
+    assert sorted(targets) == ["eval/bio/loss"]
+
+
+# ---------------------------------------------------------------- the planner's exit codes
+def _plan(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "mellama_jax.cli.plan", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_planner_bad_input_exits_2_with_one_line():
+    """A missing config or an eval config was a traceback with exit 1 ("does not fit"); --gpus with
+    --topology silently ignored the topology."""
+    for args, expect in ((("--config", "configs/missing.py:x", "--gpus", "8xH100"), "configs/missing.py"),
+                         (("--config", "configs/eval.py", "--gpus", "8xH100"), "config.task='eval'"),
+                         (("--config", "configs/pretrain.py:tiny", "--gpus", "8xH100", "--topology", "v5e:2x2"),
+                          "exclude each other")):
+        r = _plan(*args)
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+
+
+def test_planner_refuses_the_batch_launch_refuses():
+    """--gpus 8xH100 --config.train.global_batch_size=3 printed "0.375 rows ... FITS": the estimate
+    now runs train.loop.validate_batch_layout on the cluster's mesh, as launch.py does."""
+    from mellama_jax.plan import aot, estimate as est_lib, hardware
+
+    config = get_config("tiny")
+    config.train.global_batch_size = 3
+    _, mc, _ = aot.plan_model_config(config)
+    cluster = hardware.parse_gpu_cluster("8xH100")
+    with pytest.raises(ValueError, match="not divisible by mesh data x fsdp = 8"):
+        est_lib.estimate(config, mc, cluster.num_gpus, cluster.chip, cluster.name)
+    config.train.global_batch_size = 8
+    assert est_lib.estimate(config, mc, cluster.num_gpus, cluster.chip, cluster.name).rows_per_device == 1
+
+
+# ---------------------------------------------------------------- lm-eval model args, corrupt gzip
+def test_lm_eval_model_args_are_refused_naming_the_argument():
+    """max_length=0 silently meant the default and add_bos_token=maybe meant true."""
+    pytest.importorskip("lm_eval")
+    from mellama_jax.eval import lm_eval_adapter as adapter
+
+    for kwargs, name in (({"max_length": 0}, "max_length=0"), ({"max_length": "-3"}, "max_length=-3"),
+                         ({"max_length": "abc"}, "max_length='abc'"), ({"max_gen_toks": 0}, "max_gen_toks=0"),
+                         ({"add_bos_token": "maybe"}, "add_bos_token='maybe'")):
+        with pytest.raises(ValueError, match=f"--model_args {name}"):
+            adapter.MellamaJaxLM(checkpoint="/nonexistent", **kwargs)
+    assert [adapter._bool_arg("x", v) for v in ("true", "False", 1, 0, "yes", "NO", True, None, "")] == [
+        True, False, True, False, True, False, True, None, None]
+    assert adapter._positive_int("max_length", "2048") == 2048 and adapter._positive_int("max_length", None) is None
+
+
+def test_gzip_corrupted_mid_file_is_called_corrupt_not_cut_short(tmp_path, capsys):
+    """A flipped byte inside a .csv.gz used to read "all bytes were read ... end of the original file is
+    missing"; every byte is there, the data is wrong."""
+    path = tmp_path / "notes.csv.gz"
+    write_mimic3_csv(str(tmp_path / "notes.csv"), list(generate_notes(300, seed=4)))
+    data = bytearray(gzip.compress((tmp_path / "notes.csv").read_bytes()))
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert prepare_clinical.main(["--in", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "corrupt" in err and "Traceback" not in err, err
+    assert "end of the original file is missing" not in err and "ends early" not in err, err
+    assert "gzip check at the end failed" in err or "corrupt data at byte" in err, err

@@ -17,10 +17,21 @@ Adapters (LoRA from instruction tuning) are the extension point: a training step
 Orbax item `adapters/`, described by `adapter_config.json` beside model_config.json
 ({"kind": "lora", ...}). `ModelArtifact.load_params()` hands base params and that item to the loader
 registered for the kind (`register_adapter_loader`), which returns the merged params.
+
+The base of adapters is pinned: adapter_config.json records, besides the base's path, the step and
+a fingerprint of the weights they were trained over (`base_pin`). Loading the adapters
+(`ModelArtifact.base_artifact`) resolves the base at that step and refuses weights with another
+fingerprint, so a base that trained on, or was replaced, is never merged into silently. The
+fingerprint of a training step is a hash of the per-tensor integrity record its checkpoint meta
+already holds (train/checkpointing.py; nothing is re-read); other artifacts get a file-level hash
+(names, sizes, contents of small files, first and last MiB of large ones).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import os
 import re
 from typing import Any, Callable
@@ -34,7 +45,10 @@ from mellama_jax.tokenizer import (TOKENIZER_FILES_TEXT, Tokenizer, check_tokeni
 __all__ = [
     "ModelArtifact", "resolve_artifact", "checkpoint_kind", "write_artifact_files", "check_artifact_tokenizer",
     "register_adapter_loader", "ADAPTER_LOADERS", "EXPERIMENT_CONFIG", "PROVENANCE", "CHECKPOINTS_DIR",
+    "BASE_PIN", "BasePinError", "base_pin", "same_weights", "describe_pin", "resolve_pinned_base",
 ]
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT_CONFIG = "experiment_config.json"  # launch.py's resolved experiment config in a workdir
 LEGACY_EXPERIMENT_CONFIG = "config.json"      # what launch.py wrote before (clashes with HF's name)
@@ -89,10 +103,17 @@ class ModelArtifact:
         elif self.params_dir is not None:
             params = restore_params(self.params_dir, target)
         else:  # an adapters-only step (LoRA): the base weights live in the artifact adapter_config names
-            params = resolve_artifact(self.adapters["config"]["base"]).load_params(target)
+            params = self.base_artifact().load_params(target)
         if self.adapters and merge_adapters:
             params = _adapter_loader(self.adapters["kind"], self)(params, self.adapters, self, target)
         return params
+
+    def base_artifact(self) -> "ModelArtifact":
+        """The base the adapters were trained over, at its pinned step, its fingerprint checked
+        (BasePinError when the base changed)."""
+        if not self.adapters:
+            raise ValueError(f"{self.describe()}: holds no adapters, so it has no base")
+        return resolve_pinned_base(self.adapters["config"], os.path.join(self.root, ADAPTER_CONFIG))
 
     def load_tokenizer(self) -> Tokenizer:
         """The tokenizer for this model (error when the artifact carries none)."""
@@ -222,6 +243,96 @@ def _finish(artifact: ModelArtifact) -> ModelArtifact:
     if artifact.step is not None:
         artifact.provenance["step"] = artifact.step
     return artifact
+
+
+# ------------------------------------------------------------------------------------------------
+# The pinned base of adapters
+# ------------------------------------------------------------------------------------------------
+BASE_PIN = "base_pin"          # the adapter_config.json key: {"path", "step", "fingerprint", "how"}
+_META_FILE = ("meta", "metadata")  # a training step's JSON meta item (train/checkpointing.py writes it)
+_SMALL = 16 << 20              # files up to this size are hashed whole
+_EDGE = 1 << 20                # of larger ones, the first and last MiB (with the size)
+_WARNED: set[str] = set()
+
+
+class BasePinError(ValueError):
+    """The base adapters name is not the one they were trained over."""
+
+
+def _file_fingerprint(directory: str) -> str:
+    """sha256 over every file's relative path and size and the bytes of small files (the first and
+    last MiB of large ones): cheap for a 70B model, and changed by any rewrite of its weights."""
+    h = hashlib.sha256()
+    paths = [directory] if os.path.isfile(directory) else sorted(
+        os.path.join(root, n) for root, dirs, names in os.walk(directory) for n in names)
+    for p in paths:
+        size = os.path.getsize(p)
+        h.update(f"{os.path.relpath(p, directory)}\0{size}\0".encode())
+        with open(p, "rb") as f:
+            if size <= _SMALL:
+                h.update(f.read())
+            else:
+                h.update(f.read(_EDGE))
+                f.seek(size - _EDGE)
+                h.update(f.read(_EDGE))
+    return h.hexdigest()
+
+
+def base_pin(artifact: ModelArtifact) -> dict:
+    """{"path", "step", "fingerprint", "how"}: which weights `artifact` holds, without loading them."""
+    pin = {"path": artifact.path, "step": artifact.step}
+    if artifact.kind == "training" and artifact.params_dir is not None:
+        meta = read_json(os.path.join(artifact.root, str(artifact.step), *_META_FILE))
+        prints = (meta.get("integrity") or {}).get(PARAMS_ITEM)
+        if prints:
+            digest = hashlib.sha256(json.dumps(prints, sort_keys=True).encode()).hexdigest()
+            return {**pin, "fingerprint": digest, "how": "checkpoint integrity record"}
+    where = artifact.params_dir or (os.path.join(artifact.root, str(artifact.step)) if artifact.step is not None
+                                    else artifact.root)
+    return {**pin, "fingerprint": _file_fingerprint(where), "how": "files"}
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    """Two pins name the same weights (their paths may differ: a base may be moved)."""
+    return a.get("step") == b.get("step") and a.get("fingerprint") == b.get("fingerprint")
+
+
+def describe_pin(pin: dict) -> str:
+    step = f" step {pin['step']}" if pin.get("step") is not None else ""
+    return f"{pin.get('path')}{step} (fingerprint {str(pin.get('fingerprint'))[:16]})"
+
+
+def resolve_pinned_base(adapter_config: dict, where: str) -> ModelArtifact:
+    """The base artifact adapter_config.json names, at its pinned step and with its pinned weights.
+
+    A config written before bases were pinned: the base's newest weights, with a warning (once).
+    """
+    base = adapter_config.get("base") or ""
+    if not base:
+        raise FileNotFoundError(f"{where}: names no 'base' model")
+    pin = adapter_config.get(BASE_PIN)
+    if not pin:
+        if where not in _WARNED:
+            _WARNED.add(where)
+            log.warning("%s: records no pin (step + fingerprint) of its base %s (written before bases were "
+                        "pinned); using the base's current weights unchecked", where, base)
+        return resolve_artifact(base)
+    recorded = describe_pin({**pin, "path": base})
+    try:
+        found = resolve_artifact(base, pin.get("step"))
+    except (FileNotFoundError, ValueError) as err:
+        newest = ""
+        try:
+            newest = f"; it now holds {describe_pin(base_pin(resolve_artifact(base)))}"
+        except (FileNotFoundError, ValueError):
+            pass
+        raise BasePinError(f"{where}: the adapters were trained over {recorded}, which is gone ({err}){newest}; "
+                           "refusing to merge them into other weights") from None
+    got = base_pin(found)
+    if not same_weights(pin, got):
+        raise BasePinError(f"{where}: the adapters were trained over {recorded}, but {base} now holds "
+                           f"{describe_pin(got)}: other weights; refusing to merge them into those")
+    return found
 
 
 # ------------------------------------------------------------------------------------------------

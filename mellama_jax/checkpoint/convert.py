@@ -99,6 +99,7 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
         raise ValueError(f"{ckpt}: --merge_lora/--adapter_only need a LoRA checkpoint (an SFT workdir trained "
                          f"with config.lora.enabled); this is a {artifact.describe()} without adapters")
     if adapter_only:
+        artifact.base_artifact()  # PEFT applies the adapters to the base it names: refuse a changed one
         with staged as tmp:
             write_peft_adapter(artifact, tmp, dtype)
             export_tokenizer(artifact, tmp)

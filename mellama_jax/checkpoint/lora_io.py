@@ -1,7 +1,8 @@
 """LoRA adapters on disk: the PEFT format (export) and the files of a LoRA SFT checkpoint.
 
 A LoRA training checkpoint holds `<checkpoints>/adapter_config.json` ({"kind": "lora", rank, alpha,
-dropout, targets, the base it adapts, the chat template}) beside model_config.json, and an Orbax
+dropout, targets, the base it adapts and its pin (step + weights fingerprint, see
+checkpoint/artifact.py base_pin), the chat template}) beside model_config.json, and an Orbax
 item `adapters/` per step instead of `params/`. `merge_adapter_item` is the artifact loader for
 that kind (checkpoint/artifact.py ADAPTER_LOADERS): base params + the step's adapters -> merged.
 
@@ -83,12 +84,16 @@ def peft_config(spec: LoraSpec, base_model: str = "") -> dict:
 # --------------------------------------------------------------------------------------------------
 # SFT checkpoints: adapter_config.json beside model_config.json, adapters item per step
 # --------------------------------------------------------------------------------------------------
-def write_adapter_config(directory: str, spec: LoraSpec, base: str, chat_template: str | None = None) -> str:
-    """<checkpoints>/adapter_config.json: what the adapters are and which base they adapt."""
+def write_adapter_config(directory: str, spec: LoraSpec, base: str, chat_template: str | None = None,
+                         base_pin: dict | None = None) -> str:
+    """<checkpoints>/adapter_config.json: what the adapters are and which base they adapt (`base_pin`:
+    the step and fingerprint of the base's weights, which merging and resuming check)."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, ADAPTER_CONFIG)
     body = {"kind": "lora", **spec.to_dict(), "base": os.path.abspath(os.path.expanduser(base)) if base else "",
             "chat_template": chat_template}
+    if base_pin:
+        body["base_pin"] = base_pin
     with open(path + ".tmp", "w") as f:
         json.dump(body, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)

@@ -7,7 +7,8 @@
 
 --topology compiles the real train step ahead of time for that TPU slice (needs libtpu, not a
 TPU); --gpus gives the analytic estimate for a GPU cluster. --config.* overrides work as in
-launch.py. Exit status: 0 fits, 1 does not fit (a sweep: no row fits), 2 bad flags or config.
+launch.py. Exit status: 0 fits, 1 does not fit (a sweep: no row fits), 2 bad flags or config
+(a config file that does not load, a task without a train step, a batch launch.py would refuse).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import sys
 from absl import app, flags
 
 from mellama_jax.cli.config_flags import define_config_flag, parse_flags
+from mellama_jax.config_validation import Task, validate_config
 from mellama_jax.plan import aot, estimate as est_lib, report
 from mellama_jax.plan.hardware import parse_gpu_cluster, parse_tpu_topology
 
@@ -138,8 +140,23 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if config is None:
         _fail("--config is required, e.g. --config configs/pretrain.py:llama2_70b")
+    try:  # a config file that failed to load is a stand-in that raises on first use
+        task = config.get("task", Task.PRETRAIN)
+    except Exception as err:  # noqa: BLE001 - loading a config file runs its code: any failure is bad input
+        _fail(f"--config: {' '.join(str(err).split()) or type(err).__name__}")
     if not _TOPOLOGY.value and not _GPUS.value:
         _fail("name a TPU slice (--topology v5p:4x4x4) or a GPU cluster (--gpus 8xH100)")
+    if _TOPOLOGY.value and _GPUS.value:
+        _fail("--topology and --gpus exclude each other: plan one machine per run (a TPU slice compiled "
+              "ahead of time, or a GPU cluster estimated)")
+    if task not in (Task.PRETRAIN, Task.SFT):
+        _fail(f"config.task={task!r}: the planner sizes a train step (a pretrain or sft config); "
+              + ("plan a sweep's points with its base config, e.g. --config configs/pretrain.py:tiny"
+                 if task == Task.SWEEP else "an eval config has no train step to plan"))
+    try:  # the ranges and named choices launch.py checks, before any compile
+        validate_config(config)
+    except ValueError as err:
+        _fail(str(err))
     config_name = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None) or \
         next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--config"), "config")
     overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
@@ -148,12 +165,8 @@ def main(argv: list[str]) -> None:
         code, payload = FITS, {}
         if _TOPOLOGY.value:
             code, payload = run_topology(config, config_name)
-        if _GPUS.value:
-            if _TOPOLOGY.value:
-                print()
-            gpu_code, gpu_payload = run_gpus(config, config_name)
-            code = max(code, gpu_code)
-            payload = {**payload, **gpu_payload}
+        else:
+            code, payload = run_gpus(config, config_name)
     except (ValueError, KeyError, FileNotFoundError) as err:
         _fail(str(err))
     if _JSON.value:

@@ -156,6 +156,12 @@ class MellamaJaxLM(TemplateLM):
                              "known: checkpoint, tokenizer, batch_size, dtype, use_mesh, mesh_data, mesh_fsdp, "
                              "mesh_tensor, max_length, max_gen_toks, chat_template, prefix_token_id, add_bos_token, seed")
         rows = _batch_size(batch_size)
+        # lm-eval hands --model_args over as parsed strings/ints: "max_length=0" must not mean "the
+        # default" nor "add_bos_token=maybe" mean true.
+        max_length = _positive_int("max_length", max_length)
+        max_gen_toks = _positive_int("max_gen_toks", max_gen_toks)
+        add_bos_token = _bool_arg("add_bos_token", add_bos_token)
+        use_mesh = _bool_arg("use_mesh", use_mesh) is not False
         if engine is None:
             if not checkpoint:
                 raise ValueError(f"--model {MODEL_NAME} needs --model_args checkpoint=PATH (an HF directory, an "
@@ -168,8 +174,8 @@ class MellamaJaxLM(TemplateLM):
         self.engine = engine
         self.checkpoint = None if checkpoint is None else os.path.abspath(str(checkpoint))
         self.tok = engine.tokenizer
-        self._max_length = int(max_length) if max_length else int(engine.model_config.max_position_embeddings)
-        self._max_gen_toks = int(max_gen_toks)
+        self._max_length = max_length if max_length is not None else int(engine.model_config.max_position_embeddings)
+        self._max_gen_toks = DEFAULT_MAX_GEN_TOKS if max_gen_toks is None else max_gen_toks
         self.seed = int(seed)  # sampled generate_until (do_sample): see _request_keys
         self.custom_prefix_token_id = prefix_token_id
         self.add_bos_token = add_bos_token
@@ -384,6 +390,40 @@ def _request_keys(seed: int, contexts: Sequence[str]) -> np.ndarray:
     h, k = (jnp.asarray([r[i] for r in rows], jnp.uint32) for i in (0, 1))
     keys = jax.vmap(lambda a, b: jax.random.fold_in(jax.random.fold_in(base, a), b))(h, k)
     return np.asarray(jax.random.key_data(keys), np.uint32)
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _bool_arg(name: str, value: Any) -> bool | None:
+    """A --model_args boolean: true/false/1/0/yes/no (any case); None or "" = unset."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"--model_args {name}={value!r}: expected one of true/false/1/0/yes/no")
+
+
+def _positive_int(name: str, value: Any) -> int | None:
+    """A --model_args count that must be >= 1; None or "" = the default."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"--model_args {name}={value!r}: expected an integer >= 1")
+    try:
+        number = int(value) if not isinstance(value, float) or value.is_integer() else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None:
+        raise ValueError(f"--model_args {name}={value!r}: expected an integer >= 1")
+    if number < 1:
+        raise ValueError(f"--model_args {name}={number}: must be >= 1")
+    return number
 
 
 def _batch_size(value: Any) -> int:

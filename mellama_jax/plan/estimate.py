@@ -192,6 +192,7 @@ def estimate(config: Any, model_config: LlamaConfig, num_devices: int, chip: Chi
 
     mc = model_config
     mesh = abstract_mesh(config.mesh, num_devices)
+    loop.validate_batch_layout(config, mesh)  # the batch launch.py would refuse on this mesh
     trainer = loop.Trainer(config, mc, mesh)
     state = trainer.abstract_state()
     state_bytes = _shard_bytes(state)

@@ -50,6 +50,7 @@ import numpy as np
 from scipy.optimize import least_squares, linprog
 
 from mellama_jax.sweep.grid import Point
+from mellama_jax.sweep.table import no_held_out
 
 __all__ = ["LAWS", "OBJECTIVES", "PROPOSAL", "MixingLawError", "MixingLaw", "fit_law", "parse_terms",
            "read_table", "sweep_data", "propose", "fit_sweep", "check_fit_config", "proposal_points",
@@ -242,7 +243,8 @@ def _is_target(col: str) -> bool:
 
 def sweep_data(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str], np.ndarray, dict[str, np.ndarray]]:
     """(point names, sources, n x M proportions, {target column: n values}) of the grid points (the
-    proposal excluded); targets missing at any point are dropped."""
+    proposal excluded); targets missing at any point are dropped, and so are held-out losses that
+    measured nothing (a source with no held-out examples: 0.0 or NaN in an older table)."""
     rows = [r for r in rows if r.get("point") != PROPOSAL]
     if not rows:
         raise MixingLawError("the sweep has no finished points")
@@ -254,7 +256,8 @@ def sweep_data(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str],
     w = w / w.sum(axis=1, keepdims=True)
     cols = sorted({k for r in rows for k in r if _is_target(k)})
     targets = {c: np.array([float(r[c]) for r in rows]) for c in cols
-               if all(isinstance(r.get(c), (int, float)) and math.isfinite(r[c]) for r in rows)}
+               if all(isinstance(r.get(c), (int, float)) and math.isfinite(r[c]) for r in rows)
+               and not (c.startswith("eval/") and any(no_held_out(r[c]) for r in rows))}
     if not targets:
         raise MixingLawError("the sweep's table has no eval/<source>/loss or bench/ column to fit")
     return [str(r["point"]) for r in rows], sources, w, targets

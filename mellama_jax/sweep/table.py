@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from mellama_jax.train.metrics import read_metrics_lines
 
-__all__ = ["read_metrics", "point_row", "is_finished", "write_table", "table_columns"]
+__all__ = ["read_metrics", "point_row", "is_finished", "write_table", "table_columns", "no_held_out"]
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -41,6 +41,14 @@ def _final(records: list[dict], prefix: str, steps: int) -> dict:
     return found
 
 
+def no_held_out(value: Any) -> bool:
+    """An eval/<source>/loss that measured nothing: a source with no held-out examples logged 0.0
+    (perplexity 1.0) before the trainer stopped reporting it, or NaN. A real cross-entropy is > 0,
+    so such a column would read as the best source."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        not math.isfinite(value) or value == 0.0)
+
+
 def is_finished(workdir: str, steps: int, eval_tasks: Sequence[str]) -> bool:
     """Trained to `steps` with its final held-out evaluation logged (and benchmarks, if any)."""
     if not _final(read_metrics(workdir), "eval/", steps):
@@ -67,8 +75,9 @@ def point_row(name: str, grid: dict[str, Any], weights: dict[str, float], workdi
         row[f"weight/{s}"] = w / total
     row["step"] = steps
     row["train_loss"] = train.get("loss")
+    empty = {k.split("/")[1] for k in ev if k.startswith("eval/") and k.endswith("/loss") and no_held_out(ev[k])}
     for key in sorted(ev):
-        if key.startswith("eval/"):
+        if key.startswith("eval/") and key.split("/")[1] not in empty:
             row[key] = ev[key]
     for key in sorted(train):
         if key.startswith("data/") and key.endswith("/tokens"):

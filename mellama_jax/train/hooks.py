@@ -202,12 +202,17 @@ class MetricsLogger:
 # -------------------------------------------------------------------------------------- state hooks
 class Evaluator:
     """Held-out loss and perplexity per source (eval/<source>/loss, /perplexity) over the first
-    `num_batches` eval batches of each (read once, at the first evaluation)."""
+    `num_batches` eval batches of each (read once, at the first evaluation).
+
+    A source with no held-out tokens (eval_fraction=0, or too few examples to hold any out) is
+    not reported at all: a loss of 0 / perplexity 1 would read as the best source in every table.
+    """
 
     def __init__(self, trainer: Any, pipeline: BatchSource, num_batches: int,
                  write: Callable[[int, dict], None]):
         self.trainer, self.pipeline, self.num_batches, self.write = trainer, pipeline, int(num_batches), write
         self._sets: dict[str, list] = {}
+        self._said_empty: set[str] = set()
 
     def __call__(self, info: StepInfo) -> None:
         out = {}
@@ -218,8 +223,16 @@ class Evaluator:
             for local in self._sets[n]:
                 sums = jax.device_get(self.trainer.eval_step(info.state.params, self.trainer.global_batch(local)))
                 nll, weight = nll + float(sums.nll), weight + float(sums.weight)
-            out[f"eval/{n}/loss"] = nll / max(weight, 1.0)
+            if weight <= 0:
+                if n not in self._said_empty:
+                    self._said_empty.add(n)
+                    say(f"eval: source {n!r} has no held-out examples (its eval_fraction is 0 or it is too "
+                        f"small to hold any out); eval/{n}/loss is not reported")
+                continue
+            out[f"eval/{n}/loss"] = nll / weight
             out[f"eval/{n}/perplexity"] = math.exp(min(out[f"eval/{n}/loss"], 700.0))
+        if not out:
+            return
         say(f"eval @ step {info.step}: " + ", ".join(f"{k.split('/')[1]} {v:.4f}"
                                                      for k, v in out.items() if k.endswith("/loss")))
         self.write(info.step, out)

@@ -65,7 +65,7 @@ class InputStats:
     rows: int = 0
     bad_rows: Counter = field(default_factory=Counter)
     bad_locations: list[str] = field(default_factory=list)
-    truncated: dict | None = None  # {"reason", "bytes_read", "file_bytes", "unread_fraction"}
+    truncated: dict | None = None  # {"reason", "kind", "bytes_read", "file_bytes", "unread_fraction"}
 
     def bad(self, location: str, reason: str, keep: int = 20) -> None:
         self.bad_rows[reason] += 1
@@ -76,7 +76,15 @@ class InputStats:
         t = self.truncated or {}
         if not t:
             return ""
-        if t["bytes_read"] >= t["file_bytes"]:
+        corrupt = t.get("kind") == "corrupt"
+        if corrupt and t["bytes_read"] >= t["file_bytes"]:
+            # A CRC / length check at the end of the stream failed: the file is whole but altered.
+            where = (f"all {t['file_bytes']} bytes were read, but the gzip check at the end failed, so some "
+                     "of the decompressed data is wrong (the file is corrupt, not cut short)")
+        elif corrupt:
+            where = (f"corrupt data at byte ~{t['bytes_read']} of {t['file_bytes']}: the "
+                     f"{t['unread_fraction']:.1%} of the file after it was not read")
+        elif t["bytes_read"] >= t["file_bytes"]:
             where = (f"all {t['file_bytes']} bytes were read and the stream has no end marker, so the "
                      "end of the original file is missing (how much cannot be known)")
         else:
@@ -175,9 +183,14 @@ def iter_notes(path: str, fmt: str = "auto", stats: InputStats | None = None) ->
             # The rest of the file is unreadable: recorded (with the share unread), not raised here;
             # prepare() fails the run unless truncated inputs are allowed explicitly.
             file_bytes = os.path.getsize(path)
-            reason = ("compressed stream ends early (file cut short)" if isinstance(e, EOFError)
-                      else f"unreadable compressed data ({type(e).__name__})")
-            stats.truncated = {"reason": reason, "bytes_read": raw.size, "file_bytes": file_bytes,
+            # EOFError: the stream stops before its end marker (cut short); zlib.error / BadGzipFile
+            # (CRC or length mismatch) / OSError: bytes that are there but wrong (corrupt).
+            cut = isinstance(e, EOFError)
+            detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            reason = ("compressed stream ends early (file cut short)" if cut
+                      else f"corrupt compressed data ({type(e).__name__}{': ' + detail if detail else ''})")
+            stats.truncated = {"reason": reason, "kind": "truncated" if cut else "corrupt",
+                               "bytes_read": raw.size, "file_bytes": file_bytes,
                                "unread_fraction": round(max(0.0, 1.0 - raw.size / max(file_bytes, 1)), 4)}
             return
         # Drain what the parser did not read so the hash covers the whole file.
