@@ -228,3 +228,51 @@ def test_llama3_presets_are_the_published_shapes():
     assert get_preset("llama3_1_8b").rope_scaling_dict == {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192}
+
+
+def test_lora_on_qwen2_matches_peft_with_the_same_names(tmp_path):
+    """LoRA over a biased Qwen2 base: our adapters, exported under PEFT's names, give PEFT's logits;
+    merging folds them into the kernels and leaves the biases as they were."""
+    peft = pytest.importorskip("peft")
+    from mellama_jax.checkpoint import lora_io
+    from mellama_jax.model import lora
+
+    model = make_family(str(tmp_path / "hf"), "qwen2")
+    config, params = load_pretrained(str(tmp_path / "hf"))
+    spec = lora.LoraSpec(rank=4, alpha=8.0)
+    adapters = jax.tree_util.tree_map_with_path(
+        lambda p, x: 0.05 * jax.random.normal(jax.random.key(len(jax.tree_util.keystr(p))), x.shape)
+        if p[-1].key == "b" else x, lora.init_adapters(config, spec, jax.random.key(1)))
+    ids = tokens()
+    ours = Llama(config).apply({"params": params, "lora": lora.scaled(adapters, spec)}, jnp.asarray(ids))
+    tensors = lora_io.peft_tensors(adapters, config, spec)
+    assert all(".bias" not in name for name in tensors)
+    pm = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8.0, lora_dropout=0.0,
+                                                    target_modules=[p.name for p in lora.TARGETS.values()])).eval()
+    missing = pm.load_state_dict({k.replace(".weight", ".default.weight"): torch.tensor(v)
+                                  for k, v in tensors.items()}, strict=False)
+    assert not missing.unexpected_keys
+    with torch.no_grad():
+        ref = pm(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, rtol=0)
+    merged = lora.merge(params, adapters, spec)
+    np.testing.assert_array_equal(np.asarray(merged["layers"]["attention"]["q_bias"]),
+                                  np.asarray(params["layers"]["attention"]["q_bias"]))
+    np.testing.assert_allclose(np.asarray(Llama(config).apply({"params": merged}, jnp.asarray(ids))), ref, atol=1e-4)
+
+
+def test_llama3_sft_recipes():
+    """The LLaMA-3 instruction-tuning recipes: LLaMA-3's context and chat format, LoRA on a bf16 base."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from configs import pretrain, sft
+
+    for variant, tensor in (("llama3_8b", 1), ("llama3_70b", 8)):
+        c = sft.get_config(variant)
+        assert (c.model.preset, c.data.seq_len, c.data.chat_template, c.lora.enabled) == (variant, 8192, "llama3", True)
+        assert (c.model.param_dtype, c.train.epochs, c.optim.learning_rate, c.mesh.tensor) == ("bfloat16", 3.0, 1e-5,
+                                                                                               tensor)
+        p = pretrain.get_config(variant)
+        assert (p.model.preset, p.data.seq_len, p.train.global_batch_size, p.optim.learning_rate) == (
+            variant, 8192, 128, 8e-6)
