@@ -1,4 +1,5 @@
-"""Continual pretraining (Me-LLaMA stage 1). Variants: tiny, demo, llama2_7b, llama2_13b, llama2_70b.
+"""Continual pretraining (Me-LLaMA stage 1). Variants: tiny, demo, llama2_7b, llama2_13b, llama2_70b,
+llama3_8b, llama3_70b.
 
     python launch.py --config configs/pretrain.py:demo --workdir /tmp/mellama_demo
 """
@@ -11,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.base import data_config, get_base_config  # noqa: E402
 
-VARIANTS = ("tiny", "demo", "llama2_7b", "llama2_13b", "llama2_70b")
+VARIANTS = ("tiny", "demo", "llama2_7b", "llama2_13b", "llama2_70b", "llama3_8b", "llama3_70b")
 
 
 def _tiny(c):
@@ -75,6 +76,27 @@ def _me_llama(c, preset: str):
     return c
 
 
+def _me_llama3(c, preset: str):
+    """The Me-LLaMA recipe on LLaMA-3 (its 8,192-token context, 128,256-token vocabulary and RoPE
+    with rope_theta 500,000 come from the preset): the same optimiser, schedule, mixture and ~1M
+    tokens per step (128 x 8,192), full remat and micro-batches sized so the step fits as shipped.
+
+    llama3_8b is for a TPU v5p-32 slice (16 chips, --topology v5p:2x2x4: fsdp=16, 8 micro-batches
+    of 16 rows, one row per chip) or one 8xH100 node (fsdp=8, the same 8 micro-batches, two rows per GPU).
+    llama3_70b is for a TPU v5p-128 slice (64 chips, v5p:4x4x4: fsdp=8 x tensor=8, 8 micro-batches)
+    or eight 8xH100 nodes (64 GPUs, the same mesh). README "Planning" shows the planner's output.
+    """
+    c = _me_llama(c, "llama2_70b" if preset == "llama3_70b" else "llama2_7b")
+    c.model.preset = preset
+    c.model.init_from = os.path.join("~", "models", "Meta-Llama-3-70B" if preset == "llama3_70b" else "Meta-Llama-3-8B")
+    c.model.remat_policy = "full"
+    c.data.seq_len = 8192
+    c.train.global_batch_size = 128  # 128 x 8192 = 1M tokens per step, as the LLaMA-2 recipe
+    c.train.micro_batches = 8
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, (8 if preset == "llama3_70b" else 1)
+    return c
+
+
 def get_config(variant: str = "tiny"):
     c = get_base_config()
     c.task = "pretrain"
@@ -86,4 +108,6 @@ def get_config(variant: str = "tiny"):
         c = _me_llama(c, variant)
         # mixture biomedical:clinical:general = 15:1:4 (set in mellama_jax.data.config)
         return c
+    if variant in ("llama3_8b", "llama3_70b"):
+        return _me_llama3(c, variant)
     raise ValueError(f"configs/pretrain.py: unknown variant {variant!r}; expected one of {VARIANTS}")

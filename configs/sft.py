@@ -1,4 +1,5 @@
-"""Instruction tuning (Me-LLaMA stage 2). Variants: tiny, demo, llama2_13b, llama2_70b.
+"""Instruction tuning (Me-LLaMA stage 2). Variants: tiny, demo, llama2_13b, llama2_70b, llama3_8b,
+llama3_70b.
 
     python launch.py --config configs/sft.py:demo --workdir /tmp/sft_demo --config.model.init_from=CKPT
     # instruction files from the command line (name=[format:]glob[,glob][:weight]; ';' between sources):
@@ -20,7 +21,7 @@ import ml_collections  # noqa: E402
 
 from configs.base import get_base_config  # noqa: E402
 
-VARIANTS = ("tiny", "demo", "llama2_13b", "llama2_70b")
+VARIANTS = ("tiny", "demo", "llama2_13b", "llama2_70b", "llama3_8b", "llama3_70b")
 SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "mellama_jax", "data", "samples", "instructions")
 
@@ -134,6 +135,27 @@ def _me_llama(c, preset: str):
     return c
 
 
+def _me_llama3(c, preset: str):
+    """The Me-LLaMA instruction-tuning recipe on LLaMA-3: 3 epochs, lr 1e-5, LoRA rank 8 on all
+    seven projections, bf16 frozen base, at LLaMA-3's 8,192-token context with its own chat format
+    (`llama3`: header tokens, <|eot_id|> closing each turn); base = the continually pretrained
+    LLaMA-3 checkpoint (--config.model.init_from).
+
+    llama3_8b is for a TPU v5p-32 slice (16 chips, --topology v5p:2x2x4) or one 8xH100 node;
+    llama3_70b for a TPU v5p-128 slice (v5p:4x4x4, fsdp=8 x tensor=8) or eight 8xH100 nodes.
+    Full remat and 8 micro-batches of 16 rows, as the pretraining recipe.
+    """
+    c = _me_llama(c, "llama2_70b" if preset == "llama3_70b" else "llama2_13b")
+    c.model.preset = preset
+    c.model.init_from = os.path.join("~", "models", f"MeLLaMA3-{preset.split('_')[1]}-pretrain")
+    c.model.remat_policy = "full"
+    c.data.seq_len = 8192
+    c.data.chat_template = "llama3"
+    c.train.micro_batches = 8
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, (8 if preset == "llama3_70b" else 1)
+    return c
+
+
 def get_config(variant: str = "tiny"):
     c = _common(get_base_config())
     if variant == "tiny":
@@ -142,4 +164,6 @@ def get_config(variant: str = "tiny"):
         return _demo(c)
     if variant in ("llama2_13b", "llama2_70b"):
         return _me_llama(c, variant)
+    if variant in ("llama3_8b", "llama3_70b"):
+        return _me_llama3(c, variant)
     raise ValueError(f"configs/sft.py: unknown variant {variant!r}; expected one of {VARIANTS}")

@@ -266,3 +266,37 @@ def test_topology_sweep_table(tmp_path):
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert ("python -m mellama_jax.cli.plan --config configs/pretrain.py:tiny --topology v5e:2x2 --sweep "
             "--sweep_tensor=1,2 --sweep_remat=full,none") in readme
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant,topology,mesh", [
+    ("llama3_8b", "v5p:2x2x4", {"data": 1, "fsdp": 16, "tensor": 1}),
+    ("llama3_70b", "v5p:4x4x4", {"data": 1, "fsdp": 8, "tensor": 8}),
+])
+def test_llama3_recipes_fit_as_shipped(variant, topology, mesh, tmp_path):
+    """The README's LLaMA-3 TPU commands, as written: the recipes compile for the slices their
+    docstrings name and fit with no override (about 1.5 and 3.5 minutes on 2 cores)."""
+    args = ["--config", f"configs/pretrain.py:{variant}", "--topology", topology]
+    assert "python -m mellama_jax.cli.plan " + " ".join(args) in open(os.path.join(ROOT, "README.md")).read()
+    assert topology in pretrain._me_llama3.__doc__
+    out = _plan_cli(*args, f"--json={tmp_path / 'plan.json'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "FITS" in out.stdout and "vocab 128256" in out.stdout and "128 x 8192 tokens" in out.stdout
+    import json
+    saved = json.loads((tmp_path / "plan.json").read_text())["aot"]
+    assert saved["fits"] and saved["mesh"] == mesh
+
+
+def test_llama3_recipes_fit_their_gpu_clusters_as_shipped():
+    """The README's LLaMA-3 GPU commands as written (analytic estimate, no override), on the
+    clusters the recipes' docstring names."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    doc = " ".join(pretrain._me_llama3.__doc__.split())
+    for variant, cluster, named in (("llama3_8b", "8xH100", "one 8xH100 node"),
+                                    ("llama3_70b", "64xH100", "eight 8xH100 nodes (64 GPUs")):
+        args = ["--config", f"configs/pretrain.py:{variant}", "--gpus", cluster]
+        assert named in doc and "python -m mellama_jax.cli.plan " + " ".join(args) in readme
+        out = _plan_cli(*args)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "FITS" in out.stdout and "vocab 128256" in out.stdout

@@ -1,4 +1,4 @@
-"""Hugging Face LLaMA <-> mellama-jax: config translation and per-tensor weight mapping.
+"""Hugging Face LLaMA / Qwen2 / Mistral <-> mellama-jax: config translation and per-tensor weight mapping.
 
 HF stores one [out, in] matrix per layer; we store [in, ...out] kernels stacked over a leading
 layer axis (for `nn.scan`). HF q/k weights are already in the rotate-half layout our RoPE uses, so
@@ -22,16 +22,66 @@ class ConversionError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------
+# model_type -> the HF class that loads it (config.json "architectures").
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+# Fields of mixture-of-experts configs (Mixtral, Qwen2-MoE, DeepSeek): this decoder has one dense MLP.
+_MOE_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok", "moe_intermediate_size")
+
+
+def _refuse(source: str, field: str, value: Any, why: str) -> None:
+    raise ConversionError(f"{source}: {field}={value!r}: {why}")
+
+
+def _qwen2_sliding_window(hf: dict, source: str) -> int | None:
+    """Qwen2's window: none unless use_sliding_window, then only on layers >= max_window_layers
+    (or as `layer_types` lists them). One window for all layers or none is what we implement."""
+    if not hf.get("use_sliding_window", False) or hf.get("sliding_window") is None:
+        return None
+    layers = int(hf["num_hidden_layers"])
+    types = hf.get("layer_types") or ["sliding_attention" if i >= int(hf.get("max_window_layers", 28)) else
+                                      "full_attention" for i in range(layers)]
+    kinds = set(types)
+    if kinds - {"sliding_attention", "full_attention"}:
+        _refuse(source, "layer_types", sorted(kinds), "only 'sliding_attention' and 'full_attention' exist")
+    if kinds == {"full_attention"}:
+        return None
+    if kinds == {"sliding_attention"}:
+        return int(hf["sliding_window"])
+    field = "layer_types" if hf.get("layer_types") else "max_window_layers"
+    _refuse(source, field, hf.get(field), "a sliding window on only some layers (use_sliding_window=true) is not "
+            "implemented: this decoder applies one window to every layer or none")
+    return None
+
+
 def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
-    """LlamaConfig from an HF config dict, reading both transformers 4.x and 5.x layouts."""
+    """LlamaConfig from an HF config dict (model_type llama, qwen2 or mistral), reading both
+    transformers 4.x and 5.x layouts. Anything this decoder does not implement is refused, naming the
+    file and the field."""
+    for field in _MOE_FIELDS:
+        if hf.get(field):
+            _refuse(source, field, hf[field], "mixture-of-experts layers are not implemented (one dense MLP per layer)")
     model_type = hf.get("model_type", "llama")
-    if model_type not in ("llama",):
-        raise ConversionError(f"{source}: model_type {model_type!r} is not a LLaMA model")
-    for flag in ("attention_bias", "mlp_bias"):
-        if hf.get(flag):
-            raise ConversionError(f"{source}: {flag}=true is not supported by this LLaMA-2 implementation")
+    if model_type not in ARCHITECTURES:
+        _refuse(source, "model_type", model_type, f"not implemented; supported: {sorted(ARCHITECTURES)}")
+    if hf.get("mlp_bias"):
+        _refuse(source, "mlp_bias", hf["mlp_bias"], "MLP biases are not implemented")
     if hf.get("hidden_act", "silu") != "silu":
-        raise ConversionError(f"{source}: hidden_act {hf['hidden_act']!r} unsupported (expected 'silu')")
+        _refuse(source, "hidden_act", hf["hidden_act"], "only 'silu' (SwiGLU) is implemented")
+    if model_type == "mistral" and hf.get("attention_bias"):
+        # MistralAttention has no biases whatever the flag says: a checkpoint claiming them is not one we match.
+        _refuse(source, "attention_bias", hf["attention_bias"], "Mistral's projections have no biases")
+    if model_type == "llama":
+        bias = bool(hf.get("attention_bias", False))
+        qkv_bias, out_bias, window = bias, bias, None
+        if hf.get("sliding_window") is not None:
+            _refuse(source, "sliding_window", hf["sliding_window"], "LLaMA has no sliding window "
+                    "(transformers' LlamaModel ignores it); use model_type 'mistral'")
+    elif model_type == "qwen2":
+        qkv_bias, out_bias, window = True, False, _qwen2_sliding_window(hf, source)
+    else:  # mistral
+        if len(set(hf.get("layer_types") or ["sliding_attention"])) > 1:
+            _refuse(source, "layer_types", hf["layer_types"], "alternating attention kinds are not implemented")
+        qkv_bias, out_bias, window = False, False, hf.get("sliding_window")
 
     # transformers 5 folds rope_theta and rope_scaling into `rope_parameters`.
     rope_parameters = dict(hf.get("rope_parameters") or {})
@@ -55,33 +105,49 @@ def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
 
     num_heads = required("num_attention_heads")
     eos = hf.get("eos_token_id", 2)
-    return LlamaConfig(
-        vocab_size=required("vocab_size"), hidden_size=required("hidden_size"),
-        intermediate_size=required("intermediate_size"), num_hidden_layers=required("num_hidden_layers"),
-        num_attention_heads=num_heads, num_key_value_heads=hf.get("num_key_value_heads") or num_heads,
-        head_dim=hf.get("head_dim") or required("hidden_size") // num_heads,
-        max_position_embeddings=hf.get("max_position_embeddings", 4096),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(rope_theta), rope_scaling=scaling,
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        bos_token_id=hf.get("bos_token_id", 1), eos_token_id=eos[0] if isinstance(eos, list) else eos,
-        pad_token_id=hf.get("pad_token_id"), param_dtype=str(dtype).replace("torch.", ""),
-    )
+    try:
+        return LlamaConfig(
+            vocab_size=required("vocab_size"), hidden_size=required("hidden_size"),
+            intermediate_size=required("intermediate_size"), num_hidden_layers=required("num_hidden_layers"),
+            num_attention_heads=num_heads, num_key_value_heads=hf.get("num_key_value_heads") or num_heads,
+            head_dim=hf.get("head_dim") or required("hidden_size") // num_heads,
+            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(rope_theta), rope_scaling=scaling,
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=qkv_bias, attention_out_bias=out_bias,
+            sliding_window=None if window is None else int(window), model_type=model_type,
+            bos_token_id=hf.get("bos_token_id", 1), eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            pad_token_id=hf.get("pad_token_id"), param_dtype=str(dtype).replace("torch.", ""),
+        )
+    except ValueError as err:
+        raise ConversionError(f"{source}: {err}") from err
 
 
 def config_to_hf(config: LlamaConfig, dtype: str) -> dict:
-    """An HF config.json dict in the transformers 4.x layout that LLaMA-2 checkpoints use (5.x reads it)."""
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+    """An HF config.json dict for the model's family, in the transformers 4.x layout (top-level
+    rope_theta / rope_scaling / torch_dtype) that LLaMA-2 checkpoints use; transformers 5 reads it."""
+    out = {
+        "architectures": [ARCHITECTURES[config.model_type]], "model_type": config.model_type, "hidden_act": "silu",
         "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_hidden_layers,
         "num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads,
         "head_dim": config.head_dim, "max_position_embeddings": config.max_position_embeddings,
         "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
         "rope_scaling": config.rope_scaling_dict, "tie_word_embeddings": config.tie_word_embeddings,
-        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
-        "pretraining_tp": 1, "use_cache": True, "bos_token_id": config.bos_token_id,
+        "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True, "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id, "torch_dtype": dtype,
     }
+    if config.model_type == "llama":
+        out.update(attention_bias=config.attention_bias, mlp_bias=False, pretraining_tp=1)
+    elif config.model_type == "qwen2":
+        window = config.sliding_window
+        out.update(use_sliding_window=window is not None, sliding_window=window,
+                   max_window_layers=0 if window is not None else config.num_hidden_layers,
+                   layer_types=[("sliding_attention" if window is not None else "full_attention")] *
+                   config.num_hidden_layers)
+    else:  # mistral
+        out.update(sliding_window=config.sliding_window)
+    return out
 
 
 def generation_config_to_hf(config: LlamaConfig) -> dict:
@@ -106,6 +172,10 @@ def _rules(config: LlamaConfig) -> dict[tuple[str, ...], tuple[str, Callable, Ca
     }
     for p in PROJECTIONS:  # HF [out_features, in_features] <-> our kernel [in..., out...]
         rules[p.path] = (f"model.layers.{{i}}.{p.hf}.weight", *_projection_layout(p.in_shape(config), p.out_shape(config)))
+    for p in config.bias_projections:  # HF [out_features] <-> our bias [out...]
+        outs = p.out_shape(config)
+        rules[p.bias_path] = (f"model.layers.{{i}}.{p.hf}.bias", lambda b, outs=outs: b.reshape(outs),
+                              lambda b: b.reshape(-1))
     if not config.tie_word_embeddings:
         rules[("lm_head", "kernel")] = ("lm_head.weight", *transpose)
     return rules
@@ -134,7 +204,8 @@ def check_tensor_names(config: LlamaConfig, available: dict[str, str]) -> None:
         if name not in expected and not _IGNORED.match(name):
             if name == "lm_head.weight" and config.tie_word_embeddings:
                 continue
-            raise ConversionError(f"{path}: unknown tensor {name!r} for a LLaMA model")
+            raise ConversionError(f"{path}: unknown tensor {name!r} for this {config.model_type} model "
+                                  f"(biases on {[p.hf for p in config.bias_projections] or 'no projection'})")
     missing = sorted(expected - set(available))
     if missing:
         raise ConversionError(f"checkpoint is missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")

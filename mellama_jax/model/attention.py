@@ -2,7 +2,9 @@
 
 All kernels take q [b, t, heads, d], k/v [b, s, kv_heads, d] (grouped-query attention: heads is a
 multiple of kv_heads) and a boolean mask [b, 1, t, s] built by `make_attention_mask`. The "xla"
-kernel is the readable reference that the others are tested against.
+kernel is the readable reference that the others are tested against. A sliding window (Mistral)
+is part of the mask on every path; the cuDNN path, which takes no mask, gets it as cuDNN's local
+window.
 """
 from __future__ import annotations
 
@@ -13,17 +15,22 @@ _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
 
 def make_attention_mask(q_segment_ids: jnp.ndarray, kv_segment_ids: jnp.ndarray,
-                        q_offset: jnp.ndarray | int = 0) -> jnp.ndarray:
+                        q_offset: jnp.ndarray | int = 0, sliding_window: int | None = None) -> jnp.ndarray:
     """Causal, packed-sequence mask [b, 1, t, s].
 
     Query i (at cache slot q_offset + i) may see key j iff j <= q_offset + i, both tokens belong to the
     same segment, and the key is not padding (segment id 0). Packed documents therefore never attend
-    to each other, and left padding in a KV cache is invisible.
+    to each other, and left padding in a KV cache is invisible. With `sliding_window` W the key must
+    also be one of the W latest: q_offset + i - j < W (Hugging Face's `kv_idx > q_idx - W`). Slots
+    stand for positions: within one segment (or one cache row after its left padding) consecutive
+    slots hold consecutive positions, so a slot distance is a position distance.
     """
     t, s = q_segment_ids.shape[1], kv_segment_ids.shape[1]
     q_index = jnp.arange(t)[:, None] + q_offset
     kv_index = jnp.arange(s)[None, :]
     causal = kv_index <= q_index
+    if sliding_window is not None:
+        causal = causal & (kv_index > q_index - sliding_window)
     same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
     real_key = (kv_segment_ids != 0)[:, None, :]
     return (causal[None] & same_segment & real_key)[:, None, :, :]
@@ -78,25 +85,36 @@ def dot_product_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: 
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
-def cudnn_causal_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
+def local_window(sliding_window: int | None) -> tuple[int, int] | None:
+    """`jax.nn.dot_product_attention`'s local_window_size for a causal sliding window of W keys
+    (itself and the W - 1 before it)."""
+    return None if sliding_window is None else (sliding_window - 1, 0)
+
+
+def cudnn_causal_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, sliding_window: int | None = None,
+                           implementation: str = "cudnn") -> jnp.ndarray:
     """cuDNN flash attention, GPU only: plain causal attention without segments or padding.
 
     cuDNN takes no segment ids and turns a boolean mask into a dense bias, so this path is only used
-    when the caller knows there is nothing to mask beyond causality (unpacked training windows).
+    when the caller knows there is nothing to mask beyond causality (unpacked training windows) and
+    the sliding window, which cuDNN takes as its local window. (`implementation="xla"` runs the same
+    call anywhere, for tests.)
     """
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local_window(sliding_window),
+                                        implementation=implementation)
 
 
 def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray, impl: str = "xla",
-              plain_causal: bool = False) -> jnp.ndarray:
-    """Dispatch to the configured kernel; `plain_causal` says the mask is just lower-triangular."""
+              plain_causal: bool = False, sliding_window: int | None = None) -> jnp.ndarray:
+    """Dispatch to the configured kernel; `plain_causal` says the mask is just lower-triangular
+    (within `sliding_window` when set: `mask` already holds the window, for the kernels that take one)."""
     if impl == "xla":
         return xla_attention(q, k, v, mask)
     if impl == "dot_product":
         return dot_product_attention(q, k, v, mask)
     if impl == "cudnn":
         if plain_causal:
-            return cudnn_causal_attention(q, k, v)
+            return cudnn_causal_attention(q, k, v, sliding_window)
         # Packed segments / KV-cache decoding: cuDNN has no segment ids, use XLA's fused path.
         return dot_product_attention(q, k, v, mask, implementation="xla")
     raise ValueError(f"unknown attention_impl {impl!r}; expected 'xla', 'dot_product' or 'cudnn'")

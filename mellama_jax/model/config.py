@@ -1,4 +1,7 @@
-"""The LLaMA-2 architecture description shared by the model, the converter and training.
+"""The decoder architecture description shared by the model, the converter and training.
+
+One LLaMA-style block covers the families we convert (`ModelType`): LLaMA-2/3, Qwen2/2.5 (q/k/v
+projection biases) and Mistral (sliding-window attention); the differences are fields here.
 
 Kept as a frozen dataclass (not an ml_collections ConfigDict) so it is hashable, can be a static
 argument to `jax.jit`, and round-trips through JSON next to every checkpoint.
@@ -7,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from enum import StrEnum
 from typing import Any, Mapping
 
@@ -31,6 +35,14 @@ class RematPolicy(StrEnum):
     MINIMAL = "minimal"
 
 
+class ModelType(StrEnum):
+    """Hugging Face `model_type`s this decoder is (checkpoint/hf.py converts each both ways)."""
+
+    LLAMA = "llama"
+    QWEN2 = "qwen2"
+    MISTRAL = "mistral"
+
+
 class RopeType(StrEnum):
     DEFAULT = "default"
     LINEAR = "linear"
@@ -45,6 +57,7 @@ _DTYPES = _values(DType)
 ATTENTION_IMPLS = _values(AttentionImpl)
 REMAT_POLICIES = _values(RematPolicy)
 ROPE_TYPES = _values(RopeType)
+MODEL_TYPES = _values(ModelType)
 # Fields earlier versions wrote into model_config.json that no longer exist; read and ignored
 # (scan_layers: layers have always been scanned, the field could only be True).
 _RETIRED_FIELDS = ("scan_layers",)
@@ -78,6 +91,15 @@ class Projection:
     def out_shape(self, config: "LlamaConfig") -> tuple[int, ...]:
         return tuple(axis_sizes(config)[a] for a in self.out_axes)
 
+    @property
+    def bias_name(self) -> str:
+        """The param name of this projection's bias (shape = its output dims), when it has one."""
+        return self.short + "_bias"
+
+    @property
+    def bias_path(self) -> tuple[str, str, str]:
+        return ("layers", self.module[0], self.bias_name)
+
 
 # The one list of projections: the model's kernels, LoRA's targets and the HF weight names derive from it.
 PROJECTIONS: tuple[Projection, ...] = (
@@ -90,11 +112,14 @@ PROJECTIONS: tuple[Projection, ...] = (
     Projection(("mlp", "down_proj"), "mlp.down_proj", ("mlp",), ("embed",)),
 )
 PROJECTION_BY_NAME: dict[str, Projection] = {p.name: p for p in PROJECTIONS}
+# Biases: `attention_bias` adds them to q/k/v (Qwen2's layout), `attention_out_bias` to o
+# (LLaMA's attention_bias=true sets both). The MLP never has biases (HF mlp_bias is refused).
+QKV_BIAS_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-    """Shapes, numerics and kernel choices of one LLaMA-family decoder."""
+    """Shapes, numerics and kernel choices of one LLaMA-style decoder (LLaMA, Qwen2, Mistral)."""
 
     vocab_size: int = 32000
     hidden_size: int = 4096
@@ -110,6 +135,12 @@ class LlamaConfig:
     # original_max_position_embeddings. Stored as a sorted tuple of items to stay hashable.
     rope_scaling: Any = None
     tie_word_embeddings: bool = False
+    attention_bias: bool = False       # biases on q, k, v (Qwen2; LLaMA's attention_bias)
+    attention_out_bias: bool = False   # a bias on o (LLaMA's attention_bias=true; never Qwen2)
+    # Each query attends to at most the `sliding_window` latest keys, itself included (Mistral);
+    # None = full causal attention.
+    sliding_window: int | None = None
+    model_type: str = "llama"          # the HF family written on export (config.json, architectures)
     bos_token_id: int = 1
     eos_token_id: int = 2
     pad_token_id: int | None = None
@@ -135,6 +166,29 @@ class LlamaConfig:
                       "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) <= 0:
                 bad(field, "must be a positive integer")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int)
+                                                or isinstance(self.sliding_window, bool)
+                                                or self.sliding_window <= 0):
+            bad("sliding_window", "must be a positive integer or None")
+        if self.model_type not in MODEL_TYPES:
+            bad("model_type", f"expected one of {MODEL_TYPES}")
+        # Each family's HF modeling code hard-wires some of these; a config it cannot express
+        # would train a model that exports wrongly.
+        if self.model_type == ModelType.QWEN2 and (not self.attention_bias or self.attention_out_bias):
+            bad("model_type", "Qwen2 has biases on q/k/v and none on o: needs attention_bias=True, "
+                              "attention_out_bias=False")
+        if self.model_type == ModelType.MISTRAL and (self.attention_bias or self.attention_out_bias):
+            bad("model_type", "Mistral has no projection biases: needs attention_bias=attention_out_bias=False")
+        if self.model_type == ModelType.LLAMA:
+            if self.attention_bias != self.attention_out_bias:
+                bad("model_type", "LLaMA's attention_bias puts biases on all of q/k/v/o: needs "
+                                  "attention_bias == attention_out_bias")
+            if self.sliding_window is not None:
+                bad("model_type", "LLaMA has no sliding-window attention: needs sliding_window=None "
+                                  "(model_type 'mistral' or 'qwen2' has one)")
+        for field in ("attention_bias", "attention_out_bias", "tie_word_embeddings"):
+            if not isinstance(getattr(self, field), bool):
+                bad(field, "must be true or false")
         if self.num_attention_heads % self.num_key_value_heads:
             bad("num_key_value_heads", f"must divide num_attention_heads={self.num_attention_heads}")
         if self.head_dim % 2:
@@ -169,10 +223,17 @@ class LlamaConfig:
     def num_query_groups(self) -> int:
         return self.num_attention_heads // self.num_key_value_heads
 
+    @property
+    def bias_projections(self) -> tuple[Projection, ...]:
+        """The projections that carry a bias in this model."""
+        names = (QKV_BIAS_PROJECTIONS if self.attention_bias else ()) + (("o_proj",) if self.attention_out_bias else ())
+        return tuple(PROJECTION_BY_NAME[n] for n in names)
+
     def num_params(self) -> int:
-        """Exact parameter count (embedding, layers, final norm, untied head)."""
+        """Exact parameter count (embedding, layers incl. biases, final norm, untied head)."""
         h, d = self.hidden_size, self.head_dim
         attention = h * d * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
+        attention += sum(math.prod(p.out_shape(self)) for p in self.bias_projections)
         mlp = 3 * h * self.intermediate_size
         layer = attention + mlp + 2 * h
         head = 0 if self.tie_word_embeddings else h * self.vocab_size

@@ -14,6 +14,11 @@ full every step. So inference runs over
 
 with the layers unrolled in Python, so the compiled step reads every weight once and writes only the
 new token's keys and values. `tests/test_decode.py` checks both from XLA's own cost analysis.
+
+Projection biases (Qwen2's q/k/v) are part of each layer's params and a sliding window (Mistral)
+part of the attention mask over the cache slots (`make_attention_mask`), so prefill, decode steps
+and scoring after a cached prefix apply both exactly as the training forward does; the cache keeps
+all slots (masked, not rolled), which matches transformers' results at the cost of memory.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The LLaMA-2 decoder as pure-functional Flax linen modules.
+"""The LLaMA-style decoder (LLaMA-2/3, Qwen2, Mistral) as pure-functional Flax linen modules.
 
 Every parameter carries logical axis names (`nn.with_logical_partitioning`) and the main
 activations are constrained by logical name (`nn.with_logical_constraint`), so the mapping onto a
@@ -45,6 +45,17 @@ def _kernel(module: nn.Module, name: str, config: LlamaConfig) -> Array:
     """The kernel [in..., out...] of one of model.config.PROJECTIONS, tagged with its logical axes."""
     p = PROJECTION_BY_NAME[name]
     return _param(module, name, p.in_shape(config) + p.out_shape(config), p.in_axes + p.out_axes, config)
+
+
+def _bias(module: nn.Module, name: str, y: Array, config: LlamaConfig) -> Array:
+    """y + the bias of projection `name` when this model has one (Qwen2's q/k/v, LLaMA's attention_bias).
+
+    The bias has the projection's output dims and logical axes, so it shards like the kernel's outputs.
+    """
+    p = PROJECTION_BY_NAME[name]
+    if p not in config.bias_projections:
+        return y
+    return y + _param(module, p.bias_name, p.out_shape(config), p.out_axes, config, nn.initializers.zeros)
 
 
 def _with_lora(module: nn.Module, name: str, x: Array, y: Array, eq_a: str, eq_b: str,
@@ -94,9 +105,9 @@ class Attention(nn.Module):
         cfg = self.config
         wq, wk, wv, wo = (_kernel(self, name, cfg) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
 
-        q = jnp.einsum("bse,ehd->bshd", x, wq)
-        k = jnp.einsum("bse,ehd->bshd", x, wk)
-        v = jnp.einsum("bse,ehd->bshd", x, wv)
+        q = _bias(self, "q_proj", jnp.einsum("bse,ehd->bshd", x, wq), cfg)
+        k = _bias(self, "k_proj", jnp.einsum("bse,ehd->bshd", x, wk), cfg)
+        v = _bias(self, "v_proj", jnp.einsum("bse,ehd->bshd", x, wv), cfg)
         q = _with_lora(self, "q_proj", x, q, "bse,er->bsr", "bsr,rhd->bshd", self.lora_dropout)
         k = _with_lora(self, "k_proj", x, k, "bse,er->bsr", "bsr,rhd->bshd", self.lora_dropout)
         v = _with_lora(self, "v_proj", x, v, "bse,er->bsr", "bsr,rhd->bshd", self.lora_dropout)
@@ -106,8 +117,9 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
         if cache is None:
-            mask = make_attention_mask(segment_ids, segment_ids)
-            out = attention(q, k, v, mask, cfg.attention_impl, plain_causal=self.plain_causal)
+            mask = make_attention_mask(segment_ids, segment_ids, sliding_window=cfg.sliding_window)
+            out = attention(q, k, v, mask, cfg.attention_impl, plain_causal=self.plain_causal,
+                            sliding_window=cfg.sliding_window)
             new_cache = None
         else:
             # The cache holds one row per (sequence, kv head): [b * kv_heads, S, d], the layout the
@@ -117,13 +129,14 @@ class Attention(nn.Module):
             start = (0, cache_index, 0)
             keys = jax.lax.dynamic_update_slice(cache["k"], cache_rows(k).astype(cache["k"].dtype), start)
             values = jax.lax.dynamic_update_slice(cache["v"], cache_rows(v).astype(cache["v"].dtype), start)
-            mask = make_attention_mask(segment_ids, cache["segment_ids"], q_offset=cache_index)
+            mask = make_attention_mask(segment_ids, cache["segment_ids"], q_offset=cache_index,
+                                       sliding_window=cfg.sliding_window)
             out = cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
             new_cache = {"k": keys, "v": values}
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
         # Contract (heads, head_dim) in that order: einsum lists them as (head_dim, heads), and XLA
         # then transposes wo (and the activations) on every call to match.
-        y = jax.lax.dot_general(out, wo, (((2, 3), (0, 1)), ((), ())))
+        y = _bias(self, "o_proj", jax.lax.dot_general(out, wo, (((2, 3), (0, 1)), ((), ()))), cfg)
         return _with_lora(self, "o_proj", out, y, "bshd,hdr->bsr", "bsr,re->bse", self.lora_dropout), new_cache
 
 
@@ -213,7 +226,7 @@ def _scanned_layers(config: LlamaConfig):
 
 
 class Llama(nn.Module):
-    """LLaMA-2 causal language model: tokens [b, s] -> float32 logits [b, s, vocab].
+    """LLaMA-style causal language model: tokens [b, s] -> float32 logits [b, s, vocab].
 
     LoRA adapters, when given as a "lora" variable collection, are added inside the projections;
     `lora_dropout` applies to their inputs when a "dropout" rng is passed (training only).
