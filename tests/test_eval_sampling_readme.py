@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 
 import pytest
 
 import eval_fixtures as F
+from readme_commands import run_as_written, section_commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TITLE = "Sampled protocols, chain of thought and protocol sensitivity"
 
 
-def _commands() -> list[str]:
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    start = text.index(f"## {TITLE}\n")
-    section = text[start:text.find("\n## ", start + 1)]
-    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
-    joined = "\n".join(blocks).replace("\\\n", " ")
-    return [" ".join(line.split()) for line in joined.splitlines() if line.strip() and not line.startswith("#")]
 
 
 @pytest.mark.slow  # four evaluations of the sensitivity command plus two runs (~2-4 min on 2 cores)
@@ -38,13 +29,9 @@ def test_readme_commands_run_as_written(tmp_path):
     for name in ("launch.py", "configs"):
         os.symlink(os.path.join(ROOT, name), os.path.join(cwd, name))
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    commands = _commands()
+    commands = section_commands(f"## {TITLE}")
     assert len(commands) == 3, commands
-    for cmd in commands:
-        assert cmd.startswith("python "), cmd
-        r = subprocess.run(f"{sys.executable} {cmd[len('python '):]}", shell=True, cwd=cwd, env=env,
-                           capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, f"{cmd}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    run_as_written(commands, cwd, env)
     sc = json.load(open(os.path.join(cwd, "runs", "eval_mellama_sc", "results.json")))
     dec = sc["tasks"]["pubmedqa"]["decoding"]
     assert (dec["strategy"], dec["samples"], dec["temperature"], dec["seed"]) == ("self-consistency", 5, 0.7, 0)

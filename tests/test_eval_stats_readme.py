@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
 
 import eval_fixtures as F
+from readme_commands import run_as_written, section_commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TITLE = "Confidence intervals, paired comparisons and published figures"
 
 
-def _commands() -> list[str]:
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    start = text.index(f"## {TITLE}\n")
-    section = text[start:text.find("\n## ", start + 1)]
-    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
-    joined = "\n".join(blocks).replace("\\\n", " ")
-    return [" ".join(line.split()) for line in joined.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def test_readme_commands_run_as_written(tmp_path):
@@ -39,13 +30,9 @@ def test_readme_commands_run_as_written(tmp_path):
     for name in ("launch.py", "configs"):
         os.symlink(os.path.join(ROOT, name), os.path.join(cwd, name))
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    commands = _commands()
+    commands = section_commands(f"## {TITLE}")
     assert len(commands) == 4, commands
-    for cmd in commands:
-        assert cmd.startswith("python "), cmd
-        r = subprocess.run(f"{sys.executable} {cmd[len('python '):]}", shell=True, cwd=cwd, env=env,
-                           capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, f"{cmd}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    run_as_written(commands, cwd, env)
     mellama = json.load(open(os.path.join(cwd, "runs", "eval_mellama", "results.json")))
     assert mellama["tasks"]["pubmedqa"]["published"]["model"] == "me_llama_13b"
     assert set(mellama["tasks"]["medqa"]["intervals"]["metrics"]) == {"accuracy", "macro_f1", "weighted_f1",

@@ -5,22 +5,14 @@ per source of the budget-faithful demo run."""
 import json
 import math
 import os
-import re
-import subprocess
-import sys
 
 import pytest
+from readme_commands import run_as_written, section_commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTION = "### Learning-rate schedules, re-warming and budget-faithful ablations\n"
 
 
-def _commands() -> list[str]:
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    start = text.index(SECTION)
-    body = text[start:text.find("\n## ", start)]
-    blocks = re.findall(r"```bash\n(.*?)```", body, flags=re.S)
-    return [line for b in blocks for line in b.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def _metrics(path):
@@ -34,13 +26,9 @@ def test_readme_schedule_and_budget_commands(tmp_path):
         os.symlink(os.path.join(ROOT, name), tmp_path / name)
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path),
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    commands = _commands()
+    commands = section_commands(SECTION.rstrip("\n"))
     assert len(commands) == 3
-    for cmd in commands:
-        assert cmd.startswith("python ")
-        r = subprocess.run(f"{sys.executable} {cmd[len('python '):]}", shell=True, cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, f"{cmd}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    run_as_written(commands, tmp_path, env)
 
     # tiny: 20 steps, peak 3e-3, warmup round(0.05 x 20) = 1, the last 6 steps decay as 1 - sqrt(p)
     wsd = _metrics(tmp_path / "runs" / "wsd" / "metrics.jsonl")
