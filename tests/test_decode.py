@@ -225,8 +225,11 @@ def test_decode_loop_copies_no_weight_and_no_cache():
     tokens = jax.ShapeDtypeStruct((batch, prompt), jnp.int32)
     from mellama_jax.model.generate import _generate
 
-    fast = _generate.lower(params, tokens, tokens, jax.random.key(0), config=config, max_new_tokens=new,
-                           temperature=0.0, top_p=1.0, eos_id=None).compile().as_text()
+    no_stops = jax.ShapeDtypeStruct((0, 0), jnp.int32)  # the stop-sequence table generate() passes by default
+    active = jax.ShapeDtypeStruct((batch,), jnp.bool_)
+    fast = _generate.lower(params, tokens, tokens, jax.random.key(0), no_stops, active, config=config,
+                           max_new_tokens=new, temperature=0.0, top_p=1.0, eos_id=None,
+                           per_row=False).compile().as_text()
     assert _big_copies(_while_body(fast), smallest) == []
 
     def scanned_loop(params, tokens):  # the pre-fast-path loop body: scanned layers, stacked cache

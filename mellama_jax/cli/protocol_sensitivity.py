@@ -26,7 +26,7 @@ from absl import app, flags
 
 from mellama_jax.checkpoint.artifact import resolve_artifact
 from mellama_jax.checkpoint.model_spec import init_artifact, training_tokenizer_file
-from mellama_jax.config_cli import define_config_flag, parse_flags
+from mellama_jax.cli.config_flags import define_config_flag, parse_flags
 from mellama_jax.config_validation import ArtifactLookup, ConfigError, validate_config
 from mellama_jax.eval import compare, runner, session
 from mellama_jax.output_dir import OutputDirError, StagedOutput
