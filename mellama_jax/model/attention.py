@@ -80,12 +80,14 @@ def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndar
                             preferred_element_type=q.dtype)
         scores = jnp.where(mask[:, :, None, :, :], scores, jnp.finfo(q.dtype).min)
         probs = _softmax_f32_sum(scores).astype(v.dtype)
+        # A 16-bit result (accumulated in float32) keeps the backward's d(probs) matmul 16-bit too.
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=q.dtype)
     else:
         scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
         scores = scores * (d ** -0.5)
         scores = jnp.where(mask[:, :, None, :, :], scores, _MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
     return out.reshape(b, t, num_heads, d).astype(q.dtype)
 
 
@@ -161,10 +163,9 @@ KERNEL_IMPLS = ("xla", "dot_product", "cudnn", "splash")
 def target_platform() -> str:
     """The platform the program being traced runs on: the current mesh's devices (an ahead-of-time
     TPU compile on a CPU host), else `jax.default_backend()`."""
-    mesh = jax.sharding.get_mesh()
-    if not mesh.empty:
-        return mesh.devices.flat[0].platform
-    return jax.default_backend()
+    mesh = jax.sharding.get_abstract_mesh()  # the concrete mesh is not readable inside jit
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
 
 
 def cudnn_supports(dtype, head_dim: int, platform: str) -> bool:

@@ -16,7 +16,6 @@ differ only on padding rows, whose loss_mask is 0 and which no real query reads.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
@@ -48,10 +47,9 @@ def block_sizes(seq_len: int, block_q: int, block_kv: int, block_kv_compute: int
     return sizes, padded
 
 
-@functools.lru_cache(maxsize=64)
 def _kernel(heads: int, length: int, sliding_window: int | None, sizes: sa.BlockSizes, interpret: bool):
-    """The splash kernel for `heads` query heads over a self-attention of `length` slots (cached:
-    building the block-sparsity tables is numpy work at trace time)."""
+    """The splash kernel for `heads` query heads over a self-attention of `length` slots. (Built per
+    trace: it holds its block-sparsity tables as arrays; the numpy work behind them is cached.)"""
     shape = (length, length)
     # LocalMask (W - 1 keys back, none ahead) is causal and keeps q - j < W: HF's sliding window.
     one = sa.CausalMask(shape) if sliding_window is None else sa.LocalMask(shape, (sliding_window - 1, 0), 0)
