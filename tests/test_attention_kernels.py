@@ -224,6 +224,13 @@ def test_auto_picks_the_platform_kernel(monkeypatch, backend, dtype, head_dim, c
     assert attn.resolve_attention_impl("xla", jnp.dtype(dtype), head_dim) == "xla"  # explicit stays
 
 
+def test_splash_off_tpu_and_cpu_is_refused(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    q, k, v = qkv(1, 128, 4, 2)
+    with pytest.raises(ValueError, match="attention_impl='splash' is a TPU kernel"):
+        attn.attention(q, k, v, jnp.ones((1, 128), jnp.int32), "splash")
+
+
 def test_auto_choice_is_logged_once(monkeypatch, caplog):
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     attn._log_choice.cache_clear()

@@ -208,13 +208,17 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.n
     """
     impl = resolve_attention_impl(impl, q.dtype, q.shape[-1])
     if impl == "splash":
+        platform = target_platform()
+        if platform not in ("tpu", "cpu"):
+            raise ValueError(f"attention_impl='splash' is a TPU kernel (interpreted on CPU, for tests); on {platform} "
+                             "use attention_impl='auto' or 'cudnn'")
         from mellama_jax.model import splash  # Pallas is imported only by runs that use it
         block_q, block_kv, block_kv_compute = splash_blocks
         batch_axes, head_axes = splash.context_axes()
         return splash.sharded_splash_attention(
             q, k, v, None if plain_causal else segment_ids, jax.sharding.get_abstract_mesh(),
             batch_axes, head_axes, sliding_window=sliding_window, block_q=block_q, block_kv=block_kv,
-            block_kv_compute=block_kv_compute, interpret=target_platform() != "tpu")
+            block_kv_compute=block_kv_compute, interpret=platform == "cpu")
     if impl == "cudnn":
         mask = None if plain_causal else make_attention_mask(segment_ids, segment_ids, sliding_window=sliding_window)
         return cudnn_attention(q, k, v, mask, sliding_window)
