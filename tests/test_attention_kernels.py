@@ -340,3 +340,10 @@ def test_auto_compiles_splash_for_tpu_and_writes_no_scores():
     assert "splash_mha_fwd" in hlo and "splash_mha_dq" in hlo and "splash_mha_dkv" in hlo
     assert 'custom_call_target="tpu_custom_call"' in hlo
     assert score_tensors(hlo) == [] and score_tensors(hlo, "bf16") == []
+    # The planner reads the kernels: once per layer each way; per device 1 row x 2 heads (batch over
+    # fsdp, heads over tensor) x 256 x 256 x head_dim 16, one 256-block (clamped), so no skipping.
+    from mellama_jax.plan import hlo as hlo_lib
+    kernels = {k.name.split("_segmented")[0]: k for k in hlo_lib.analyze(hlo, len(devices)).kernels}
+    per_matmul = 2 * 1 * 2 * T * T * config.head_dim
+    assert {n: (k.count, k.flops / per_matmul) for n, k in kernels.items()} == {
+        "splash_mha_fwd": (2, 2), "splash_mha_dq": (2, 3), "splash_mha_dkv": (2, 4)}
