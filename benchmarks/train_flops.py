@@ -99,7 +99,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--attention_impl", default="xla", choices=["xla", "dot_product", "cudnn"])
+    p.add_argument("--attention_impl", default="xla", choices=["xla", "dot_product", "cudnn", "splash", "auto"])
     p.add_argument("--loss_impl", default="vocab_parallel", choices=["vocab_parallel", "dense"])
     p.add_argument("--policies", default=",".join(REMAT_POLICIES))
     p.add_argument("--time", type=int, default=0, help="also time N steps per policy (0 = FLOPs only)")

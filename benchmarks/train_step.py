@@ -34,7 +34,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--batch", type=int, default=8, help="global batch (sequences)")
     p.add_argument("--micro_batches", type=int, default=1)
-    p.add_argument("--attention_impl", default="xla", choices=["xla", "dot_product", "cudnn"])
+    p.add_argument("--attention_impl", default="xla", choices=["xla", "dot_product", "cudnn", "splash", "auto"])
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--remat_policy", default="none")
     p.add_argument("--loss_impl", default="vocab_parallel", choices=["vocab_parallel", "dense"])

@@ -18,7 +18,7 @@ MODEL_OVERRIDES: dict[str, type] = {
     "num_attention_heads": int, "num_key_value_heads": int, "head_dim": int,
     "max_position_embeddings": int, "rms_norm_eps": float, "rope_theta": float,
     "tie_word_embeddings": bool, "dtype": str, "param_dtype": str, "attention_impl": str,
-    "remat_policy": str,
+    "splash_block_q": int, "splash_block_kv": int, "splash_block_kv_compute": int, "remat_policy": str,
 }
 
 

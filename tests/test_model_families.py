@@ -15,7 +15,7 @@ from mellama_jax import Llama, generate, load_pretrained
 from mellama_jax.checkpoint.hf import ConversionError, config_from_hf
 from mellama_jax.checkpoint.hf_dir import read_hf_config
 from mellama_jax.cli.convert import main as convert_main
-from mellama_jax.model.attention import cudnn_causal_attention, make_attention_mask, xla_attention
+from mellama_jax.model.attention import cudnn_attention, make_attention_mask, xla_attention
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -153,7 +153,7 @@ def test_window_on_every_attention_path():
     q, k, v = (jnp.asarray(rng.randn(2, 11, 4 if i == 0 else 2, 8).astype(np.float32)) for i in range(3))
     seg = jnp.ones((2, 11), jnp.int32)
     ref = xla_attention(q, k, v, make_attention_mask(seg, seg, sliding_window=4))
-    np.testing.assert_allclose(np.asarray(cudnn_causal_attention(q, k, v, 4, implementation="xla")),
+    np.testing.assert_allclose(np.asarray(cudnn_attention(q, k, v, None, 4, implementation="xla")),
                                np.asarray(ref), atol=1e-5)
     # Packed: the window restarts with each document (slots of one segment are consecutive positions).
     packed = jnp.asarray([[1] * 6 + [2] * 5] * 2, jnp.int32)

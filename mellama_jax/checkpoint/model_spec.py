@@ -18,7 +18,8 @@ __all__ = ["NUMERIC_FIELDS", "model_overrides", "init_artifact", "resolve_model_
 
 # LlamaConfig fields that describe numerics / kernels rather than shapes: these come from
 # config.model even when the shapes come from a pretrained checkpoint.
-NUMERIC_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat_policy")
+NUMERIC_FIELDS = ("dtype", "param_dtype", "attention_impl", "splash_block_q", "splash_block_kv",
+                  "splash_block_kv_compute", "remat_policy")
 
 
 def init_artifact(model_cfg: Any) -> ModelArtifact | None:

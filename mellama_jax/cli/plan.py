@@ -20,6 +20,7 @@ from absl import app, flags
 
 from mellama_jax.cli.config_flags import define_config_flag, parse_flags
 from mellama_jax.config_validation import Task, validate_config
+from mellama_jax.model.attention import resolve_attention_impl
 from mellama_jax.plan import aot, estimate as est_lib, report
 from mellama_jax.plan.hardware import parse_gpu_cluster, parse_tpu_topology
 
@@ -63,6 +64,11 @@ def sweep_meshes(num_devices: int) -> list[tuple]:
     return [(1, -1, t) for t in sizes if t <= num_devices and num_devices % t == 0]
 
 
+def _fused_attention(mc, platform: str) -> bool:
+    """Whether the run's attention kernel on `platform` keeps the [seq, seq] scores out of HBM."""
+    return resolve_attention_impl(mc.attention_impl, mc.dtype, mc.head_dim, platform) in ("cudnn", "splash")
+
+
 def run_topology(config, config_name: str) -> tuple[int, dict]:
     topo = parse_tpu_topology(_TOPOLOGY.value)
     if not _SWEEP.value:
@@ -72,7 +78,7 @@ def run_topology(config, config_name: str) -> tuple[int, dict]:
             cfg, mc, _ = aot.plan_model_config(config)
             est = est_lib.estimate(cfg, mc, plan.num_devices, topo.chip, topo.name,
                                    max(1, plan.num_devices // topo.num_chips),
-                                   fused_attention=mc.attention_impl == "cudnn")
+                                   fused_attention=_fused_attention(mc, "tpu"))
         print(f"{config_name}\n" + report.format_aot(plan, est))
         if not plan.fits:
             print(f"\nDOES NOT FIT: {config_name} on {topo.name}. Try a larger slice, more tensor "
@@ -110,7 +116,7 @@ def run_gpus(config, config_name: str) -> tuple[int, dict]:
         try:
             cfg, mc, notes = aot.plan_model_config(cfg)
             est = est_lib.estimate(cfg, mc, cluster.num_gpus, cluster.chip, cluster.name,
-                                   fused_attention=mc.attention_impl == "cudnn")
+                                   fused_attention=_fused_attention(mc, "gpu"))
         except ValueError as err:
             if mesh is None:
                 raise

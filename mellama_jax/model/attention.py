@@ -1,15 +1,21 @@
-"""Scaled dot-product attention behind one entry point, with several interchangeable kernels.
+"""Scaled dot-product attention behind one entry point, `attention`, with interchangeable kernels.
 
 All kernels take q [b, t, heads, d], k/v [b, s, kv_heads, d] (grouped-query attention: heads is a
-multiple of kv_heads) and a boolean mask [b, 1, t, s] built by `make_attention_mask`. The "xla"
-kernel is the readable reference that the others are tested against. A sliding window (Mistral)
-is part of the mask on every path; the cuDNN path, which takes no mask, gets it as cuDNN's local
-window.
+multiple of kv_heads) and the mask `make_attention_mask` builds from segment ids: a boolean
+[b, 1, t, s] for the XLA paths and cuDNN, the segment ids themselves for splash (model/splash.py).
+The "xla" kernel is the readable reference that the others are tested against. A sliding window
+(Mistral) is in the mask on every path; cuDNN and splash also skip the blocks outside it.
+`attention_impl="auto"` picks the platform's kernel at trace time (`resolve_attention_impl`).
 """
 from __future__ import annotations
 
+import functools
+import logging
+
 import jax
 import jax.numpy as jnp
+
+log = logging.getLogger(__name__)
 
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
@@ -36,16 +42,52 @@ def make_attention_mask(q_segment_ids: jnp.ndarray, kv_segment_ids: jnp.ndarray,
     return (causal[None] & same_segment & real_key)[:, None, :, :]
 
 
+def _low_precision(dtype) -> bool:
+    return jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+@jax.custom_jvp
+def _softmax_f32_sum(x: jnp.ndarray) -> jnp.ndarray:
+    """Softmax over the last axis in x's (16-bit) dtype, its normaliser summed in float32.
+
+    Every full-size [.., t, s] tensor stays 16-bit; only the [.., t] sums are float32.
+    (jax.nn.softmax sums in the input dtype.)
+    """
+    e = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
+    return e / jnp.sum(e, axis=-1, keepdims=True, dtype=jnp.float32).astype(x.dtype)
+
+
+@_softmax_f32_sum.defjvp
+def _softmax_f32_sum_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = _softmax_f32_sum(x)
+    return y, y * (dx - jnp.sum(y * dx, axis=-1, keepdims=True, dtype=jnp.float32).astype(y.dtype))
+
+
 def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """Reference kernel: explicit GQA einsums, float32 logits and softmax."""
+    """Reference kernel: explicit GQA einsums and softmax.
+
+    float32 inputs: float32 logits and softmax. bfloat16/float16 inputs: the logits and
+    probabilities (the [b, heads, t, s] tensors XLA writes to memory) stay 16-bit, as on the
+    kernels; the matmuls accumulate in float32 and the softmax sums in float32.
+    """
     b, t, num_heads, d = q.shape
     num_kv = k.shape[2]
     q = q.reshape(b, t, num_kv, num_heads // num_kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d ** -0.5)
-    scores = jnp.where(mask[:, :, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    if _low_precision(q.dtype):
+        # Scale q, not the scores: one rounding of a [b, t, h, d] tensor instead of the logits.
+        scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(d ** -0.5, q.dtype), k,
+                            preferred_element_type=q.dtype)
+        scores = jnp.where(mask[:, :, None, :, :], scores, jnp.finfo(q.dtype).min)
+        probs = _softmax_f32_sum(scores).astype(v.dtype)
+        # A 16-bit result (accumulated in float32) keeps the backward's d(probs) matmul 16-bit too.
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=q.dtype)
+    else:
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = scores * (d ** -0.5)
+        scores = jnp.where(mask[:, :, None, :, :], scores, _MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
     return out.reshape(b, t, num_heads, d).astype(q.dtype)
 
 
@@ -81,7 +123,14 @@ def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray,
 
 def dot_product_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray,
                           implementation: str | None = None) -> jnp.ndarray:
-    """`jax.nn.dot_product_attention` with an explicit mask (works on every backend)."""
+    """`jax.nn.dot_product_attention` with an explicit mask (works on every backend).
+
+    Its XLA implementation promotes the logits of 16-bit inputs to float32 and writes a float32
+    [b, heads, t, s] tensor; for 16-bit inputs off cuDNN this path is `xla_attention`, whose
+    logits stay 16-bit.
+    """
+    if implementation != "cudnn" and _low_precision(q.dtype):
+        return xla_attention(q, k, v, mask)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
@@ -91,30 +140,89 @@ def local_window(sliding_window: int | None) -> tuple[int, int] | None:
     return None if sliding_window is None else (sliding_window - 1, 0)
 
 
-def cudnn_causal_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, sliding_window: int | None = None,
-                           implementation: str = "cudnn") -> jnp.ndarray:
-    """cuDNN flash attention, GPU only: plain causal attention without segments or padding.
+def cudnn_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None = None,
+                    sliding_window: int | None = None, implementation: str = "cudnn") -> jnp.ndarray:
+    """cuDNN flash attention (GPU only, 16-bit): causal, within the sliding window (cuDNN's local
+    window), and `mask` [b, 1, t, s] when given (packed segments, padding).
 
-    cuDNN takes no segment ids and turns a boolean mask into a dense bias, so this path is only used
-    when the caller knows there is nothing to mask beyond causality (unpacked training windows) and
-    the sliding window, which cuDNN takes as its local window. (`implementation="xla"` runs the same
-    call anywhere, for tests.)
+    `jax.nn.dot_product_attention` takes no segment ids: cuDNN turns the boolean mask into an
+    additive [b, 1, t, s] bias (one per row, shared by the heads), and skips the blocks above the
+    diagonal and outside the window. A padding query, whose keys are all masked, gets equal scores
+    and so a finite average (its loss_mask is 0). (`implementation="xla"` runs the same call
+    anywhere, for tests.)
     """
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local_window(sliding_window),
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+                                        local_window_size=local_window(sliding_window),
                                         implementation=implementation)
 
 
-def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray, impl: str = "xla",
-              plain_causal: bool = False, sliding_window: int | None = None) -> jnp.ndarray:
-    """Dispatch to the configured kernel; `plain_causal` says the mask is just lower-triangular
-    (within `sliding_window` when set: `mask` already holds the window, for the kernels that take one)."""
-    if impl == "xla":
-        return xla_attention(q, k, v, mask)
+# -- dispatch ------------------------------------------------------------------------------------
+KERNEL_IMPLS = ("xla", "dot_product", "cudnn", "splash")
+
+
+def target_platform() -> str:
+    """The platform the program being traced runs on: the current mesh's devices (an ahead-of-time
+    TPU compile on a CPU host), else `jax.default_backend()`."""
+    mesh = jax.sharding.get_abstract_mesh()  # the concrete mesh is not readable inside jit
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
+def cudnn_supports(dtype, head_dim: int, platform: str) -> bool:
+    """cuDNN flash attention's limits as jax checks them: GPU, 16-bit, head_dim a multiple of 8 and
+    at most 128 (256 from Hopper on; the smaller bound is assumed, not queried)."""
+    return platform in ("gpu", "cuda") and _low_precision(dtype) and head_dim % 8 == 0 and head_dim <= 128
+
+
+def resolve_attention_impl(impl: str, dtype, head_dim: int, platform: str | None = None) -> str:
+    """The kernel `impl` means here: itself, or for "auto" splash on TPU, cuDNN on GPU when the
+    dtype and head_dim allow it, else the XLA reference. Read at trace time; logged once."""
+    if impl != "auto":
+        if impl not in KERNEL_IMPLS:
+            raise ValueError(f"unknown attention_impl {impl!r}; expected 'auto' or one of {KERNEL_IMPLS}")
+        return impl
+    platform = platform or target_platform()
+    if platform == "tpu":
+        chosen = "splash"
+    elif cudnn_supports(dtype, head_dim, platform):
+        chosen = "cudnn"
+    else:
+        chosen = "xla"
+    _log_choice(platform, str(jnp.dtype(dtype)), head_dim, chosen)
+    return chosen
+
+
+@functools.lru_cache(maxsize=None)
+def _log_choice(platform: str, dtype: str, head_dim: int, chosen: str) -> None:
+    log.info("attention_impl=auto on %s (dtype %s, head_dim %d): %s", platform, dtype, head_dim, chosen)
+
+
+def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.ndarray, impl: str = "xla", *,
+              plain_causal: bool = False, sliding_window: int | None = None,
+              splash_blocks: tuple[int, int, int] = (512, 512, 512)) -> jnp.ndarray:
+    """Causal self-attention of q [b, t, heads, d] over k/v [b, t, kv_heads, d] with the configured
+    kernel (`resolve_attention_impl`); segment_ids [b, t] (0 = padding) as in `make_attention_mask`.
+
+    `plain_causal` says segment_ids are all one (no packing, no padding), so the kernels may skip
+    segment masking. `splash_blocks` = (block_q, block_kv, block_kv_compute).
+    """
+    impl = resolve_attention_impl(impl, q.dtype, q.shape[-1])
+    if impl == "splash":
+        platform = target_platform()
+        if platform not in ("tpu", "cpu"):
+            raise ValueError(f"attention_impl='splash' is a TPU kernel (interpreted on CPU, for tests); on {platform} "
+                             "use attention_impl='auto' or 'cudnn'")
+        from mellama_jax.model import splash  # Pallas is imported only by runs that use it
+        block_q, block_kv, block_kv_compute = splash_blocks
+        batch_axes, head_axes = splash.context_axes()
+        return splash.sharded_splash_attention(
+            q, k, v, None if plain_causal else segment_ids, jax.sharding.get_abstract_mesh(),
+            batch_axes, head_axes, sliding_window=sliding_window, block_q=block_q, block_kv=block_kv,
+            block_kv_compute=block_kv_compute, interpret=platform == "cpu")
+    if impl == "cudnn":
+        mask = None if plain_causal else make_attention_mask(segment_ids, segment_ids, sliding_window=sliding_window)
+        return cudnn_attention(q, k, v, mask, sliding_window)
+    mask = make_attention_mask(segment_ids, segment_ids, sliding_window=sliding_window)
     if impl == "dot_product":
         return dot_product_attention(q, k, v, mask)
-    if impl == "cudnn":
-        if plain_causal:
-            return cudnn_causal_attention(q, k, v, sliding_window)
-        # Packed segments / KV-cache decoding: cuDNN has no segment ids, use XLA's fused path.
-        return dot_product_attention(q, k, v, mask, implementation="xla")
-    raise ValueError(f"unknown attention_impl {impl!r}; expected 'xla', 'dot_product' or 'cudnn'")
+    return xla_attention(q, k, v, mask)

@@ -25,6 +25,8 @@ class AttentionImpl(StrEnum):
     XLA = "xla"
     DOT_PRODUCT = "dot_product"
     CUDNN = "cudnn"
+    SPLASH = "splash"  # Pallas TPU flash attention (interpret mode elsewhere: tests)
+    AUTO = "auto"      # splash on TPU, cuDNN on GPU where it applies, else xla; chosen at trace time
 
 
 class RematPolicy(StrEnum):
@@ -58,6 +60,8 @@ ATTENTION_IMPLS = _values(AttentionImpl)
 REMAT_POLICIES = _values(RematPolicy)
 ROPE_TYPES = _values(RopeType)
 MODEL_TYPES = _values(ModelType)
+SPLASH_BLOCK_FIELDS = ("splash_block_q", "splash_block_kv", "splash_block_kv_compute")
+SPLASH_LANES = 128
 # Fields earlier versions wrote into model_config.json that no longer exist; read and ignored
 # (scan_layers: layers have always been scanned, the field could only be True).
 _RETIRED_FIELDS = ("scan_layers",)
@@ -147,6 +151,11 @@ class LlamaConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of parameters
     attention_impl: str = "xla"
+    # Splash attention's tiles (query rows, key columns, key columns per inner step); multiples of
+    # 128, clamped to the sequence length. Performance only: numerics do not depend on them.
+    splash_block_q: int = 512
+    splash_block_kv: int = 512
+    splash_block_kv_compute: int = 512
     remat_policy: str = "none"
 
     def __post_init__(self) -> None:
@@ -200,6 +209,12 @@ class LlamaConfig:
             bad("attention_impl", f"expected one of {ATTENTION_IMPLS}")
         if self.attention_impl == AttentionImpl.CUDNN and self.dtype == DType.FLOAT32:
             bad("attention_impl", "cuDNN flash attention needs dtype bfloat16 or float16")
+        for field in SPLASH_BLOCK_FIELDS:
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % SPLASH_LANES:
+                bad(field, f"must be a positive multiple of {SPLASH_LANES} (TPU vector lanes)")
+        if self.splash_block_kv % self.splash_block_kv_compute:
+            bad("splash_block_kv", f"must be a multiple of splash_block_kv_compute={self.splash_block_kv_compute}")
         if self.remat_policy not in REMAT_POLICIES:
             bad("remat_policy", f"expected one of {REMAT_POLICIES}")
         scaling = self.rope_scaling_dict
@@ -218,6 +233,10 @@ class LlamaConfig:
     @property
     def rope_scaling_dict(self) -> dict | None:
         return None if self.rope_scaling is None else dict(self.rope_scaling)
+
+    @property
+    def splash_blocks(self) -> tuple[int, int, int]:
+        return self.splash_block_q, self.splash_block_kv, self.splash_block_kv_compute
 
     @property
     def num_query_groups(self) -> int:

@@ -92,7 +92,7 @@ class Attention(nn.Module):
     """Grouped-query self-attention with rotary positions and an optional KV cache.
 
     `plain_causal` says the caller passed no segment ids and no cache, so the mask is just
-    lower-triangular and a kernel without segment support (cuDNN) may be used.
+    lower-triangular and the kernels may skip segment masking.
     """
 
     config: LlamaConfig
@@ -117,9 +117,8 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
         if cache is None:
-            mask = make_attention_mask(segment_ids, segment_ids, sliding_window=cfg.sliding_window)
-            out = attention(q, k, v, mask, cfg.attention_impl, plain_causal=self.plain_causal,
-                            sliding_window=cfg.sliding_window)
+            out = attention(q, k, v, segment_ids, cfg.attention_impl, plain_causal=self.plain_causal,
+                            sliding_window=cfg.sliding_window, splash_blocks=cfg.splash_blocks)
             new_cache = None
         else:
             # The cache holds one row per (sequence, kv head): [b * kv_heads, S, d], the layout the

@@ -78,6 +78,7 @@ class AotPlan:
     param_specs: Any = None  # tree of PartitionSpecs of the compiled step's params input
     # The TPU compiler refuses a program that cannot fit (RESOURCE_EXHAUSTED); its message, if so.
     oom_message: str = ""
+    kernels: list = dataclasses.field(default_factory=list)  # [hlo.Kernel]: Pallas custom calls
 
     @property
     def total_bytes(self) -> int:
@@ -101,13 +102,14 @@ class AotPlan:
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in dataclasses.asdict(self).items()
-               if k not in ("model_config", "param_specs", "roofline", "collectives")}
+               if k not in ("model_config", "param_specs", "roofline", "collectives", "kernels")}
         roofline = self.roofline
         out.update(model=self.model_config.to_dict(), total_bytes=self.total_bytes, fits=self.fits,
                    step_s=roofline.step_s if roofline else None,
                    bound=roofline.bound if roofline else None, mfu=self.mfu,
                    roofline=dataclasses.asdict(roofline) if roofline else None,
-                   collectives=[dataclasses.asdict(c) for c in self.collectives])
+                   collectives=[dataclasses.asdict(c) for c in self.collectives],
+                   kernels=[dataclasses.asdict(k) for k in self.kernels])
         return out
 
 
@@ -227,12 +229,15 @@ def compile_plan(config: Any, topology: str | TpuTopology) -> AotPlan:
         cost = cost[0] if cost else {}
     stats = hlo_lib.analyze(compiled.as_text(), len(devices))
     xla_flops = float(cost.get("flops", 0.0))
-    flops = xla_flops + stats.dot_flops - stats.dot_flops_once
+    looped = xla_flops + stats.dot_flops - stats.dot_flops_once
     # HBM traffic: XLA's bytes accessed, scaled like the FLOPs for the loop iterations it skips.
     # (Summing operand sizes ourselves overcounts: a slice of a stacked [layers, ...] array reads
     # one layer, not the whole operand.)
     xla_bytes = float(cost.get("bytes accessed", 0.0))
-    traffic = xla_bytes * (flops / xla_flops) if xla_flops else xla_bytes
+    traffic = xla_bytes * (looped / xla_flops) if xla_flops else xla_bytes
+    # Pallas kernels (splash attention): XLA counts no FLOPs inside them; counted from their shapes.
+    flops = looped + stats.kernel_flops
+    traffic += stats.kernel_bytes
     chip = topo.chip
     peak = common["peak_flops"]
     wire = sum(c.wire_bytes for c in stats.collectives)
@@ -246,5 +251,5 @@ def compile_plan(config: Any, topology: str | TpuTopology) -> AotPlan:
         alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
         code_bytes=int(mem.generated_code_size_in_bytes),
         xla_flops=xla_flops, flops=flops, hbm_traffic_bytes=traffic,
-        loops=stats.loops, collectives=stats.collectives, roofline=roofline,
+        loops=stats.loops, collectives=stats.collectives, kernels=stats.kernels, roofline=roofline,
         compile_s=compile_s, param_specs=param_specs)

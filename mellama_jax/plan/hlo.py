@@ -6,6 +6,11 @@ loop once (the scan over layers runs ``num_hidden_layers`` times, the micro-batc
 module text names each loop's trip count, so this pass finds every computation's execution count
 and adds the skipped iterations' matmul FLOPs to XLA's own count. It also lists
 the collectives with how often they run per step. Everything is per device (the partitioned module).
+
+XLA's cost analysis sees nothing inside a Pallas kernel (a ``tpu_custom_call``: splash attention):
+no FLOPs. ``kernel_cost`` counts a splash kernel's matmul FLOPs from its operand shapes and block
+sizes, and its HBM bytes as its operands plus results (each read or written once: a lower bound,
+the kernel re-reads K/V once per query block).
 """
 from __future__ import annotations
 
@@ -46,11 +51,29 @@ class Collective:
 
 
 @dataclasses.dataclass
+class Kernel:
+    name: str  # e.g. splash_mha_fwd_segmented_residuals (the Pallas kernel's name)
+    count: int  # executions per step (loop trip counts applied)
+    flops: float  # per execution
+    bytes: float  # per execution: operands + results
+
+
+@dataclasses.dataclass
 class HloStats:
     loops: list  # [(op_name or body name, trip count)] for every while loop
     dot_flops_once: float  # matmul FLOPs with every loop body counted once (XLA's convention)
     dot_flops: float  # matmul FLOPs with loop trip counts applied
     collectives: list  # [Collective]
+    kernels: list = dataclasses.field(default_factory=list)  # [Kernel]: Pallas custom calls
+
+    @property
+    def kernel_flops(self) -> float:
+        """FLOPs of the Pallas kernels per step (XLA's cost analysis counts none of them)."""
+        return sum(k.count * k.flops for k in self.kernels)
+
+    @property
+    def kernel_bytes(self) -> float:
+        return sum(k.count * k.bytes for k in self.kernels)
 
 
 def _shape_bytes(shapes: list) -> float:
@@ -93,11 +116,58 @@ def _parse_instr(line: str) -> Instr | None:
     return Instr(m.group(1), om.group(1), _parse_shapes(type_text), operands, rest[close + 1:])
 
 
+def _depth_change(line: str) -> int:
+    """Opened minus closed brackets ({, (, [) of a line, outside "strings"."""
+    depth, quoted, escaped = 0, False, False
+    for ch in line:
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch in "{([":
+            depth += 1
+        elif ch in "})]":
+            depth -= 1
+    return depth
+
+
+def logical_lines(text: str) -> Iterator[str]:
+    """The module's lines with each instruction on one line.
+
+    An instruction's attributes may span lines: Pallas kernels put a multi-line
+    `frontend_attributes={kernel_metadata={...}}` in it, whose last line starts with `}}`; read
+    line by line, that looks like the end of the computation. Lines are joined until the
+    instruction's brackets balance.
+    """
+    pending, depth = "", 0
+    for line in text.splitlines():
+        if pending:
+            pending += "\n" + line
+            depth += _depth_change(line)
+            if depth <= 0:
+                yield pending
+                pending = ""
+            continue
+        if _INSTR.match(line):
+            depth = _depth_change(line)
+            if depth > 0:
+                pending = line
+                continue
+        yield line
+    if pending:
+        yield pending
+
+
 def parse_module(text: str) -> tuple[dict[str, list[Instr]], str]:
     """HLO text -> ({computation name: [Instr]}, entry computation name)."""
     comps: dict[str, list[Instr]] = {}
     entry, current = "", None
-    for line in text.splitlines():
+    for line in logical_lines(text):
         if current is None:
             m = _HEADER.match(line)
             if m and line.rstrip().endswith("{"):
@@ -272,11 +342,65 @@ def _conv_flops(instr: Instr, shapes: dict) -> float:
     return 2.0 * (in_feature / feature_groups) * out_feature * (batch / batch_groups) * valid
 
 
+_SPLASH = re.compile(r"splash_m[hq]a_(fwd|dq|dkv)\w*")
+# Matmuls per (query, key) block pair: fwd S = QK^T, O = PV; dq recomputes S, dP = dO V^T, dQ = dS K;
+# dkv recomputes S and dP, dV = P^T dO, dK = dS^T Q (and dQ as well when fused).
+_SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
+
+
+def causal_block_fraction(length: int, block_q: int, block_kv: int) -> float:
+    """Share of the (query block, key block) pairs a causal block-sparse kernel computes."""
+    nq, nkv = -(-length // block_q), -(-length // block_kv)
+    visited = sum(min(nkv, -(-((i + 1) * block_q) // block_kv)) for i in range(nq))
+    return visited / (nq * nkv)
+
+
+def _operand_shapes(attrs: str) -> list:
+    m = re.search(r"operand_layout_constraints=\{", attrs)
+    if not m:
+        return []
+    body = attrs[m.end():_matching(attrs, m.end() - 1, "{", "}")]
+    return _parse_shapes(re.sub(r"\{[^{}]*\}", "", body))  # drop the layouts, keep the shapes
+
+
+def kernel_cost(instr: Instr) -> tuple[str, float, float] | None:
+    """(kernel name, matmul FLOPs, operand + result bytes) of one Pallas TPU custom call; None for
+    any other instruction. FLOPs are counted for splash attention only (0 for other kernels).
+
+    Splash: q [.., heads, t, d] is the largest operand whose minor dim is the head dim d (read off
+    the shape a result shares with an operand: out or dq with q, dk/dv with k); keys are as many as
+    queries (self-attention). FLOPs = 2 x matmuls x b*heads*t*d x t x the causal share of block
+    pairs, with the kernel's block sizes from its metadata (a causal mask is assumed; a sliding
+    window computes fewer blocks than counted).
+    """
+    if instr.opcode != "custom-call" or 'custom_call_target="tpu_custom_call"' not in instr.attrs:
+        return None
+    operands = _operand_shapes(instr.attrs)
+    nbytes = _shape_bytes(operands) + _shape_bytes(instr.shapes)
+    kind = _SPLASH.search(instr.name) or _SPLASH.search(instr.attrs)
+    name = kind.group(0) if kind else instr.name.split(".")[0]
+    if not kind:
+        return name, 0.0, nbytes
+    phase = kind.group(1)
+    shared = {dims for _, dims in operands if len(dims) >= 3} & {dims for _, dims in instr.shapes if len(dims) >= 3}
+    if not shared:
+        return name, 0.0, nbytes
+    d = next(iter(shared))[-1]
+    q = max((dims for _, dims in operands if len(dims) >= 3 and dims[-1] == d), key=math.prod)
+    t = q[-2]
+    meta = dict((k, int(v)) for k, v in re.findall(r'\\"(block_\w+)\\": (\d+)', instr.attrs))
+    suffix = "" if phase == "fwd" else "_" + phase
+    block_q, block_kv = meta.get("block_q" + suffix, t), meta.get("block_kv" + suffix, t)
+    matmuls = _SPLASH_MATMULS[phase] + (1 if phase == "dkv" and '\\"use_fused_bwd_kernel\\": true' in instr.attrs else 0)
+    flops = 2.0 * matmuls * math.prod(q) * t * causal_block_fraction(t, block_q, block_kv)
+    return name, flops, nbytes
+
+
 def analyze(text: str, num_devices: int) -> HloStats:
     """Loop-aware matmul FLOPs and collectives of one compiled, partitioned HLO module."""
     comps, entry = parse_module(text)
     raw = {}
-    for line in text.splitlines():
+    for line in logical_lines(text):
         m = _INSTR.match(line)
         if m:
             raw[m.group(1)] = line
@@ -308,6 +432,7 @@ def analyze(text: str, num_devices: int) -> HloStats:
 
     flops = {False: 0.0, True: 0.0}
     coll: dict[str, dict] = {}
+    kernels: dict[tuple, list] = {}
     for cname, instrs in comps.items():
         m_true, m_once = mult(cname, False), mult(cname, True)
         if not m_true and not m_once:
@@ -318,6 +443,9 @@ def analyze(text: str, num_devices: int) -> HloStats:
             if f:
                 flops[False] += f * m_true
                 flops[True] += f * m_once
+            cost = kernel_cost(instr)
+            if cost is not None:
+                kernels.setdefault(cost, [cost, 0.0])[1] += m_true
             kind = instr.opcode[:-6] if instr.opcode.endswith("-start") else instr.opcode
             if kind in COLLECTIVES:
                 arrays = instr.shapes
@@ -332,4 +460,5 @@ def analyze(text: str, num_devices: int) -> HloStats:
                 entry_["groups"].add(group)
     collectives = [Collective(k, int(round(v["count"])), v["bytes"], v["wire"], tuple(sorted(v["groups"])))
                    for k, v in sorted(coll.items())]
-    return HloStats(loops, flops[True], flops[False], collectives)
+    found = [Kernel(name, int(round(count)), f, b) for (name, f, b), count in kernels.values()]
+    return HloStats(loops, flops[True], flops[False], collectives, sorted(found, key=lambda k: k.name))

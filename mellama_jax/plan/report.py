@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mellama_jax.model.attention import resolve_attention_impl
 from mellama_jax.plan.aot import AotPlan
 from mellama_jax.plan.estimate import Estimate
 
@@ -26,11 +27,18 @@ def _seconds(s: float | None) -> str:
     return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
-def model_line(mc: Any) -> str:
+def attention_kernel(mc: Any, platform: str | None) -> str:
+    """The configured attention_impl, and for "auto" the kernel it is on `platform`."""
+    if mc.attention_impl != "auto" or platform is None:
+        return mc.attention_impl
+    return f"auto = {resolve_attention_impl('auto', mc.dtype, mc.head_dim, platform)} on {platform}"
+
+
+def model_line(mc: Any, platform: str | None = None) -> str:
     return (f"model: {mc.num_params() / 1e9:.2f}B params, {mc.num_hidden_layers} layers x "
             f"{mc.hidden_size}, heads {mc.num_attention_heads}/{mc.num_key_value_heads} kv, "
             f"vocab {mc.vocab_size}, {mc.dtype} compute / {mc.param_dtype} params, "
-            f"remat {mc.remat_policy}, attention {mc.attention_impl}")
+            f"remat {mc.remat_policy}, attention {attention_kernel(mc, platform)}")
 
 
 def batch_line(gbs: int, seq: int, micro: int, mesh: dict, lora: bool) -> str:
@@ -48,7 +56,7 @@ def fit_line(total: float, hbm: float, fits: bool) -> str:
 def format_aot(plan: AotPlan, est: Estimate | None = None) -> str:
     lines = [f"TPU {plan.topology}: {plan.num_devices} devices ({plan.device_kind}), "
              f"compiled ahead of time in {plan.compile_s:.0f} s",
-             model_line(plan.model_config),
+             model_line(plan.model_config, "tpu"),
              batch_line(plan.global_batch_size, plan.seq_len, plan.micro_batches, plan.mesh, plan.lora)]
     lines += [f"note: {n}" for n in plan.notes]
     if plan.oom_message:
@@ -69,8 +77,11 @@ def format_aot(plan: AotPlan, est: Estimate | None = None) -> str:
             f"  executed (HLO, loops)  {_si(plan.flops, 'FLOP')}  loops: "
             + ", ".join(f"{'bwd' if 'transpose' in n else 'fwd'} x{t}" if 'Llama' in n else f"x{t}"
                         for n, t in plan.loops),
-            f"  model (6N + 12LHS)     {_si(plan.model_flops_per_step / plan.num_devices, 'FLOP')}",
-            "collectives per device and step (loop trip counts applied):"]
+            f"  model (6N + 12LHS)     {_si(plan.model_flops_per_step / plan.num_devices, 'FLOP')}"]
+        for k in plan.kernels:
+            lines.append(f"  Pallas {k.name:<36} x{k.count:<4} {_si(k.count * k.flops, 'FLOP')}, "
+                         f"{gib(k.count * k.bytes)} GiB in/out (counted from shapes: XLA sees none)")
+        lines += ["collectives per device and step (loop trip counts applied):"]
         for c in plan.collectives:
             lines.append(f"  {c.kind:<19} x{c.count:<6} {gib(c.bytes):>9} GiB results, "
                          f"{gib(c.wire_bytes)} GiB sent (groups of {'/'.join(map(str, c.group_sizes))})")
@@ -89,7 +100,7 @@ def format_aot(plan: AotPlan, est: Estimate | None = None) -> str:
 
 def format_estimate(est: Estimate, mc: Any, gbs: int, micro: int, lora: bool, notes: list) -> str:
     lines = [f"{est.cluster}: analytic estimate (no compile; see mellama_jax/plan/estimate.py)",
-             model_line(mc), batch_line(gbs, est.seq_len, micro, est.mesh, lora)]
+             model_line(mc, "gpu"), batch_line(gbs, est.seq_len, micro, est.mesh, lora)]
     lines += [f"note: {n}" for n in notes]
     lines += [
         f"memory per device (GiB), {est.rows_per_device:g} rows x {est.seq_len} tokens per micro-batch:",

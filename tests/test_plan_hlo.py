@@ -1,0 +1,123 @@
+"""The planner's HLO reader on synthetic module text: multi-line Pallas custom calls, and the FLOPs and
+bytes it counts for splash attention kernels (which XLA's cost analysis cannot see into).
+
+No libtpu needed: the text is written here, shaped like what the TPU compiler prints (see a splash
+train step: `tests/test_attention_kernels.py::test_auto_compiles_splash_for_tpu_and_writes_no_scores`).
+"""
+from __future__ import annotations
+
+import pytest
+
+from mellama_jax.plan import hlo
+
+
+def splash_call(name: str, results: str, operands: str, metadata: str) -> str:
+    """One tpu_custom_call as the TPU compiler prints it: its kernel_metadata spans three lines, the
+    last beginning with `}}`, and its backend_config sits on that last line."""
+    return (f'  %{name}.1 = {results} custom-call(%p0, %p1), custom_call_target="tpu_custom_call", '
+            f"operand_layout_constraints={{{operands}}}, frontend_attributes={{kernel_metadata={{\n"
+            f'"xprof_metadata":"{{{metadata}}}"\n'
+            f'}}}}, metadata={{op_name="jit(loss)/while/body/attention/{name}/pallas_call"}}, '
+            'backend_config={"custom_call_config":{"body":"TUzvUgFN","needs_layout_passes":true},'
+            '"aliasing_operands":{"lists":[]}}')
+
+
+BLOCKS = r'\"block_q\": 128, \"block_kv\": 128, \"block_kv_compute\": 128, \"use_fused_bwd_kernel\": false'
+# b=2, heads=4, kv heads=2, t=s=512, d=64
+FWD = splash_call("splash_mha_fwd_segmented_residuals",
+                  "(f32[128,128]{1,0}, bf16[2,4,512,64]{3,2,1,0}, f32[2,4,512,128]{3,2,1,0})",
+                  "s8[1,4,4]{2,1,0}, bf16[2,4,512,64]{3,2,1,0}, bf16[2,2,512,64]{3,2,1,0}, "
+                  "bf16[2,2,512,64]{3,2,1,0}, s32[512,128]{1,0}, s32[8,512]{1,0}", BLOCKS)
+DQ = splash_call("splash_mha_dq_segmented_no_residuals", "(f32[128,64]{1,0}, bf16[2,4,512,64]{3,2,1,0})",
+                 "bf16[2,4,512,64]{3,2,1,0}, bf16[2,2,512,64]{3,2,1,0}, bf16[2,2,512,64]{3,2,1,0}, "
+                 "f32[2,4,1,512]{3,2,1,0}, bf16[2,4,512,64]{3,2,1,0}, f32[2,4,1,512]{3,2,1,0}",
+                 r'\"block_q_dq\": 256, \"block_kv_dq\": 128')
+DKV = splash_call("splash_mha_dkv_segmented_no_residuals",
+                  "(f32[128,64]{1,0}, bf16[2,2,512,64]{3,2,1,0}, bf16[2,2,512,64]{3,2,1,0})",
+                  "bf16[2,4,512,64]{3,2,1,0}, bf16[2,2,512,64]{3,2,1,0}, bf16[2,2,512,64]{3,2,1,0}, "
+                  "f32[2,4,8,512]{3,2,1,0}, bf16[2,4,512,64]{3,2,1,0}, f32[2,4,8,512]{3,2,1,0}",
+                  r'\"block_q_dkv\": 128, \"block_kv_dkv\": 128, \"block_kv_dkv_compute\": 128')
+
+
+def module(*calls: str) -> str:
+    """A layer loop of 3 trips whose body holds the kernels, then a matmul after them."""
+    body = "\n".join(calls)
+    return f"""HloModule jit_loss
+
+%body (p: (s32[], f32[8,8])) -> (s32[], f32[8,8]) {{
+  %p = (s32[], f32[8,8]{{1,0}}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[8,8]{{1,0}} get-tuple-element(%p), index=1
+{body}
+  %after = f32[8,8]{{1,0}} dot(%x, %x), lhs_contracting_dims={{1}}, rhs_contracting_dims={{0}}
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  ROOT %out = (s32[], f32[8,8]{{1,0}}) tuple(%next, %after)
+}}
+
+%cond (p: (s32[], f32[8,8])) -> pred[] {{
+  %p = (s32[], f32[8,8]{{1,0}}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(3)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}}
+
+ENTRY %main (x: f32[8,8]) -> f32[8,8] {{
+  %x = f32[8,8]{{1,0}} parameter(0)
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[8,8]{{1,0}}) tuple(%zero, %x)
+  %loop = (s32[], f32[8,8]{{1,0}}) while(%init), condition=%cond, body=%body
+  ROOT %res = f32[8,8]{{1,0}} get-tuple-element(%loop), index=1
+}}
+"""
+
+
+def test_multi_line_custom_call_does_not_end_the_computation():
+    text = module(FWD)
+    assert any(line.startswith("}}") for line in text.splitlines())  # the trap is in the text
+    comps, entry = hlo.parse_module(text)
+    assert entry == "main"
+    body = {i.name: i for i in comps["body"]}
+    # the instructions after the kernel are still in the body, and the kernel is one instruction
+    assert {"after", "next", "out"} <= set(body)
+    call = body["splash_mha_fwd_segmented_residuals.1"]
+    assert call.opcode == "custom-call" and "backend_config" in call.attrs and "xprof_metadata" in call.attrs
+    stats = hlo.analyze(text, 1)
+    assert stats.loops and stats.loops[0][1] == 3
+    assert stats.dot_flops == 3 * 2 * 8 * 8 * 8  # the matmul after the kernel counted, 3 trips
+
+
+def test_logical_lines_keep_brackets_inside_strings():
+    text = '  %a = f32[1]{0} custom-call(), backend_config="{{(" \n  %b = f32[1]{0} negate(%a)'
+    assert list(hlo.logical_lines(text)) == text.splitlines()
+
+
+def test_causal_block_fraction():
+    assert hlo.causal_block_fraction(512, 512, 512) == 1.0
+    assert hlo.causal_block_fraction(512, 128, 128) == pytest.approx(10 / 16)  # (n + 1) / 2n, n = 4
+    assert hlo.causal_block_fraction(512, 256, 128) == pytest.approx((2 + 4) / 8)
+
+
+def test_splash_kernel_flops_and_bytes_from_shapes():
+    stats = hlo.analyze(module(FWD, DQ, DKV), 1)
+    by_name = {k.name: k for k in stats.kernels}
+    assert set(by_name) == {"splash_mha_fwd_segmented_residuals", "splash_mha_dq_segmented_no_residuals",
+                            "splash_mha_dkv_segmented_no_residuals"}
+    assert all(k.count == 3 for k in stats.kernels)  # inside the 3-trip layer loop
+    bhtsd = 2 * 4 * 512 * 512 * 64  # b * heads * t * s * d
+    fwd, dq, dkv = (by_name[n] for n in sorted(by_name, key=lambda n: ("fwd" not in n, "dkv" in n)))
+    assert fwd.flops == 4 * bhtsd * 10 / 16  # two matmuls, 4x4 blocks of 128: 10 of 16 computed
+    assert dq.flops == 6 * bhtsd * (2 + 4) / 8  # three matmuls, 256 x 128 blocks
+    assert dkv.flops == 8 * bhtsd * 10 / 16  # four matmuls
+    # operands + results, read or written once
+    q, kv = 2 * 4 * 512 * 64 * 2, 2 * 2 * 512 * 64 * 2
+    assert fwd.bytes == (1 * 4 * 4 + q + 2 * kv + 512 * 128 * 4 + 8 * 512 * 4) + (128 * 128 * 4 + q + 2 * 4 * 512 * 128 * 4)
+    assert stats.kernel_flops == 3 * (fwd.flops + dq.flops + dkv.flops)
+    assert stats.kernel_bytes == 3 * (fwd.bytes + dq.bytes + dkv.bytes)
+    assert stats.dot_flops == 3 * 2 * 8 * 8 * 8  # kernels are not matmul instructions
+
+
+def test_other_pallas_kernels_count_bytes_not_flops():
+    other = FWD.replace("splash_mha_fwd_segmented_residuals", "my_kernel")
+    (kernel,) = hlo.analyze(module(other), 1).kernels
+    assert kernel.name == "my_kernel" and kernel.flops == 0.0 and kernel.bytes > 0
