@@ -159,6 +159,8 @@ class _LocalShard:
 
     def read(self, a: int, b: int) -> np.ndarray:
         if self._arr is None:
+            if not os.path.isfile(path_local(self.url)):
+                raise DataError(f"{self.url}: missing (the manifest lists this shard)")
             arr = np.load(path_local(self.url), mmap_mode="r")
             _check_tokens(self.url, arr.dtype, arr.shape, self.n)
             self._arr = arr
@@ -317,9 +319,10 @@ class TokenStore:
             if self.remote:
                 tokens.append(_RemoteShard(tok_url, nt, self.cache, (source, split, i)))
             else:
-                if nt and not os.path.isfile(path_local(tok_url)):
-                    raise DataError(f"{tok_url}: missing (the manifest lists this shard)")
-                tokens.append(_LocalShard(tok_url, nt))
+                shard = _LocalShard(tok_url, nt)
+                if nt:
+                    shard.read(0, 0)  # maps it now: a missing or mismatched shard fails at launch
+                tokens.append(shard)
         return TokenizedDocs(ShardedTokens(tokens), np.concatenate(parts))
 
     def report(self, source: str) -> BadInputReport:

@@ -19,7 +19,7 @@ import json
 from mellama_jax.data.rows import PACKINGS, Rows, layout_rows
 from mellama_jax.data.sources.report import BadInputReport
 from mellama_jax.data.store.format import SPLITS
-from mellama_jax.data.store.reader import DEFAULT_CACHE_BYTES, TokenStore, open_token_store
+from mellama_jax.data.store.reader import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, TokenStore, open_token_store
 from mellama_jax.data.token_store import TokenizedDocs
 from mellama_jax.tokenizer import Tokenizer
 
@@ -40,16 +40,18 @@ class StoreRows:
     chat_template_jinja = None
     global_rows = True  # every host holds every document: the pipeline draws in global order
 
-    def __init__(self, url: str, packing: str, cache_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(self, url: str, packing: str, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES):
         if packing not in PACKINGS:
             raise ValueError(f"data.packing={packing!r}: expected 'concat' or 'pack'")
-        self.url, self.packing, self.cache_bytes = str(url), packing, int(cache_bytes)
+        self.url, self.packing = str(url), packing
+        self.cache_bytes, self.block_bytes = int(cache_bytes), int(block_bytes)
         self._store: TokenStore | None = None
 
     @property
     def store(self) -> TokenStore:
         if self._store is None:
-            self._store = open_token_store(self.url, cache_bytes=self.cache_bytes)
+            self._store = open_token_store(self.url, cache_bytes=self.cache_bytes, block_bytes=self.block_bytes)
         return self._store
 
     def load(self, name: str, data_config, tokenizer: Tokenizer, process_index: int,
