@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
                       "serial_build_tokens_per_s": round(tokens / build_s)}), flush=True)
 
     in_proc = time_batches("in-process token cache", cfg, tok, args)
-    local = time_batches("local store", data_config(args.workdir, paths, args.seq_len, token_store=store_dir), tok, args)
+    local_cfg = data_config(args.workdir, paths, args.seq_len, token_store=store_dir)
+    local = time_batches("local store", local_cfg, tok, args)
     proc, endpoint = start_moto()
     try:
         t0 = time.perf_counter()

@@ -84,6 +84,14 @@ class BlockCache:
                     "cache_evictions": self.evictions, "cache_bytes": self._size, "cache_capacity": self.capacity}
 
 
+class _ShortHeader(Exception):
+    """The first GET did not hold the whole `.npy` header: `need` bytes do."""
+
+    def __init__(self, need: int):
+        super().__init__(need)
+        self.need = need
+
+
 def _parse_npy_header(head: bytes, url: str) -> tuple[int, np.dtype, tuple]:
     """(data offset, dtype, shape) of a `.npy` file from its first bytes (errors name `url`)."""
     if head[:6] != b"\x93NUMPY" or len(head) < 12:
@@ -99,11 +107,6 @@ def _parse_npy_header(head: bytes, url: str) -> tuple[int, np.dtype, tuple]:
     if fortran and len(shape) > 1:
         raise DataError(f"{url}: a Fortran-ordered array; expected a 1-D array")
     return prefix + hlen, np.dtype(dtype), tuple(shape)
-
-
-class _ShortHeader(Exception):
-    def __init__(self, need: int):
-        self.need = need
 
 
 class _RemoteShard:
@@ -159,15 +162,15 @@ class _LocalShard:
 
     def read(self, a: int, b: int) -> np.ndarray:
         if self._arr is None:
-            if not os.path.isfile(path_local(self.url)):
+            if not os.path.isfile(_local_path(self.url)):
                 raise DataError(f"{self.url}: missing (the manifest lists this shard)")
-            arr = np.load(path_local(self.url), mmap_mode="r")
+            arr = np.load(_local_path(self.url), mmap_mode="r")
             _check_tokens(self.url, arr.dtype, arr.shape, self.n)
             self._arr = arr
         return self._arr[a:b]
 
 
-def path_local(path: str) -> str:
+def _local_path(path: str) -> str:
     return os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path)
 
 
@@ -250,9 +253,9 @@ def _load_offsets(url: str, remote: bool, cache: BlockCache) -> np.ndarray:
         raw = fs.read_bytes(url)
         cache.count_fetch(len(raw))
         return np.load(io.BytesIO(raw))
-    if not os.path.isfile(path_local(url)):
+    if not os.path.isfile(_local_path(url)):
         raise DataError(f"{url}: missing (the manifest lists this shard)")
-    return np.load(path_local(url), mmap_mode="r")
+    return np.load(_local_path(url), mmap_mode="r")
 
 
 class TokenStore:
@@ -344,7 +347,7 @@ class TokenStore:
 def open_token_store(url: str, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
                      block_bytes: int = DEFAULT_BLOCK_BYTES) -> TokenStore:
     """Open a complete store (MANIFEST.json present); DataError naming the URL otherwise."""
-    url = str(url).rstrip("/") if fs.is_url(str(url)) else path_local(str(url))
+    url = str(url).rstrip("/") if fs.is_url(str(url)) else _local_path(str(url))
     if not fs.is_url(url) and not os.path.isdir(url):
         raise DataError(f"token store {url}: no such directory")
     manifest = read_manifest(url)
