@@ -32,11 +32,12 @@ from typing import Any, Callable, Iterator, TypeVar
 __all__ = ["StorageError", "is_url", "join", "dirname", "basename", "open", "read_bytes", "read_text",
            "write_bytes", "write_text", "read_range", "glob", "exists", "isfile", "isdir", "size",
            "stat_key", "makedirs", "listdir", "put_file", "get_file", "remove", "local_copy",
-           "with_retries", "reset", "iter_lines", "RETRY_ATTEMPTS_ENV"]
+           "with_retries", "reset", "iter_lines", "RETRY_ATTEMPTS_ENV", "RETRY_DELAY_ENV"]
 
 T = TypeVar("T")
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 RETRY_ATTEMPTS_ENV = "MELLAMA_FS_RETRIES"  # attempts per remote call (default 6)
+RETRY_DELAY_ENV = "MELLAMA_FS_RETRY_DELAY"  # first backoff in seconds (default 0.2; tests use 0.01)
 _READ_BLOCK = 8 << 20                      # bytes per ranged GET of a streamed remote file
 _lock = threading.Lock()
 _filesystems: dict[str, Any] = {}
@@ -150,11 +151,13 @@ def _is_transient(err: BaseException) -> bool:
 
 
 def with_retries(fn: Callable[[], T], *, what: str, attempts: int | None = None,
-                 base_delay: float = 0.2, max_delay: float = 10.0) -> T:
+                 base_delay: float | None = None, max_delay: float = 10.0) -> T:
     """fn() retried with jittered exponential backoff while it fails transiently; `what` (the URL and
     the operation) names the object in the error raised once the attempts are spent or at a
     permanent failure."""
     attempts = int(os.environ.get(RETRY_ATTEMPTS_ENV, "6")) if attempts is None else int(attempts)
+    if base_delay is None:
+        base_delay = float(os.environ.get(RETRY_DELAY_ENV, "0.2"))
     for i in range(max(1, attempts)):
         try:
             return fn()
