@@ -365,6 +365,7 @@ def finish_store(store: str, sources: Mapping[str, dict], inputs: list[InputFile
                 "tokenizer": {"sha256": tokenizer.sha256(), "vocab_size": int(tokenizer.vocab_size),
                               "bos_id": int(tokenizer.bos_id), "eos_id": int(tokenizer.eos_id)},
                 "sources": out_sources}
+    manifest = json.loads(json.dumps(manifest))  # as readers will see it (tuples become lists)
     write_manifest(store, manifest)
     return manifest
 
