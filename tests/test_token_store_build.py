@@ -354,7 +354,8 @@ def test_beam_direct_runner_equals_serial(tmp_path, corpus, tokenizer, monkeypat
     assert local_tree(store) == expected_tree(manifest)
 
 
-def _cli(store: str, corpus: dict, *beam_args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+def _cli(store: str, corpus: dict, *beam_args: str, env: dict | None = None, serial: bool = False,
+         **popen) -> subprocess.Popen:
     r = corpus["root"]
     spec = (f"web=jsonl:{r}/web/*.jsonl;notes=text:{r}/notes/*.txt;pubmed=pubmed_xml:{r}/pubmed/*")
     cmd = [sys.executable, "-m", "mellama_jax.cli.tokenize_beam", "--config", "configs/pretrain.py:demo",
@@ -363,10 +364,29 @@ def _cli(store: str, corpus: dict, *beam_args: str, env: dict | None = None, **p
            f"--config.data.sources.web.exclude_ids={corpus['exclude']}",
            "--config.data.sources.notes.eval_fraction=0.25", "--config.data.sources.notes.text_split=paragraph",
            "--config.data.sources.notes.dedup=near", "--config.data.sources.pubmed.eval_fraction=0.3",
-           "--config.data.sources.pubmed.dedup=near", "--output", store, "--", "--runner", "DirectRunner",
-           *beam_args]
+           "--config.data.sources.pubmed.dedup=near", "--output", store]
+    cmd += ["--serial"] if serial else ["--", "--runner", "DirectRunner", *beam_args]
     env = dict(os.environ, **(env or {}))
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_cli_serial_build_and_refusal(tmp_path, corpus, tokenizer):
+    """The command line as README gives it (flags, --sources_spec, --config.data.* overrides, exit
+    codes); --serial keeps it fast."""
+    store = str(tmp_path / "cli")
+    os.makedirs(store)
+    open(os.path.join(store, "x.bin"), "w").close()
+    proc = _cli(store, corpus, serial=True)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "1 entries this builder did not create (x.bin)" in out
+    os.remove(os.path.join(store, "x.bin"))
+    proc = _cli(store, corpus, serial=True)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    serial = build.build_store_serial(make_config(tmp_path, corpus), tokenizer, str(tmp_path / "serial"))
+    docs = sum(s["splits"][sp]["docs"] for s in serial["sources"].values() for sp in ("train", "eval"))
+    assert f"tokenize_beam: 3 sources, 7 files, {docs} documents" in out and "serial, 1 worker(s)" in out
+    assert store_files(store, read_manifest(store)) == store_files(str(tmp_path / "serial"), serial)
 
 
 _MULTI = ("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
