@@ -39,7 +39,6 @@ from mellama_jax.checkpoint.model_spec import training_tokenizer_file
 from mellama_jax.cli.config_flags import define_config_flag, parse_flags
 from mellama_jax.data.sources.report import DataError
 from mellama_jax.data.store import build
-from mellama_jax.fs import StorageError
 from mellama_jax.tokenizer import load_tokenizer
 
 __all__ = ["run_beam", "main"]
@@ -128,7 +127,7 @@ def _summary(manifest: dict, store: str, seconds: float) -> str:
     files = sum(len(s["files"]) for s in manifest["sources"].values())
     b = manifest["builder"]
     return (f"{PROG}: {len(manifest['sources'])} sources, {files} files, {docs} documents, {tokens} tokens in "
-            f"{seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s; {b['runner']}, {b['workers']} "
+            f"{seconds:.2f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s; {b['runner']}, {b['workers']} "
             f"worker(s)) -> {store}")
 
 
@@ -152,7 +151,7 @@ def main(argv: list[str]) -> None:
         else:
             manifest = run_beam(config.data, tokenizer, store, list(argv[1:]), sources=_SOURCES.value,
                                 overwrite=_OVERWRITE.value, threads=_THREADS.value, command=command)
-    except (DataError, StorageError, ValueError, FileNotFoundError) as err:
+    except (DataError, ValueError, OSError) as err:  # OSError: fs.StorageError and local I/O
         print(f"{PROG}: {err}", file=sys.stderr)
         sys.exit(1)
     print(_summary(manifest, store, time.time() - start), flush=True)

@@ -13,6 +13,11 @@ process) rests on doing the same steps in the same order:
       splits.split_of, tokenize as [BOS] ids [EOS] in chunks, stream the shards to `.npy` files,
       then write parts/<N>.json (the file's sha256, size, bad-input report and counts) last.
 
+Phase A runs the expensive part of dedup (normalising, MinHash) in parallel; phase B holds one
+source's keys (~120 bytes a document with near dedup) in one process, as filter_documents holds its
+index today. Phase C reads a file a second time when dedup is on (the price of exact equivalence
+without shipping text between stages).
+
 The driver then checks every part against the input list, merges the reports (refusing a source
 with too much bad input, as training does), and writes MANIFEST.json last. A rerun of the same
 build (same BUILDING.json spec) redoes only the files without a matching part.
@@ -365,6 +370,7 @@ def finish_store(store: str, sources: Mapping[str, dict], inputs: list[InputFile
                 "tokenizer": {"sha256": tokenizer.sha256(), "vocab_size": int(tokenizer.vocab_size),
                               "bos_id": int(tokenizer.bos_id), "eos_id": int(tokenizer.eos_id)},
                 "sources": out_sources}
+    manifest = json.loads(json.dumps(manifest))  # as readers will see it (tuples become lists)
     write_manifest(store, manifest)
     return manifest
 
