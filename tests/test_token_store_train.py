@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mellama_jax import fs  # noqa: E402
+from storage_servers import fault_proxy, s3, s3_server  # noqa: E402,F401  (pytest fixtures)
 from mellama_jax.data.config import SAMPLES_DIR, demo_data_config, source_config  # noqa: E402
 from mellama_jax.data.pipeline import TrainPipeline, build_train_pipeline  # noqa: E402
 from mellama_jax.data.sources.report import DataError  # noqa: E402
@@ -343,50 +344,9 @@ def test_a_training_run_from_the_store_has_the_in_process_losses(demo_store, tmp
 
 
 # ------------------------------------------------------------------- a remote store (S3, moto)
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A real S3 server (moto) on the loopback for this module."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_endpoint, monkeypatch, request):
-    """Env pointed at the moto server, a fresh bucket; returns upload(local_dir, prefix) -> s3:// URL."""
-    import boto3
-
-    for k, v in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
-                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}.items():
-        monkeypatch.setenv(k, v)
-    for k in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(k, raising=False)
-    fs.reset()
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    bucket = "store-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
-    client.create_bucket(Bucket=bucket)
-
-    def upload(local_dir: str, prefix: str) -> str:
-        for root, _, files in os.walk(local_dir):
-            for name in files:
-                path = os.path.join(root, name)
-                key = prefix + "/" + os.path.relpath(path, local_dir).replace(os.sep, "/")
-                with open(path, "rb") as f:
-                    client.put_object(Bucket=bucket, Key=key, Body=f.read())
-        return f"s3://{bucket}/{prefix}"
-
-    yield upload
-    fs.reset()
-
-
 @pytest.mark.parametrize("packing", ["concat", "pack"])
 def test_a_store_in_s3_gives_the_local_batches(demo_store, s3, packing):
-    url = s3(demo_store["store"], "stores/demo")
+    url = s3.upload_tree(demo_store["store"], "stores/demo")
     tok = demo_store["tokenizer"]
     local = build_train_pipeline(_cfg(demo_store["data_dir"], packing, token_store=demo_store["store"]),
                                  global_batch_size=8, tokenizer=tok)
@@ -401,6 +361,10 @@ def test_a_store_in_s3_gives_the_local_batches(demo_store, s3, packing):
     with pytest.raises(DataError, match=r"token store s3://.*/stores/none: .*MANIFEST.json missing"):
         build_train_pipeline(_cfg(demo_store["data_dir"], packing, token_store=url.replace("demo", "none")),
                              global_batch_size=8, tokenizer=tok)
+    s3.client.delete_object(Bucket=s3.bucket, Key="stores/demo/general/train/00000.offsets.npy")
+    with pytest.raises(fs.StorageError, match=r"s3://.*/stores/demo/general/train/00000.offsets.npy"):
+        build_train_pipeline(_cfg(demo_store["data_dir"], packing, token_store=url), global_batch_size=8,
+                             tokenizer=tok)
 
 
 def test_a_remote_store_reads_only_the_blocks_the_batches_touch(demo_store, s3, tmp_path):
@@ -419,7 +383,7 @@ def test_a_remote_store_reads_only_the_blocks_the_batches_touch(demo_store, s3, 
     local_dir = str(tmp_path / "store")
     tok = demo_store["tokenizer"]
     manifest = build_store_serial(cfg, tok, local_dir)
-    url = s3(local_dir, "big")
+    url = s3.upload_tree(local_dir, "big")
     store_bytes = sum(os.path.getsize(os.path.join(r, f)) for r, _, fl in os.walk(local_dir) for f in fl)
     n_docs = sum(manifest["sources"]["big"]["splits"][s]["docs"] for s in ("train", "eval"))
     block, cache, steps, batch = 8 << 10, 64 << 10, 3, 4
@@ -435,3 +399,18 @@ def test_a_remote_store_reads_only_the_blocks_the_batches_touch(demo_store, s3, 
     assert 0 < stats["bytes_fetched"] <= bound, (stats, bound)
     assert store_bytes > 30 * cache and stats["bytes_fetched"] * 8 < store_bytes
     assert stats["cache_bytes"] <= cache and stats["cache_misses"] <= steps * batch * 2
+
+
+def test_dropped_connections_and_500s_are_retried_and_the_batches_are_the_same(demo_store, s3, fault_proxy):
+    """Shard reads through a proxy that answers 500 to some GETs and drops the connection on others."""
+    url = s3.upload_tree(demo_store["store"], "stores/faulty")  # uploaded past the proxy
+    tok = demo_store["tokenizer"]
+    local = build_train_pipeline(_cfg(demo_store["data_dir"], "pack", token_store=demo_store["store"]),
+                                 global_batch_size=8, tokenizer=tok)
+    fault_proxy.inject("500", count=3, every=2, path_contains=".tokens.npy")
+    fault_proxy.inject("drop", count=2, every=3, path_contains=".npy")
+    remote = TrainPipeline(_cfg(demo_store["data_dir"], "pack", token_store=url), global_batch_size=8,
+                           process_index=0, process_count=1, tokenizer=tok,
+                           row_source=StoreRows(url, "pack", cache_bytes=64 << 10, block_bytes=4 << 10))
+    assert all(_same(local.batch(s), remote.batch(s)) for s in range(20))
+    assert fault_proxy.injected == 5
