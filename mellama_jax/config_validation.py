@@ -215,6 +215,7 @@ RULES: tuple[tuple[str, Range], ...] = (
     ("data.sources.*.eval_fraction", Range(lo=0.0, hi=1.0, hi_open=True)),
     ("data.mixture.*", NON_NEGATIVE),
     ("data.target_budget_tokens", Range(lo=0.0, why="0 = off")),
+    ("data.store_cache_mb", Range(lo=1, integer=True, why="MiB of remote token-store blocks per host")),
     # mesh / distributed / hardware
     ("mesh.*", MESH_AXIS),
     ("distributed.num_processes", Range(lo=1, integer=True, special=(-1,), why="-1 = auto")),
@@ -464,6 +465,16 @@ def _check_training(config: Any, artifacts: ArtifactLookup | None, task: Task) -
     if _get(config, "data.target_budget_tokens", 0) and task is not Task.PRETRAIN:
         raise ConfigError(f"config.data.target_budget_tokens is a pretraining setting; a {task} run "
                           "keeps it 0")
+    token_store = _get(config, "data.token_store", "")
+    if not isinstance(token_store, str):
+        raise ConfigError(f"config.data.token_store={token_store!r}: expected '' or a directory / gs:// / "
+                          "s3:// URL of a token store")
+    if token_store and task is not Task.PRETRAIN:
+        raise ConfigError(f"config.data.token_store={token_store!r} is a pretraining setting (a store of "
+                          f"documents); a {task} run keeps it ''")
+    if token_store and _get(config, "data.synthetic", False):
+        raise ConfigError("config.data.token_store is set but config.data.synthetic=True generates tokens "
+                          "without sources; set one of them off")
     LossImpl.parse(config.train.loss_impl, "train.loss_impl")
     packing = _get(config, "data.packing")
     if packing is not None and Packing.parse(packing, "data.packing") not in _PACKINGS[task]:

@@ -4,6 +4,7 @@
   python -m mellama_jax.cli.decontaminate     n-gram overlap of training sources with benchmark test sets
   python -m mellama_jax.cli.extend_tokenizer  add biomedical pieces to a LLaMA tokenizer, with a fertility report
   python -m mellama_jax.cli.prepare_clinical  clinical notes -> scrubbed, filtered, deduplicated JSONL shards
+  python -m mellama_jax.cli.tokenize_beam     sources -> a token store (local or bucket), on Apache Beam
   python -m mellama_jax.cli.train_tokenizer   a LLaMA-style sentencepiece tokenizer for small experiments
   python -m mellama_jax.cli.plan              will a config fit: AOT compile for a TPU slice, GPU estimate
   python -m mellama_jax.cli.lm_eval           lm-eval's own command line with the mellama_jax model registered

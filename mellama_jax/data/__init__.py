@@ -7,6 +7,8 @@
 - `pipeline.build_train_pipeline(...)`: per-host batches of the source mixture (a `batch_source.BatchSource`,
   what the train loop reads), over `token_cache` (each source tokenized once, memory-mapped from
   `token_store` files), `rows` (concat / packed layouts) and `mixture_order` (each row's source).
+- `store/`: the token store (a corpus tokenized once into per-file `.npy` shards, manifest last):
+  its format and the builder the Beam command (`mellama_jax.cli.tokenize_beam`) runs per file.
 - `clinical/`, `prepare_clinical`: de-identification and preparation of clinical notes.
 Nothing here imports TensorFlow at import time.
 """

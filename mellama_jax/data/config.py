@@ -34,6 +34,10 @@ of each source's train documents (chosen by a hash of (seed, source, document)),
 source r_s times too. 0 = off (every document).
 `config.data.perplexity_texts` (globs) adds a text set that is only evaluated (every document held
 out), reported as eval/<perplexity_name>/loss and /perplexity: a general-domain forgetting measure.
+`config.data.token_store` ("" = off): a token store (local directory, gs:// or s3:// URL) built
+offline from these sources; training reads it instead of tokenizing at launch (data/store/), drawing
+rows in a global order that does not depend on the host count. `config.data.store_cache_mb`: the
+block cache of a remote store's ranged reads, per host.
 """
 from __future__ import annotations
 
@@ -343,6 +347,12 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Budget-faithful ablations: the token budget of the full run this (short) run stands for; each
     # trained source is subsampled so that it repeats as often as in that run. 0 = off.
     c.target_budget_tokens = 0.0
+    # A token store built offline (python -m mellama_jax.cli.tokenize_beam): "" = off (tokenize the
+    # sources at launch); a directory or a gs:// / s3:// URL = train from it (nothing read from the
+    # sources, nothing tokenized; rows in global order, so a run resumes on any number of hosts).
+    # It must hold every source of the mixture, built with this run's tokenizer and split rule.
+    c.token_store = ""
+    c.store_cache_mb = 256        # remote store: MiB of token blocks a host caches (ranged reads)
     return c
 
 

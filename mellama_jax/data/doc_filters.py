@@ -13,7 +13,8 @@ from typing import Any, Iterable, Iterator
 
 from mellama_jax.data.sources.report import BadInputReport, DataError
 
-__all__ = ["read_exclude_ids", "exclude_ids_sha256", "filter_documents", "DEDUP_MODES"]
+__all__ = ["read_exclude_ids", "exclude_ids_sha256", "filter_documents", "DEDUP_MODES", "dedup_mode",
+           "new_deduplicator", "excluded_ids"]
 
 DEDUP_MODES = ("none", "exact", "near")
 
@@ -32,18 +33,33 @@ def exclude_ids_sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def filter_documents(source: str, src_cfg: Any, docs: Iterable[dict], report: BadInputReport) -> Iterator[dict]:
-    """`docs` without the excluded ids and (per `dedup`) without exact / near duplicates of an
-    earlier document of the same source."""
-    exclude_path = str(src_cfg.get("exclude_ids", "") or "")
+def dedup_mode(source: str, src_cfg: Any) -> str:
+    """The source's `dedup` setting, checked."""
     mode = str(src_cfg.get("dedup", "none") or "none")
     if mode not in DEDUP_MODES:
         raise DataError(f"data.sources.{source}.dedup={mode!r}: expected one of {DEDUP_MODES}")
-    excluded = read_exclude_ids(exclude_path) if exclude_path else set()
-    dedup = None
-    if mode != "none":
-        from mellama_jax.data.clinical.dedup import DedupConfig, Deduplicator
-        dedup = Deduplicator(DedupConfig(exact=True, near=mode == "near"))
+    return mode
+
+
+def new_deduplicator(mode: str):
+    """A fresh index for dedup mode "exact" or "near" (None for "none")."""
+    if mode == "none":
+        return None
+    from mellama_jax.data.clinical.dedup import DedupConfig, Deduplicator
+    return Deduplicator(DedupConfig(exact=True, near=mode == "near"))
+
+
+def excluded_ids(src_cfg: Any) -> set[str]:
+    """The ids the source's exclude_ids file lists (empty without one)."""
+    exclude_path = str(src_cfg.get("exclude_ids", "") or "")
+    return read_exclude_ids(exclude_path) if exclude_path else set()
+
+
+def filter_documents(source: str, src_cfg: Any, docs: Iterable[dict], report: BadInputReport) -> Iterator[dict]:
+    """`docs` without the excluded ids and (per `dedup`) without exact / near duplicates of an
+    earlier document of the same source."""
+    dedup = new_deduplicator(dedup_mode(source, src_cfg))
+    excluded = excluded_ids(src_cfg)
     if not excluded and dedup is None:
         yield from docs
         return

@@ -15,7 +15,9 @@ import numpy as np
 
 from mellama_jax.data.token_store import TokenizedDocs
 
-__all__ = ["Rows", "ConcatRows", "PackedRows", "concat_rows", "pack_rows"]
+__all__ = ["Rows", "ConcatRows", "PackedRows", "concat_rows", "pack_rows", "layout_rows", "PACKINGS"]
+
+PACKINGS = ("concat", "pack")  # data.packing of pretraining rows
 
 
 class Rows(Protocol):
@@ -135,3 +137,12 @@ def pack_rows(docs: TokenizedDocs, seq_len: int, open_rows: int = 32) -> PackedR
     np.cumsum([len(r) for r in rows], out=row_ptr[1:])
     return PackedRows(docs.tokens, np.asarray(starts, np.int64)[order] if order else np.zeros(0, np.int64),
                       np.asarray(lens, np.int64)[order] if order else np.zeros(0, np.int64), row_ptr, seq_len)
+
+
+def layout_rows(docs: TokenizedDocs, packing: str, seq_len: int, for_eval: bool) -> Rows:
+    """Pretraining rows of `docs` as data.packing says (the one layout rule of every document source)."""
+    if packing == "concat":
+        return concat_rows(docs, seq_len, for_eval)
+    if packing == "pack":
+        return pack_rows(docs, seq_len)
+    raise ValueError(f"data.packing={packing!r}: expected 'concat' or 'pack'")

@@ -66,7 +66,7 @@ def build_pipeline(config: Any, vocab_size: int | None, tokenizer: Any = None,
     data = config.data
     gbs = int(config.train.global_batch_size)
     if data.get("synthetic", False):
-        for key in ("mixture_stages", "perplexity_texts", "target_budget_tokens"):  # real-data features: refuse, never ignore
+        for key in ("mixture_stages", "perplexity_texts", "target_budget_tokens", "token_store"):  # real-data features: refuse, never ignore
             if data.get(key):
                 raise ValueError(f"config.data.{key} is set but config.data.synthetic=True generates "
                                  "tokens without sources; set config.data.synthetic=False")

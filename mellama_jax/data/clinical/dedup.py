@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 _TOKEN = re.compile(r"\w+|\[[A-Z>0-9]+\]")
+# (exact digest or None, LSH band keys or None): what `Deduplicator.decide` compares.
+DedupKeys = tuple[bytes | None, tuple[int, ...] | None]
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,10 @@ def jaccard(a: str, b: str, k: int = 5) -> float:
 
 
 class Deduplicator:
-    """Streaming filter: `check(text)` -> None (new, now indexed) or the duplicate reason."""
+    """Streaming filter: `check(text)` -> None (new, now indexed) or the duplicate reason.
+
+    check = decide(keys(text)): `keys` is the per-note work (tokens, MinHash), parallel-safe;
+    `decide` is the cheap sequential lookup and index update."""
 
     def __init__(self, config: DedupConfig = DedupConfig()):
         from datasketch import MinHash, MinHashLSH
@@ -71,24 +76,37 @@ class Deduplicator:
         m.update_batch(shingles(tokens, self.config.shingle_words))
         return m.hashvalues
 
-    def check(self, text: str) -> str | None:
+    def keys(self, text: str) -> DedupKeys:
+        """The note's exact digest and LSH band keys (None where that check is off). Pure: reads no
+        index, so documents can be keyed in parallel and decided in order later (token store build)."""
         tokens = normalized_tokens(text)
-        if self.config.exact:
-            digest = hashlib.blake2b(" ".join(tokens).encode(), digest_size=16).digest()
-            if digest in self._exact:
-                return "exact_duplicate"
-            self._exact.add(digest)
+        digest = hashlib.blake2b(" ".join(tokens).encode(), digest_size=16).digest() if self.config.exact else None
+        bands = None
         if self.config.near:
             sig = self.signature(tokens)
             r = self.rows
             # blake2b, not hash(): bytes hashing is salted per process and runs must be reproducible.
-            keys = [int.from_bytes(hashlib.blake2b(sig[i * r:(i + 1) * r].tobytes(), digest_size=8,
-                                                   person=b"band%d" % i).digest(), "little")
-                    for i in range(self.bands)]
-            if any(k in self._band_index for k in keys):
+            bands = tuple(int.from_bytes(hashlib.blake2b(sig[i * r:(i + 1) * r].tobytes(), digest_size=8,
+                                                         person=b"band%d" % i).digest(), "little")
+                          for i in range(self.bands))
+        return digest, bands
+
+    def decide(self, keys: DedupKeys) -> str | None:
+        """None (new, now indexed) or the duplicate reason, for keys from `keys()`; sequential: the
+        answer depends on every note decided before."""
+        digest, bands = keys
+        if digest is not None:
+            if digest in self._exact:
+                return "exact_duplicate"
+            self._exact.add(digest)
+        if bands is not None:
+            if any(k in self._band_index for k in bands):
                 return "near_duplicate"
-            self._band_index.update(keys)
+            self._band_index.update(bands)
         return None
+
+    def check(self, text: str) -> str | None:
+        return self.decide(self.keys(text))
 
     def stats(self) -> dict:
         return {"bands": self.bands, "rows_per_band": self.rows, "exact_digests": len(self._exact),
