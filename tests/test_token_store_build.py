@@ -410,11 +410,12 @@ def test_beam_two_worker_processes_equal_one_and_serial(tmp_path, corpus, tokeni
 _SLOW_AFTER_FIRST = """
 import time
 from mellama_jax.data.store import build
-_real = build.tokenize_file
-def _slow(store, source, src, file_index, *a, **k):
-    if file_index > 0:
+_real, _calls = build.tokenize_file, []
+def _slow(*a, **k):  # each worker process finishes one file, then stalls until it is killed
+    if _calls:
         time.sleep(600)
-    return _real(store, source, src, file_index, *a, **k)
+    _calls.append(1)
+    return _real(*a, **k)
 build.tokenize_file = _slow
 """
 
@@ -428,7 +429,8 @@ def test_beam_run_killed_half_way_leaves_no_manifest_and_a_rerun_completes_it(tm
     proc = _cli(store, corpus, *_MULTI, env={"PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"}, start_new_session=True)
     try:
         deadline = time.time() + 300
-        while not any(os.path.exists(part_path(store, s, 0)) for s in ("web", "notes", "pubmed")):
+        parts = [part_path(store, s, i) for s, n in (("web", 3), ("notes", 2), ("pubmed", 2)) for i in range(n)]
+        while not any(os.path.exists(p) for p in parts):
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             assert time.time() < deadline
             time.sleep(0.05)
@@ -438,8 +440,7 @@ def test_beam_run_killed_half_way_leaves_no_manifest_and_a_rerun_completes_it(tm
     assert not os.path.exists(os.path.join(store, MANIFEST))
     with pytest.raises(DataError, match="MANIFEST.json missing.*incomplete"):
         read_manifest(store)
-    done = [p for p in (part_path(store, s, i) for s, n in (("web", 3), ("notes", 2), ("pubmed", 2)) for i in range(n))
-            if os.path.exists(p)]
+    done = [p for p in parts if os.path.exists(p)]
     assert 1 <= len(done) < 7
     stamps = {p: os.stat(p).st_mtime_ns for p in done}
     rerun = _cli(store, corpus, *_MULTI)
