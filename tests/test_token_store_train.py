@@ -414,3 +414,19 @@ def test_dropped_connections_and_500s_are_retried_and_the_batches_are_the_same(d
                            row_source=StoreRows(url, "pack", cache_bytes=64 << 10, block_bytes=4 << 10))
     assert all(_same(local.batch(s), remote.batch(s)) for s in range(20))
     assert fault_proxy.injected == 5
+
+
+def test_perplexity_texts_are_built_into_the_store_and_evaluated_as_in_process(tmp_path):
+    """data.perplexity_texts (an eval-only source training adds) is built like any source, so a run
+    from the store evaluates it exactly as the in-process run does."""
+    texts = os.path.join(SAMPLES_DIR, "general", "*.jsonl")
+    cfg = _cfg(tmp_path / "data", perplexity_texts=(texts,))
+    tok = load_tokenizer(cfg.tokenizer_path)
+    build_store_serial(cfg, tok, str(tmp_path / "store"))
+    assert "general_text" in open_token_store(str(tmp_path / "store")).source_names
+    ref = build_train_pipeline(cfg, global_batch_size=4, tokenizer=tok)
+    got = build_train_pipeline(_cfg(tmp_path / "data", perplexity_texts=(texts,), token_store=str(tmp_path / "store")),
+                               global_batch_size=4, tokenizer=tok)
+    want, have = ref.eval_batches("general_text", 3), got.eval_batches("general_text", 3)
+    assert len(want) == len(have) == 3 and all(_same(a, b) for a, b in zip(want, have))
+    assert all(_same(ref.batch(s), got.batch(s)) for s in range(5))

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from mellama_jax import fs
-from mellama_jax.data.config import source_paths
+from mellama_jax.data.config import resolved_data_config, source_paths
 from mellama_jax.data.doc_filters import dedup_mode, excluded_ids, new_deduplicator
 from mellama_jax.data.sources.readers import _scrubber, expand_paths, read_file
 from mellama_jax.data.sources.report import BadInputReport, DataError
@@ -65,8 +65,16 @@ class StoreExistsError(DataError):
 # --- inputs ----------------------------------------------------------------------------------------
 def source_dicts(data_config: Any, names: Iterable[str] | None = None) -> dict[str, dict]:
     """Plain dicts of the sources to build (all of data_config.sources, or `names`), in name order.
-    `data_config` may be a data ConfigDict (with .sources) or a mapping of sources."""
-    sources = data_config.sources if hasattr(data_config, "sources") else data_config
+    `data_config` may be a data ConfigDict (with .sources; its perplexity_texts become the eval-only
+    source training adds, see data.config.resolved_data_config) or a mapping of sources."""
+    if hasattr(data_config, "sources"):
+        try:  # the sources training reads: sources_spec applied, the perplexity text set added
+            data_config = resolved_data_config(data_config)
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        sources = data_config.sources
+    else:
+        sources = data_config
     names = sorted(sources.keys()) if names is None else list(names)
     missing = [n for n in names if n not in sources]
     if missing:
