@@ -30,7 +30,7 @@ import time
 from typing import Any, Callable, Iterator, TypeVar
 
 __all__ = ["StorageError", "is_url", "join", "dirname", "basename", "open", "read_bytes", "read_text",
-           "write_bytes", "write_text", "read_range", "glob", "exists", "isfile", "isdir", "size",
+           "write_bytes", "write_text", "read_range", "read_head", "glob", "exists", "isfile", "isdir", "size",
            "stat_key", "makedirs", "listdir", "put_file", "get_file", "remove", "local_copy",
            "with_retries", "reset", "iter_lines", "RETRY_ATTEMPTS_ENV", "RETRY_DELAY_ENV"]
 
@@ -350,11 +350,23 @@ def read_range(path: str, start: int, end: int) -> bytes:
         with builtins.open(_local(path), "rb") as f:
             f.seek(start)
             return f.read(max(0, end - start))
+    if end <= start:
+        return b""
     fs = _filesystem(path)
     data = with_retries(lambda: fs.cat_file(_strip(path), start=start, end=end), what=f"{path} [{start}:{end}]")
     if len(data) != end - start:
         raise StorageError(f"{path} [{start}:{end}]: got {len(data)} bytes; the object changed or was cut short")
     return data
+
+
+def read_head(path: str, n: int) -> bytes:
+    """The first n bytes of a file or object (fewer when it is shorter): magic-number checks
+    without fetching a whole read block."""
+    if not is_url(path):
+        import builtins
+        with builtins.open(_local(path), "rb") as f:
+            return f.read(n)
+    return read_range(path, 0, min(int(n), size(path)))
 
 
 def read_bytes(path: str) -> bytes:
@@ -444,17 +456,25 @@ def remove(path: str) -> None:
 
 
 # --- listing and metadata ------------------------------------------------------------------------
-def glob(pattern: str) -> list[str]:
-    """Sorted paths matching a glob (`**` recursive); URLs come back with their scheme."""
+def glob(pattern: str, files_only: bool = False) -> list[str]:
+    """Sorted paths matching a glob (`**` recursive); URLs come back with their scheme. With
+    files_only, directories (and object-store prefixes) are left out, from the one listing (no
+    request per match). A URL whose bucket does not exist is a StorageError, not an empty list."""
     if not is_url(pattern):
-        return sorted(_glob.glob(_local(pattern), recursive=True))
+        found = sorted(_glob.glob(_local(pattern), recursive=True))
+        return [p for p in found if os.path.isfile(p)] if files_only else found
     fs, proto = _filesystem(pattern), _protocol(pattern)
     if not any(c in _strip(pattern) for c in "*?["):
-        return [pattern] if isfile(pattern) else []
-    found = with_retries(lambda: fs.glob(_strip(pattern)), what=f"{pattern}: list")
+        info = _info(pattern)
+        if info is None:
+            _require_bucket(pattern)
+            return []
+        return [pattern] if info.get("type") == "file" or not files_only else []
+    found = with_retries(lambda: fs.glob(_strip(pattern), detail=True), what=f"{pattern}: list")
     if not found:
         _require_bucket(pattern)
-    return sorted(_with_scheme(p, proto) for p in found)
+    return sorted(_with_scheme(p, proto) for p, info in found.items()
+                  if not files_only or info.get("type") == "file")
 
 
 def _require_bucket(url: str) -> None:
