@@ -9,10 +9,13 @@ STORAGE_EMULATOR_HOST for an emulator), the AWS environment variables, profiles 
 for S3, AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 for an S3-compatible store (MinIO, Ceph, R2).
 
 Every remote call is retried with exponential backoff on transient errors (dropped connections,
-timeouts, 5xx answers that outlive the client's own retries); a missing object, a refused credential
-or a bad URL is not transient and raises `StorageError` at once, naming the URL. Nothing is ever
-skipped silently. Remote reads are ranged (`open(url, "rb")` gives a buffered file over ranged GETs,
-each one retried), so a reader can stream a file of any size and resume mid-file after a fault.
+timeouts, 5xx answers that outlive botocore's own retries; s3fs's retry loop is turned off so the
+layers do not multiply); a missing object or bucket, a refused credential or a bad URL is not
+transient and raises `StorageError` at once, naming the URL (and, for a refused key, where
+credentials come from). Nothing is ever skipped silently. Attempts: $MELLAMA_FS_RETRIES (6); first
+backoff: $MELLAMA_FS_RETRY_DELAY seconds (0.2). Remote reads are ranged (`open(url, "rb")` gives a
+buffered file over ranged GETs of at most one block each, each retried), so a reader can stream a
+file of any size and resume mid-file after a fault.
 Remote writes go to a local temporary file and are uploaded on close (an object appears whole or not
 at all).
 """
@@ -470,7 +473,11 @@ def glob(pattern: str, files_only: bool = False) -> list[str]:
             _require_bucket(pattern)
             return []
         return [pattern] if info.get("type") == "file" or not files_only else []
-    found = with_retries(lambda: fs.glob(_strip(pattern), detail=True), what=f"{pattern}: list")
+    try:
+        found = with_retries(lambda: fs.glob(_strip(pattern), detail=True), what=f"{pattern}: list")
+    except StorageError:
+        _require_bucket(pattern)  # gcsfs reports a missing bucket as a missing object: say which
+        raise
     if not found:
         _require_bucket(pattern)
     return sorted(_with_scheme(p, proto) for p, info in found.items()
