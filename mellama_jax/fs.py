@@ -475,8 +475,9 @@ def glob(pattern: str, files_only: bool = False) -> list[str]:
         return [pattern] if info.get("type") == "file" or not files_only else []
     try:
         found = with_retries(lambda: fs.glob(_strip(pattern), detail=True), what=f"{pattern}: list")
-    except StorageError:
-        _require_bucket(pattern)  # gcsfs reports a missing bucket as a missing object: say which
+    except StorageError as err:
+        if isinstance(err.__cause__, FileNotFoundError):
+            _require_bucket(pattern)  # gcsfs reports a missing bucket as a missing object: say which
         raise
     if not found:
         _require_bucket(pattern)

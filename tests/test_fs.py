@@ -189,6 +189,22 @@ def test_transient_classification_on_the_exceptions_the_clients_raise(s3, fault_
     assert fs._error_code(seen["no bucket"]) == "NoSuchBucket"
 
 
+def test_gcsfs_answers_are_classified_by_their_status():
+    """gcsfs raises its own HttpError (with the status) and OSError("Forbidden: ...") for a 403."""
+    from gcsfs.retry import HttpError, validate_response
+    raised = {}
+    for status in (401, 403, 429, 500, 503):
+        try:
+            validate_response(status, b'{"error": {"message": "x"}}', "b/k")
+        except Exception as err:  # noqa: BLE001 - the types gcsfs raises are what is checked
+            raised[status] = err
+    assert isinstance(raised[401], HttpError) and isinstance(raised[503], HttpError)
+    assert str(raised[403]).startswith("Forbidden")
+    assert {s: fs._is_transient(e) for s, e in raised.items()} == {401: False, 403: False, 429: True,
+                                                                   500: True, 503: True}
+    assert "check the credentials (GOOGLE_APPLICATION_CREDENTIALS" in fs._describe("gs://b/k: read", raised[403])
+
+
 def test_missing_object_and_bucket_name_the_url(s3):
     with pytest.raises(fs.StorageError, match=rf"^{s3.url('nope.txt')}: read: no such object$"):
         fs.read_bytes(s3.url("nope.txt"))
@@ -236,3 +252,5 @@ def test_gcs_emulator_roundtrip_glob_and_missing(gcs):
     assert fs.stat_key(gcs.url("corpus/a.txt")) != before
     with pytest.raises(fs.StorageError, match=rf"^{gcs.url('corpus/none.txt')}: read: no such object$"):
         fs.read_bytes(gcs.url("corpus/none.txt"))
+    with pytest.raises(fs.StorageError, match=r"^gs://no-such-bucket-zz/\*\.txt: no such bucket gs://no-such-bucket-zz$"):
+        fs.glob("gs://no-such-bucket-zz/*.txt")

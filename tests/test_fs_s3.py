@@ -173,6 +173,26 @@ def test_an_object_still_failing_after_the_retries_is_an_error_not_a_truncated_f
     assert report.to_dict()["truncations"] == []
 
 
+def test_a_prepared_clinical_corpus_in_a_bucket_reads_as_local(s3, tmp_path):
+    """PREPARED.json read from the bucket: its shards, in its order, and a missing shard refused."""
+    import io as _io
+    from mellama_jax.data.prepare_clinical import prepare
+    from mellama_jax.data.sources.readers import iter_documents
+    from mellama_jax.data.sources.report import BadInputReport
+    out = str(tmp_path / "prepared")
+    prepare([os.path.join(SAMPLES_DIR, "clinical", "NOTEEVENTS_sample.csv")], out, log=_io.StringIO())
+    url = s3.upload_tree(out, "prepared")
+    docs = {}
+    for where, path in (("local", out), ("s3", url)):
+        src = {"paths": (path,), "format": "prepared_clinical", "require_prepared": True}
+        docs[where] = list(iter_documents("clinical", src, BadInputReport("clinical")))
+    assert docs["s3"] == docs["local"] and len(docs["local"]) > 5
+    shard = next(n for n in sorted(os.listdir(out)) if n.startswith("notes-"))
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"prepared/{shard}")
+    with pytest.raises(DataError, match=re.escape(f"{url}/PREPARED.json: shard files missing: ['{shard}']")):
+        list(iter_documents("clinical", {"paths": (url,), "format": "prepared_clinical"}, BadInputReport("c")))
+
+
 def test_a_tokenizer_in_a_bucket_is_the_local_one(s3, tmp_path):
     s3.put("tok/tokenizer.model", open(os.path.join(SAMPLES_DIR, "tokenizer.model"), "rb").read())
     s3.put("tok/tokenizer_config.json", open(os.path.join(SAMPLES_DIR, "tokenizer_config.json"), "rb").read())
