@@ -7,6 +7,10 @@ device, compile or data read), (2) jax.distributed.initialize when asked or dete
 multi-host TPU, JAX_COORDINATOR_ADDRESS), (3) save the resolved config into the workdir
 (experiment_config.json),
 (4) dispatch on config.task.
+
+Exit codes: 2 a config error (names the key), 3 the workdir is locked by another run, 4 input data
+that cannot be read (a source, token store, tokenizer or benchmark file missing, malformed or refused
+by its bucket: names the file or URL); each is one line on stderr, not a traceback.
 """
 from __future__ import annotations
 
@@ -16,11 +20,12 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from mellama_jax import sweep
+from mellama_jax import fs, sweep
 from mellama_jax.checkpoint.artifact import EXPERIMENT_CONFIG, resolve_artifact
 from mellama_jax.checkpoint.model_spec import init_artifact, training_tokenizer_file
 from mellama_jax.cli.config_flags import define_config_flag, parse_flags
 from mellama_jax.config_validation import ArtifactLookup, ConfigError, Task, validate_config
+from mellama_jax.data.sources.report import DataError
 from mellama_jax.eval import in_training
 from mellama_jax.eval import runner as eval_runner
 from mellama_jax.sft import run as sft_run
@@ -45,6 +50,10 @@ def run_sft(config, workdir: str) -> dict:
     """Instruction tuning, with the in-training benchmarks as for pretraining."""
     return sft_run.run(config, workdir, make_hooks=in_training.prepare(config, workdir))
 
+
+# Unreadable or unusable input data, wherever the run meets it (validation, the first read, mid-run).
+INPUT_ERRORS = (DataError, fs.StorageError)
+INPUT_EXIT = 4
 
 # config.task -> run(config, workdir)
 TASKS = {
@@ -90,6 +99,9 @@ def main(argv: list[str]) -> None:
     except ConfigError as err:
         print(f"launch.py: {err}", file=sys.stderr)
         sys.exit(2)
+    except INPUT_ERRORS as err:
+        print(f"launch.py: {err}", file=sys.stderr)
+        sys.exit(INPUT_EXIT)
     workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
     # Orbax and jax log every checkpoint step through absl at INFO; keep the console to our own
     # progress lines (python logging under "mellama_jax") unless --verbosity asks for more.
@@ -111,6 +123,9 @@ def main(argv: list[str]) -> None:
         except in_training.BenchConfigError as err:  # a benchmark task file, found before the first step
             print(f"launch.py: {err}", file=sys.stderr)
             sys.exit(2)
+        except INPUT_ERRORS as err:
+            print(f"launch.py: {err}", file=sys.stderr)
+            sys.exit(INPUT_EXIT)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,13 @@ STORAGE_EMULATOR_HOST for an emulator), the AWS environment variables, profiles 
 for S3, AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 for an S3-compatible store (MinIO, Ceph, R2).
 
 Every remote call is retried with exponential backoff on transient errors (dropped connections,
-timeouts, 5xx answers that outlive the client's own retries); a missing object, a refused credential
-or a bad URL is not transient and raises `StorageError` at once, naming the URL. Nothing is ever
-skipped silently. Remote reads are ranged (`open(url, "rb")` gives a buffered file over ranged GETs,
-each one retried), so a reader can stream a file of any size and resume mid-file after a fault.
+timeouts, 5xx answers that outlive botocore's own retries; s3fs's retry loop is turned off so the
+layers do not multiply); a missing object or bucket, a refused credential or a bad URL is not
+transient and raises `StorageError` at once, naming the URL (and, for a refused key, where
+credentials come from). Nothing is ever skipped silently. Attempts: $MELLAMA_FS_RETRIES (6); first
+backoff: $MELLAMA_FS_RETRY_DELAY seconds (0.2). Remote reads are ranged (`open(url, "rb")` gives a
+buffered file over ranged GETs of at most one block each, each retried), so a reader can stream a
+file of any size and resume mid-file after a fault.
 Remote writes go to a local temporary file and are uploaded on close (an object appears whole or not
 at all).
 """
@@ -30,7 +33,7 @@ import time
 from typing import Any, Callable, Iterator, TypeVar
 
 __all__ = ["StorageError", "is_url", "join", "dirname", "basename", "open", "read_bytes", "read_text",
-           "write_bytes", "write_text", "read_range", "glob", "exists", "isfile", "isdir", "size",
+           "write_bytes", "write_text", "read_range", "read_head", "glob", "exists", "isfile", "isdir", "size",
            "stat_key", "makedirs", "listdir", "put_file", "get_file", "remove", "local_copy",
            "with_retries", "reset", "iter_lines", "RETRY_ATTEMPTS_ENV", "RETRY_DELAY_ENV"]
 
@@ -99,7 +102,12 @@ def _filesystem(url: str):
             try:
                 # skip_instance_cache: credentials and endpoints are read now, not from an instance
                 # another library made with other settings.
+                # s3fs retries=1: its own retry loop would multiply with botocore's and ours (a
+                # dead endpoint took minutes to report); botocore's retries (AWS_MAX_ATTEMPTS,
+                # AWS_RETRY_MODE) and with_retries remain.
                 fs = fsspec.filesystem(proto, skip_instance_cache=True, use_listings_cache=False)
+                if proto in ("s3", "s3a"):
+                    fs.retries = 1  # a class attribute in s3fs, not a constructor argument
             except (ImportError, ValueError) as err:
                 raise StorageError(f"{url}: no filesystem for {proto}:// ({err}); gs:// needs gcsfs, "
                                    "s3:// needs s3fs") from None
@@ -121,40 +129,114 @@ def _with_scheme(url_like: str, proto: str) -> str:
     return url_like if _SCHEME.match(url_like) else f"{proto}://{url_like}"
 
 
-_PERMANENT_NAMES = ("NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId",
-                    "SignatureDoesNotMatch", "AccessDenied", "DefaultCredentialsError",
-                    "RefreshError", "NoSuchBucket", "InvalidBucketName", "ParamValidationError")
+_CREDENTIAL_CODES = ("NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId",
+                     "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
+                     "DefaultCredentialsError", "RefreshError", "AllAccessDisabled")
+_PERMANENT_NAMES = _CREDENTIAL_CODES + ("NoSuchBucket", "NoSuchKey", "InvalidBucketName",
+                                        "ParamValidationError", "InvalidRange")
+_TRANSIENT_CLASSES = {"ClientConnectionError", "ServerDisconnectedError", "ClientPayloadError",
+                      "ClientOSError", "ServerTimeoutError", "EndpointConnectionError",
+                      "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
+                      "ResponseStreamingError", "IncompleteReadError", "IncompleteRead",
+                      "ResponseParserError", "FSTimeoutError", "TransportError", "ChunkedEncodingError",
+                      "ProtocolError", "ServiceUnavailable", "InternalServerError", "TooManyRequests",
+                      "BadGateway", "GatewayTimeout", "ProxyError"}
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """err and the exceptions it was raised from (s3fs keeps botocore's ClientError as the cause)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _error_code(err: BaseException) -> str | None:
+    """The storage service's error code (S3's `InvalidAccessKeyId`, `NoSuchBucket`, ...) if known."""
+    for e in _chain(err):
+        response = getattr(e, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+            return str(response["Error"]["Code"])
+    return None
+
+
+def _http_status(err: BaseException) -> int | None:
+    """The HTTP status behind an error (botocore's response, gcsfs's HttpError.code, aiohttp's .status)."""
+    for e in _chain(err):
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status:
+                return int(status)
+        # Only answers from a server: aiohttp's parser errors carry a `code` of 400 for a cut body.
+        names = {c.__name__ for c in type(e).__mro__}
+        value = getattr(e, "code", None) if "HttpError" in names else (
+            getattr(e, "status", None) if "ClientResponseError" in names else None)
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    return None
+
+
+def _is_credentials(err: BaseException) -> bool:
+    text = " ".join(f"{type(e).__name__} {e}" for e in _chain(err))
+    return (isinstance(err, PermissionError) or _http_status(err) in (401, 403)
+            or any(name in text for name in _CREDENTIAL_CODES) or str(err).startswith("Forbidden"))
 
 
 def _is_transient(err: BaseException) -> bool:
-    """Whether retrying could help: connection and timeout errors and 5xx/throttling answers do;
-    a missing object, a refused credential or a malformed request does not."""
+    """Whether retrying could help: dropped connections, timeouts and 5xx/408/429 answers do; a
+    missing object, a refused credential or a malformed request does not."""
     if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
                         FileExistsError, ValueError, TypeError, KeyError)):
         return False
-    text = f"{type(err).__name__} {err}"
+    code = _error_code(err)
+    if code in _PERMANENT_NAMES or _is_credentials(err):
+        return False
+    text = " ".join(f"{type(e).__name__} {e}" for e in _chain(err))
     if any(name in text for name in _PERMANENT_NAMES):
         return False
+    status = _http_status(err)
+    if status is not None and status >= 400:
+        return status >= 500 or status in (408, 429)
+    if code in ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling"):
+        return True
     if isinstance(err, (ConnectionError, TimeoutError)):
         return True
-    names = {c.__name__ for c in type(err).__mro__}
-    if names & {"ClientError", "ClientConnectionError", "ServerDisconnectedError", "ClientPayloadError",
-                "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
-                "ConnectTimeoutError", "ResponseStreamingError", "IncompleteReadError",
-                "FSTimeoutError", "HttpError", "TransportError", "ServiceUnavailable",
-                "InternalServerError", "TooManyRequests", "BadGateway", "GatewayTimeout"}:
+    names = {c.__name__ for e in _chain(err) for c in type(e).__mro__}
+    if names & _TRANSIENT_CLASSES:
         return True
     if isinstance(err, OSError):
-        # s3fs/gcsfs translate 5xx and throttling into OSError; 4xx that reach here name their code.
+        # s3fs turns 5xx into OSError(EREMOTEIO); other OSErrors that name a 4xx code are permanent.
         return not re.search(r"\b4\d\d\b", text) or bool(re.search(r"\b(408|429)\b", text))
     return False
+
+
+def _credentials_hint(what: str) -> str:
+    if what.startswith("gs://"):
+        return "check the credentials (GOOGLE_APPLICATION_CREDENTIALS or `gcloud auth application-default login`)"
+    return ("check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance "
+            "role; AWS_ENDPOINT_URL for an S3-compatible store)")
+
+
+def _describe(what: str, err: BaseException) -> str:
+    """The message of a permanent failure: what is missing or refused, and what to check."""
+    code = _error_code(err)
+    if code == "NoSuchBucket":
+        return f"{what}: no such bucket"
+    if isinstance(err, FileNotFoundError):
+        return f"{what}: no such object"
+    if _is_credentials(err):
+        return f"{what}: access refused ({code + ', ' if code else ''}{_short(err)}); {_credentials_hint(what)}"
+    return f"{what}: {_short(err)}"
 
 
 def with_retries(fn: Callable[[], T], *, what: str, attempts: int | None = None,
                  base_delay: float | None = None, max_delay: float = 10.0) -> T:
     """fn() retried with jittered exponential backoff while it fails transiently; `what` (the URL and
     the operation) names the object in the error raised once the attempts are spent or at a
-    permanent failure."""
+    permanent failure. Attempts default to $MELLAMA_FS_RETRIES (6), the first delay to
+    $MELLAMA_FS_RETRY_DELAY (0.2 s)."""
     attempts = int(os.environ.get(RETRY_ATTEMPTS_ENV, "6")) if attempts is None else int(attempts)
     if base_delay is None:
         base_delay = float(os.environ.get(RETRY_DELAY_ENV, "0.2"))
@@ -163,15 +245,9 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int | None = None,
             return fn()
         except StorageError:
             raise
-        except FileNotFoundError:
-            raise StorageError(f"{what}: no such object") from None
-        except PermissionError as err:
-            raise StorageError(f"{what}: access refused ({_short(err)}); check the credentials "
-                               "(GOOGLE_APPLICATION_CREDENTIALS / gcloud ADC for gs://, AWS_* variables "
-                               "or AWS_PROFILE for s3://)") from None
         except Exception as err:  # noqa: BLE001 - classified below; nothing is swallowed
             if not _is_transient(err):
-                raise StorageError(f"{what}: {_short(err)}") from err
+                raise StorageError(_describe(what, err)) from err
             if i + 1 >= attempts:
                 raise StorageError(f"{what}: still failing after {attempts} attempts: {_short(err)}") from err
             delay = min(max_delay, base_delay * 2 ** i) * (0.5 + random.random() / 2)
@@ -207,8 +283,9 @@ class _RangedReader(io.RawIOBase):
         return self._pos
 
     def readinto(self, b) -> int:
+        # At most one block per GET: the unit that is retried after a fault stays bounded.
         start = self._pos
-        end = min(self._size, start + len(b))
+        end = min(self._size, start + min(len(b), _READ_BLOCK))
         if start >= end:
             return 0
         data = read_range(self.url, start, end)
@@ -216,6 +293,16 @@ class _RangedReader(io.RawIOBase):
         b[:n] = data
         self._pos += n
         return n
+
+
+    def readall(self) -> bytes:
+        # RawIOBase.readall would read DEFAULT_BUFFER_SIZE (8 KiB) per call: one GET per 8 KiB.
+        parts = []
+        while self._pos < self._size:
+            end = min(self._size, self._pos + _READ_BLOCK)
+            parts.append(read_range(self.url, self._pos, end))
+            self._pos = end
+        return b"".join(parts)
 
 
 class _UploadOnClose(io.BufferedWriter):
@@ -266,11 +353,23 @@ def read_range(path: str, start: int, end: int) -> bytes:
         with builtins.open(_local(path), "rb") as f:
             f.seek(start)
             return f.read(max(0, end - start))
+    if end <= start:
+        return b""
     fs = _filesystem(path)
     data = with_retries(lambda: fs.cat_file(_strip(path), start=start, end=end), what=f"{path} [{start}:{end}]")
     if len(data) != end - start:
         raise StorageError(f"{path} [{start}:{end}]: got {len(data)} bytes; the object changed or was cut short")
     return data
+
+
+def read_head(path: str, n: int) -> bytes:
+    """The first n bytes of a file or object (fewer when it is shorter): magic-number checks
+    without fetching a whole read block."""
+    if not is_url(path):
+        import builtins
+        with builtins.open(_local(path), "rb") as f:
+            return f.read(n)
+    return read_range(path, 0, min(int(n), size(path)))
 
 
 def read_bytes(path: str) -> bytes:
@@ -321,11 +420,18 @@ def put_file(local_path: str, url: str) -> None:
 
 def get_file(url: str, local_path: str) -> None:
     """Download (or copy) one file to a local path."""
+    os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
     if not is_url(url):
         shutil.copyfile(_local(url), local_path)
         return
     fs = _filesystem(url)
-    with_retries(lambda: fs.get_file(_strip(url), local_path), what=f"{url}: download")
+    tmp = f"{local_path}.tmp{os.getpid()}"  # a failed download leaves no half file under the real name
+    try:
+        with_retries(lambda: fs.get_file(_strip(url), tmp), what=f"{url}: download")
+        os.replace(tmp, local_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def local_copy(path: str, directory: str) -> str:
@@ -353,15 +459,38 @@ def remove(path: str) -> None:
 
 
 # --- listing and metadata ------------------------------------------------------------------------
-def glob(pattern: str) -> list[str]:
-    """Sorted paths matching a glob (`**` recursive); URLs come back with their scheme."""
+def glob(pattern: str, files_only: bool = False) -> list[str]:
+    """Sorted paths matching a glob (`**` recursive); URLs come back with their scheme. With
+    files_only, directories (and object-store prefixes) are left out, from the one listing (no
+    request per match). A URL whose bucket does not exist is a StorageError, not an empty list."""
     if not is_url(pattern):
-        return sorted(_glob.glob(_local(pattern), recursive=True))
+        found = sorted(_glob.glob(_local(pattern), recursive=True))
+        return [p for p in found if os.path.isfile(p)] if files_only else found
     fs, proto = _filesystem(pattern), _protocol(pattern)
     if not any(c in _strip(pattern) for c in "*?["):
-        return [pattern] if isfile(pattern) else []
-    found = with_retries(lambda: fs.glob(_strip(pattern)), what=f"{pattern}: list")
-    return sorted(_with_scheme(p, proto) for p in found)
+        info = _info(pattern)
+        if info is None:
+            _require_bucket(pattern)
+            return []
+        return [pattern] if info.get("type") == "file" or not files_only else []
+    try:
+        found = with_retries(lambda: fs.glob(_strip(pattern), detail=True), what=f"{pattern}: list")
+    except StorageError as err:
+        if isinstance(err.__cause__, FileNotFoundError):
+            _require_bucket(pattern)  # gcsfs reports a missing bucket as a missing object: say which
+        raise
+    if not found:
+        _require_bucket(pattern)
+    return sorted(_with_scheme(p, proto) for p, info in found.items()
+                  if not files_only or info.get("type") == "file")
+
+
+def _require_bucket(url: str) -> None:
+    """StorageError naming the URL when its bucket does not exist (an empty listing is otherwise
+    indistinguishable from a typo in the bucket's name)."""
+    bucket = f"{_protocol(url)}://{_strip(url).split('/', 1)[0]}"
+    if _info(bucket) is None:
+        raise StorageError(f"{url}: no such bucket {bucket}")
 
 
 def _info(url: str) -> dict | None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from mellama_jax import fs
 from mellama_jax.checkpoint.artifact import ModelArtifact, check_artifact_tokenizer, resolve_artifact
 from mellama_jax.model.config import LlamaConfig, model_overrides
-from mellama_jax.tokenizer import check_tokenizer
+from mellama_jax.tokenizer import check_tokenizer, local_tokenizer_path
 
 __all__ = ["NUMERIC_FIELDS", "model_overrides", "init_artifact", "resolve_model_config",
            "training_tokenizer_file", "check_training_tokenizer"]
@@ -60,9 +61,9 @@ def resolve_model_config(model_cfg: Any, data_vocab_size: int | None = None) -> 
 def training_tokenizer_file(config: Any) -> str:
     """The tokenizer a pretraining run encodes with: config.data.tokenizer_path when set, else the
     one that travels with config.model.init_from."""
-    explicit = os.path.expanduser(str(config.data.get("tokenizer_path", "") or ""))
-    if explicit:
-        return explicit
+    explicit = str(config.data.get("tokenizer_path", "") or "")
+    if explicit:  # a gs:// / s3:// tokenizer is copied locally once (checkpoints copy its files)
+        return local_tokenizer_path(explicit) if fs.is_url(explicit) else os.path.expanduser(explicit)
     artifact = init_artifact(config.model)
     if artifact is None:
         raise ValueError("config.data.tokenizer_path is empty and config.model.init_from is not set: name a "

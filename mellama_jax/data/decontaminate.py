@@ -34,6 +34,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from mellama_jax import fs
 from mellama_jax.data.sources.report import BadInputReport, DataError
 
 __all__ = ["normalized_words", "ngram_hashes", "BenchmarkIndex", "build_index", "document_text",
@@ -233,7 +234,8 @@ def run(benchmarks: dict[str, list[list[str]]], documents: Mapping[str, Iterable
                                 "the files configs/eval.py finds under --config.data_dir)")
     index = build_index(benchmarks, n)
     report: dict[str, Any] = {"n": n, "min_matches": min_matches,
-                              "benchmarks_dir": os.path.abspath(benchmarks_dir) if benchmarks_dir else "",
+                              "benchmarks_dir": (benchmarks_dir if fs.is_url(benchmarks_dir) else os.path.abspath(benchmarks_dir))
+                              if benchmarks_dir else "",
                               "skipped": dict(skipped or {}), "sources": {}, "benchmarks": {}}
     scans = {}
     for name, docs in documents.items():

@@ -11,6 +11,7 @@ import hashlib
 import os
 from typing import Any, Iterable, Iterator
 
+from mellama_jax import fs
 from mellama_jax.data.sources.report import BadInputReport, DataError
 
 __all__ = ["read_exclude_ids", "exclude_ids_sha256", "filter_documents", "DEDUP_MODES", "dedup_mode",
@@ -19,18 +20,22 @@ __all__ = ["read_exclude_ids", "exclude_ids_sha256", "filter_documents", "DEDUP_
 DEDUP_MODES = ("none", "exact", "near")
 
 
+def _path(path: str) -> str:
+    return path if fs.is_url(path) else os.path.expanduser(path)
+
+
 def read_exclude_ids(path: str) -> set[str]:
-    """Document ids, one per line (blank lines and lines starting with '#' ignored)."""
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
+    """Document ids, one per line (blank lines and lines starting with '#' ignored); a local file
+    or a gs:// / s3:// object."""
+    path = _path(path)
+    if not fs.isfile(path):
         raise DataError(f"exclude_ids file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
+    with fs.open(path, "r", encoding="utf-8") as f:
         return {line.rstrip("\r\n") for line in f if line.strip() and not line.startswith("#")}
 
 
 def exclude_ids_sha256(path: str) -> str:
-    with open(os.path.expanduser(path), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return hashlib.sha256(fs.read_bytes(_path(path))).hexdigest()
 
 
 def dedup_mode(source: str, src_cfg: Any) -> str:

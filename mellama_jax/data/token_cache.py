@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from mellama_jax import fs
 from mellama_jax.data.config import source_paths
 from mellama_jax.data.doc_filters import exclude_ids_sha256
 from mellama_jax.data.mixture_order import document_keys
@@ -49,9 +50,11 @@ def source_dict(src: Any) -> dict[str, Any]:
 
 
 def source_fingerprint(name: str, src: dict[str, Any]) -> str:
-    """Hash of the source config and its matched files (path, size, mtime)."""
+    """Hash of the source config and its matched files: (path, size, mtime) of a local file (the key
+    existing caches were made with), (path, size, ETag/generation) of an object."""
     files = expand_paths(name, list(source_paths(src)), src["format"])
-    stats = [(p, os.path.getsize(p), int(os.path.getmtime(p))) for p in files]
+    stats = [(p, *fs.stat_key(p)) if fs.is_url(p) else (p, os.path.getsize(p), int(os.path.getmtime(p)))
+             for p in files]
     if src.get("exclude_ids"):  # the list's content, not only its name, decides what is dropped
         stats.append(("exclude_ids", exclude_ids_sha256(src["exclude_ids"])))
     blob = json.dumps({"v": _PIPELINE_VERSION, "name": name, "src": src, "files": stats}, sort_keys=True)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
 import gzip
 import io
 import json
@@ -45,6 +44,7 @@ from typing import Any, Iterator
 import ml_collections
 import numpy as np
 
+from mellama_jax import fs
 from mellama_jax.data.config import register_source_kind
 from mellama_jax.data.pipeline import TrainPipeline
 from mellama_jax.data.rows import PackedRows, pack_rows
@@ -177,7 +177,10 @@ def expand(source: str, patterns: Any) -> list[str]:
         patterns = [patterns]
     files: list[str] = []
     for pat in patterns:
-        matched = sorted(p for p in glob.glob(os.path.expanduser(pat), recursive=True) if os.path.isfile(p))
+        try:  # local paths or gs:// / s3:// URLs; an object store's listing says which are objects
+            matched = fs.glob(pat if fs.is_url(pat) else os.path.expanduser(pat), files_only=True)
+        except fs.StorageError as err:
+            raise DataError(f"data.sources.{source}.paths: glob {pat!r}: {err}") from err
         if not matched:
             raise DataError(f"data.sources.{source}.paths: glob {pat!r} matches no file")
         files.extend(matched)
@@ -198,7 +201,13 @@ def _parquet_records(path: str) -> Iterator[tuple[int, Any]]:
     import pandas as pd  # heavy and only needed for parquet files
 
     try:
-        frame = pd.read_parquet(path)
+        if fs.is_url(path):
+            with fs.open(path, "rb") as f:
+                frame = pd.read_parquet(f)
+        else:
+            frame = pd.read_parquet(path)
+    except fs.StorageError:
+        raise
     except Exception as err:  # pyarrow raises several types (ArrowInvalid, OSError, ...) for a bad file
         detail = (str(err).splitlines() or [""])[0][:200]
         raise DataError(f"{path}: not a readable parquet file ({type(err).__name__}: {detail}); none of its "
@@ -220,7 +229,9 @@ def iter_records(path: str, report: BadInputReport | None = None) -> Iterator[tu
         yield from _parquet_records(path)
         return
     try:
-        raw = open(path, "rb")
+        raw = fs.open(path, "rb")
+    except fs.StorageError as err:  # names the URL and what is wrong (missing, refused, ...)
+        raise DataError(str(err)) from err
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
     with raw:
@@ -247,8 +258,10 @@ def iter_records(path: str, report: BadInputReport | None = None) -> Iterator[tu
                 except RecursionError:
                     yield lineno, RecordError("invalid_json", "nested too deeply")
         except _TRUNCATION_ERRORS as err:
+            if isinstance(err, fs.StorageError):  # unreadable after the retries: not a truncated file
+                raise
             kind = "gzip stream ends early" if isinstance(err, EOFError) else f"unreadable data ({type(err).__name__})"
-            size = os.path.getsize(path)
+            size = fs.size(path)
             pos = min(raw.tell(), size)
             if report is None:
                 raise DataError(f"{path}:{lineno + 1}: {kind} at byte ~{pos} of {size}; the rest of the file "
@@ -269,8 +282,10 @@ def _json_file_records(path: str, f: io.TextIOWrapper, raw: Any) -> Iterator[tup
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply; {why}") from None
     except _TRUNCATION_ERRORS as err:
+        if isinstance(err, fs.StorageError):
+            raise
         kind = "gzip stream ends early" if isinstance(err, EOFError) else f"unreadable data ({type(err).__name__})"
-        raise DataError(f"{path}: {kind} at byte ~{raw.tell()} of {os.path.getsize(path)}; {why}") from None
+        raise DataError(f"{path}: {kind} at byte ~{raw.tell()} of {fs.size(path)}; {why}") from None
     for i, rec in enumerate(data if isinstance(data, list) else [data], 1):
         if _has_bad_utf8(rec):
             yield i, RecordError("invalid_utf8", "bytes that are not UTF-8; re-save the file as UTF-8")

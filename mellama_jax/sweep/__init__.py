@@ -19,6 +19,7 @@ import os
 import subprocess
 from typing import Any
 
+from mellama_jax import fs
 from mellama_jax.config_validation import ConfigRangeError, validate_config
 from mellama_jax.sweep import commands, mixing_law, slurm
 from mellama_jax.sweep.grid import Point, config_value, parse_grid
@@ -104,10 +105,9 @@ def plan(config: Any, workdir: str) -> dict:
 
 def _experiment_config(pdir: str) -> dict | None:
     for name in EXPERIMENT_CONFIGS:
-        path = os.path.join(pdir, name)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
+        path = fs.join(pdir, name)
+        if fs.isfile(path):
+            return json.loads(fs.read_text(path))
     return None
 
 

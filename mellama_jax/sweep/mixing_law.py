@@ -49,6 +49,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy.optimize import least_squares, linprog
 
+from mellama_jax import fs
 from mellama_jax.sweep.grid import Point
 from mellama_jax.sweep.table import no_held_out
 
@@ -221,11 +222,11 @@ def fit_law(weights: np.ndarray, targets: Mapping[str, np.ndarray], sources: Seq
 
 def read_table(workdir: str) -> list[dict]:
     """sweep.csv's rows, numbers as floats (the CSV holds them at full precision)."""
-    path = os.path.join(workdir, "sweep.csv")
-    if not os.path.isfile(path):
+    path = fs.join(workdir, "sweep.csv")
+    if not fs.isfile(path):
         raise MixingLawError(f"{path} not found: run the sweep first")
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with fs.open(path, "r", newline="", encoding="utf-8") as f:
         for raw in csv.DictReader(f):
             row: dict[str, Any] = {}
             for k, v in raw.items():
@@ -451,12 +452,9 @@ def fit_sweep(workdir: str, fit: Any, base_weights: Mapping[str, float] | None =
         "max_general_increase": float(fit.max_general_increase), "general_weight": float(fit.general_weight),
         "proposal": prop,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, "fit.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, "fit.json"))
-    _write_md(out, os.path.join(out_dir, "fit.md"))
+    fs.makedirs(out_dir)
+    fs.write_text(fs.join(out_dir, "fit.json"), json.dumps(out, indent=1))  # whole or not at all
+    _write_md(out, fs.join(out_dir, "fit.md"))
     if plot:
         out["plot"] = _plot(out, law, weights, targets, cand, os.path.join(out_dir, "fit.png"))
     return out
@@ -484,8 +482,7 @@ def _write_md(fit: dict, path: str) -> None:
                      + f" | {p['observed']['domain']:.4f} | {p['observed']['general']:.4f} |")
     lines += ["", f"Domain and general losses of the proposal and baseline are the fitted law's predictions"
               f"{'' if p['inside_swept_hull'] else '; the proposal lies outside the swept points (extrapolated)'}."]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    fs.write_text(path, "\n".join(lines) + "\n")
 
 
 def _plot(fit: dict, law: MixingLaw, weights: np.ndarray, targets: dict, cand: tuple, path: str) -> str:
@@ -535,11 +532,10 @@ def proposal_points(config: Any, workdir: str) -> list[Point]:
     """[the proposal point] when config.fit.run_proposal and an earlier fit in `workdir` proposed
     one (the sweep re-plans after fitting), else []. Its values set every source's weight."""
     fit = config.get("fit")
-    path = os.path.join(workdir, "fit.json")
-    if fit is None or fit.law == "none" or not fit.run_proposal or not os.path.isfile(path):
+    path = fs.join(workdir, "fit.json")
+    if fit is None or fit.law == "none" or not fit.run_proposal or not fs.isfile(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        weights = json.load(f)["proposal"]["weights"]
+    weights = json.loads(fs.read_text(path))["proposal"]["weights"]
     return [Point(PROPOSAL, tuple((f"data.mixture.{s}", float(w), repr(float(w))) for s, w in weights.items()))]
 
 

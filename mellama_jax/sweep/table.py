@@ -3,11 +3,12 @@ metrics.jsonl and, when benchmarks ran, eval/results.json), written as CSV and M
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 from typing import Any, Sequence
 
+from mellama_jax import fs
 from mellama_jax.train.metrics import read_metrics_lines
 
 __all__ = ["read_metrics", "point_row", "is_finished", "write_table", "table_columns", "no_held_out"]
@@ -17,8 +18,8 @@ def read_metrics(workdir: str) -> list[dict]:
     """The point's metrics records, read by the trainer's own reader. A torn last line (what a
     kill -9 mid-write leaves; the trainer drops it when the point resumes) is left out; an
     unreadable line before the last is an error naming file:line."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    path = fs.join(workdir, "metrics.jsonl")
+    if not fs.isfile(path):
         return []
     lines = list(read_metrics_lines(path))
     out = []
@@ -54,11 +55,10 @@ def is_finished(workdir: str, steps: int, eval_tasks: Sequence[str]) -> bool:
     if not _final(read_metrics(workdir), "eval/", steps):
         return False
     if eval_tasks:
-        results = os.path.join(workdir, "eval", "results.json")
-        if not os.path.isfile(results):
+        results = fs.join(workdir, "eval", "results.json")
+        if not fs.isfile(results):
             return False
-        with open(results, encoding="utf-8") as f:
-            done = json.load(f).get("tasks", {})
+        done = json.loads(fs.read_text(results)).get("tasks", {})
         return all(t in done for t in eval_tasks)
     return True
 
@@ -83,8 +83,7 @@ def point_row(name: str, grid: dict[str, Any], weights: dict[str, float], workdi
         if key.startswith("data/") and key.endswith("/tokens"):
             row[key] = train[key]
     if eval_tasks:
-        with open(os.path.join(workdir, "eval", "results.json"), encoding="utf-8") as f:
-            results = json.load(f)
+        results = json.loads(fs.read_text(fs.join(workdir, "eval", "results.json")))
         for task in eval_tasks:
             res = results["tasks"][task]
             metric = res.get("headline_metric") or sorted(res["metrics"])[0]
@@ -112,20 +111,18 @@ def _fmt(v: Any) -> str:
 
 
 def write_table(rows: list[dict], csv_path: str, md_path: str) -> list[str]:
-    """CSV with full-precision values (repr) and a Markdown table rounded for reading."""
+    """CSV with full-precision values (repr) and a Markdown table rounded for reading; each file
+    appears whole (fs.write_text: a renamed temporary locally, one PUT in a bucket)."""
     cols = table_columns(rows)
-    tmp = csv_path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for r in rows:
-            w.writerow(["" if r.get(c) is None else (repr(r[c]) if isinstance(r.get(c), float) else r[c])
-                        for c in cols])
-    os.replace(tmp, csv_path)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else (repr(r[c]) if isinstance(r.get(c), float) else r[c])
+                    for c in cols])
+    fs.write_text(csv_path, buf.getvalue())
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
-    with open(md_path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(md_path + ".tmp", md_path)
+    fs.write_text(md_path, "\n".join(lines) + "\n")
     return cols

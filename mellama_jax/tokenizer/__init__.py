@@ -1,9 +1,11 @@
 """The tokenizer layer: one `Tokenizer` interface (sentencepiece and Hugging Face BPE backends), its files in and out in
 Hugging Face's names, tokenizer <-> model checks, and the chat templates (`chat_templates`).
 
-It imports nothing else of mellama_jax, so data, SFT, checkpoint, eval and export all build on it.
+It imports nothing else of mellama_jax but the filesystem layer (fs, for a tokenizer in a bucket), so
+data, SFT, checkpoint, eval and export all build on it.
 """
-from mellama_jax.tokenizer.base import BACKENDS, TOKENIZER_FILES_TEXT, Tokenizer, load_tokenizer, tokenizer_file_in
+from mellama_jax.tokenizer.base import (BACKENDS, TOKENIZER_FILES_TEXT, Tokenizer, load_tokenizer,
+                                        local_tokenizer_path, tokenizer_file_in)
 from mellama_jax.tokenizer.bpe_tokenizer import BPETokenizer
 from mellama_jax.tokenizer.checks import (MAX_VOCAB_MULTIPLE, TokenizerMismatchError, check_tokenizer,
                                           padded_vocab_sizes)
@@ -18,7 +20,7 @@ from mellama_jax.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer
 
 __all__ = [
     "Tokenizer", "SentencePieceTokenizer", "BPETokenizer", "BACKENDS", "TOKENIZER_FILES_TEXT", "load_tokenizer",
-    "tokenizer_file_in", "TOKENIZER_JSON", "BPE_FILES", "GENERATION_CONFIG",
+    "tokenizer_file_in", "local_tokenizer_path", "TOKENIZER_JSON", "BPE_FILES", "GENERATION_CONFIG",
     "TokenizerMismatchError", "MAX_VOCAB_MULTIPLE", "padded_vocab_sizes", "check_tokenizer",
     "TOKENIZER_FILES", "TOKENIZER_CONFIG", "CHAT_TEMPLATE_FILE", "file_sha256", "read_json", "write_json",
     "tokenizer_files", "llama_tokenizer_config", "write_llama_tokenizer_config", "copy_tokenizer_files",

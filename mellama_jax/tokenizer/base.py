@@ -7,13 +7,18 @@ BPE backend (LLaMA-3 / Qwen2 / Mistral `tokenizer.json`, via `tokenizers`).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 
+from mellama_jax import fs
 from mellama_jax.tokenizer.bpe_tokenizer import BPETokenizer
+from mellama_jax.tokenizer.files import companion_names
 from mellama_jax.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer
 
-__all__ = ["Tokenizer", "BACKENDS", "TOKENIZER_FILES_TEXT", "load_tokenizer", "tokenizer_file_in"]
+__all__ = ["Tokenizer", "BACKENDS", "TOKENIZER_FILES_TEXT", "load_tokenizer", "tokenizer_file_in",
+           "local_tokenizer_path"]
 
 
 @runtime_checkable
@@ -84,12 +89,44 @@ def tokenizer_file_in(directory: str) -> str | None:
     return None
 
 
+def local_tokenizer_path(path: str) -> str:
+    """`path` itself when local; for a gs:// or s3:// URL (a tokenizer file, or a prefix holding one
+    of the `BACKENDS` files), the local path of a copy of that file and of the Hugging Face files
+    beside it (tokenizer_config.json decides BOS/EOS), so sentencepiece, `tokenizers` and the
+    checkpoint code that copies tokenizer files all read a local file.
+
+    Copies live under the temporary directory, keyed by the object's URL and version (ETag or
+    generation), so a rewritten tokenizer is fetched again and an unchanged one only once."""
+    if not fs.is_url(path):
+        return path
+    url = path.rstrip("/")
+    if fs.isfile(url):
+        file_url, listing = url, fs.listdir(fs.dirname(url))
+    else:
+        listing = fs.listdir(url) if fs.isdir(url) else []
+        name = next((n for n in BACKENDS if n in listing), None)
+        if name is None:
+            raise FileNotFoundError(f"{path}: no {TOKENIZER_FILES_TEXT} under this prefix")
+        file_url = fs.join(url, name)
+    version = hashlib.sha256(repr((file_url, fs.stat_key(file_url))).encode()).hexdigest()[:16]
+    directory = os.path.join(tempfile.gettempdir(), "mellama-tokenizers", version)
+    local = os.path.join(directory, fs.basename(file_url))
+    if not os.path.isfile(local):
+        for name in companion_names(fs.basename(file_url)):
+            if name in listing:
+                fs.get_file(fs.join(fs.dirname(file_url), name), os.path.join(directory, name))
+        fs.get_file(file_url, local)  # last: its presence says the copy is complete
+    return local
+
+
 def load_tokenizer(path: str) -> Tokenizer:
-    """The tokenizer of a file, or of a directory that holds one of the `BACKENDS` files.
+    """The tokenizer of a file, or of a directory that holds one of the `BACKENDS` files; either may
+    be a gs:// or s3:// URL (read from a local copy, `local_tokenizer_path`).
 
     A file whose name is not in `BACKENDS` is read as a sentencepiece model (trainers name them
     freely, e.g. bio.model); a directory without any is reported as missing its tokenizer files.
     """
+    path = local_tokenizer_path(path)
     if os.path.isdir(path):
         found = tokenizer_file_in(path)
         if found is None:

@@ -13,7 +13,7 @@ from typing import Any
 __all__ = ["TOKENIZER_FILES", "TOKENIZER_CONFIG", "CHAT_TEMPLATE_FILE", "TOKENIZER_JSON", "BPE_FILES",
            "GENERATION_CONFIG", "SPECIAL_TOKENS_MAP", "file_sha256", "read_json", "write_json",
            "tokenizer_files", "llama_tokenizer_config", "write_llama_tokenizer_config", "copy_tokenizer_files",
-           "read_chat_template", "write_chat_template"]
+           "read_chat_template", "write_chat_template", "companion_names"]
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -30,6 +30,12 @@ BPE_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, "added_tokens
 def _names_for(tokenizer_file: str) -> tuple[str, ...]:
     """The file names that make up the tokenizer whose defining file is `tokenizer_file`."""
     return BPE_FILES if os.path.basename(tokenizer_file) == TOKENIZER_JSON else TOKENIZER_FILES
+
+
+def companion_names(tokenizer_file: str) -> tuple[str, ...]:
+    """The files that travel beside a tokenizer file and change how it behaves: the Hugging Face
+    files (tokenizer_config.json, ...) and the chat template (read_chat_template's names)."""
+    return _names_for(tokenizer_file)[1:] + (CHAT_TEMPLATE_FILE, "chat_template.json")
 
 
 def file_sha256(path: str) -> str:

@@ -25,6 +25,8 @@ from typing import Any, Iterator, Mapping
 
 import jax
 
+from mellama_jax import fs
+
 log = logging.getLogger(__name__)
 
 # Peak dense bf16 TFLOP/s per chip (vendor datasheets; no sparsity).
@@ -100,7 +102,7 @@ def read_metrics_lines(path: str) -> Iterator[tuple[int, str, dict | None]]:
     parses, it is not complete). The one reader of the file: the trainer drops such lines on
     resume; the sweep tolerates only the last one.
     """
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with fs.open(path, "r", encoding="utf-8", errors="replace") as f:  # a local file or an object
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from mellama_jax import fs
 from mellama_jax.data.text_hygiene import strip_control_chars
 
 # The producer every PREPARED.json names (the library module that writes the corpus): readers accept
@@ -314,27 +315,35 @@ class ShardedWriter:
 
 
 def read_marker(path: str) -> dict:
-    """PREPARED.json of a prepared directory; ValueError naming what is missing or wrong."""
-    marker = os.path.join(path, MARKER)
-    if not os.path.isfile(marker):
+    """PREPARED.json of a prepared directory (local or a gs:// / s3:// prefix); ValueError naming
+    what is missing or wrong, fs.StorageError when the bucket cannot be read."""
+    remote = fs.is_url(path)
+    marker = fs.join(path, MARKER)
+    if not fs.isfile(marker):
         raise ValueError(f"{path}: not a prepared clinical corpus (no {MARKER}); run "
                          f"`python -m mellama_jax.cli.prepare_clinical --in NOTES --out {path}`")
-    with open(marker, encoding="utf-8") as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{marker}: invalid JSON ({e})") from None
-    if meta.get("tool") != TOOL_NAME or meta.get("format_version") != FORMAT_VERSION:
+    try:
+        meta = json.loads(fs.read_text(marker))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{marker}: invalid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("tool") != TOOL_NAME or meta.get("format_version") != FORMAT_VERSION:
+        meta = meta if isinstance(meta, dict) else {}
         raise ValueError(f"{marker}: expected tool={TOOL_NAME!r} format_version={FORMAT_VERSION}, got "
                          f"tool={meta.get('tool')!r} format_version={meta.get('format_version')!r}")
     shards = meta.get("shards", [])
-    base = os.path.realpath(path)
+    base = None if remote else os.path.realpath(path)
     for s in shards if isinstance(shards, list) else [shards]:
         # A shard name must be a plain file name of this directory: never /etc/hostname or ../x.
-        if not isinstance(s, str) or os.path.isabs(s) or os.path.dirname(os.path.normpath(s)) \
-                or os.path.commonpath([base, os.path.realpath(os.path.join(path, s))]) != base:
+        plain = isinstance(s, str) and (not remote or (s not in ("", ".", "..") and "/" not in s))
+        if not plain or (not remote and (
+                os.path.isabs(s) or os.path.dirname(os.path.normpath(s))
+                or os.path.commonpath([base, os.path.realpath(os.path.join(path, s))]) != base)):
             raise ValueError(f"{marker}: shard name {s!r} is not a file of {path}")
-    missing = [s for s in shards if not os.path.isfile(os.path.join(path, s))]
+    if remote:  # one listing instead of a request per shard
+        present = set(fs.listdir(path))
+        missing = [s for s in shards if s not in present]
+    else:
+        missing = [s for s in shards if not os.path.isfile(os.path.join(path, s))]
     if missing or not meta.get("shards"):
         raise ValueError(f"{marker}: shard files missing: {missing[:5] or 'none listed'}")
     return meta
@@ -353,6 +362,6 @@ def iter_prepared_notes(path: str) -> Iterator[dict]:
     """Streams the notes of a prepared directory in shard order."""
     meta = read_marker(path)
     for shard in meta["shards"]:
-        with gzip.open(os.path.join(path, shard), "rt", encoding="utf-8") as f:
+        with fs.open(fs.join(path, shard), "rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
             for line in f:
                 yield json.loads(line)

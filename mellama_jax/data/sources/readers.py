@@ -12,7 +12,6 @@ from the header), instruction_jsonl, prepared_clinical (output of `mellama_jax.c
 from __future__ import annotations
 
 import csv
-import glob
 import gzip
 import io
 import json
@@ -23,6 +22,7 @@ import zlib
 from typing import Any, Callable, Iterator
 import xml.etree.ElementTree as ET
 
+from mellama_jax import fs
 from mellama_jax.data.sources.report import BadInputReport, DataError
 from mellama_jax.data.text_hygiene import strip_control_chars
 
@@ -31,11 +31,15 @@ __all__ = ["FORMATS", "format_from_name", "expand_paths", "read_file", "iter_doc
 Doc = dict[str, Any]
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by surrogateescape
 # EOFError: a gzip cut short; BadGzipFile / zlib.error / OSError: garbage inside the stream.
+# fs.StorageError is an OSError too, but an object that stays unreadable after the retries is not a
+# truncated file: _record_truncation raises it again (never a silent skip of a bucket's object).
 _TRUNCATION_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
 
 
 def _record_truncation(report: BadInputReport, path: str, line: int | None, f: Any, err: BaseException) -> None:
     """Counted, located and measured: how far into the (compressed) file the reader got."""
+    if isinstance(err, fs.StorageError):
+        raise err
     raw = f
     for attr in ("buffer", "fileobj", "raw"):  # TextIOWrapper -> GzipFile -> file
         while getattr(raw, attr, None) is not None:
@@ -45,7 +49,7 @@ def _record_truncation(report: BadInputReport, path: str, line: int | None, f: A
     except (OSError, ValueError, AttributeError):
         pos = 0
     try:
-        size = os.path.getsize(path)
+        size = fs.size(path)
     except OSError:
         size = 0
     kind = "gzip stream ends early" if isinstance(err, EOFError) else f"unreadable data ({type(err).__name__})"
@@ -53,8 +57,9 @@ def _record_truncation(report: BadInputReport, path: str, line: int | None, f: A
 
 
 def open_binary(path: str) -> io.BufferedIOBase:
-    """Open a file for reading bytes, transparently gunzipping (by magic bytes, not by name)."""
-    f = open(path, "rb")
+    """Open a file or object for reading bytes, transparently gunzipping (by magic bytes, not by
+    name); an object is read by ranged GETs (fs.open), each retried on its own."""
+    f = fs.open(path, "rb")
     magic = f.peek(2)[:2] if hasattr(f, "peek") else b""
     if magic == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=f, mode="rb")
@@ -152,7 +157,7 @@ def _iter_json_objects(path: str, report: BadInputReport) -> Iterator[tuple[int,
 def read_jsonl(path: str, report: BadInputReport, text_field: str = "text", id_field: str = "id",
                **_: Any) -> Iterator[Doc]:
     """RedPajama-style JSONL (one object per line with a text field; PMC full text exported as JSONL)."""
-    base = os.path.basename(path)
+    base = fs.basename(path)
     for lineno, obj in _iter_json_objects(path, report):
         text = obj.get(text_field)
         if not isinstance(text, str):
@@ -169,7 +174,7 @@ def read_jsonl(path: str, report: BadInputReport, text_field: str = "text", id_f
 
 def read_instruction_jsonl(path: str, report: BadInputReport, **_: Any) -> Iterator[Doc]:
     """Instruction data: {"instruction", "input" (optional), "output"} per line."""
-    base = os.path.basename(path)
+    base = fs.basename(path)
     for lineno, obj in _iter_json_objects(path, report):
         missing = [k for k in ("instruction", "output") if not isinstance(obj.get(k), str)]
         if missing:
@@ -195,7 +200,7 @@ def read_text(path: str, report: BadInputReport, text_split: str = "file", **_: 
     or per line ("line")."""
     if text_split not in ("file", "paragraph", "line"):
         raise DataError(f"{path}: text_split must be 'file', 'paragraph' or 'line', got {text_split!r}")
-    base = os.path.basename(path)
+    base = fs.basename(path)
     buf: list[str] = []
     start = 1
     n = 0
@@ -336,19 +341,26 @@ def format_from_name(source: str, path: str) -> str:
 
 
 def expand_paths(source: str, patterns: list[str], fmt: str) -> list[str]:
-    """Sorted files matched by the source's globs; a glob that matches nothing is an error."""
+    """Sorted files matched by the source's globs (local paths or gs:// / s3:// URLs); a glob that
+    matches nothing, or names a bucket that does not exist, is an error."""
     if isinstance(patterns, str):
         patterns = [patterns]
     if not patterns:
         raise DataError(f"data.sources.{source}.paths is empty: give at least one file glob")
     files: list[str] = []
     for pat in patterns:
-        matched = sorted(glob.glob(os.path.expanduser(pat), recursive=True))
+        remote = fs.is_url(pat)
+        try:
+            # An object store's listing says which matches are objects: no request per match.
+            matched = fs.glob(pat, files_only=fmt != "prepared_clinical") if remote else \
+                fs.glob(os.path.expanduser(pat))
+        except fs.StorageError as err:
+            raise DataError(f"data.sources.{source}.paths: glob {pat!r}: {err}") from err
         if not matched:
             raise DataError(f"data.sources.{source}.paths: glob {pat!r} matches no file")
         if fmt == "prepared_clinical":
             matched = _prepared_files(source, matched)
-        files.extend(p for p in matched if os.path.isfile(p))
+        files.extend(p for p in matched if fs.is_url(p) or os.path.isfile(p))
     if not files:
         raise DataError(f"data.sources.{source}.paths {list(patterns)}: no regular files matched")
     return sorted(dict.fromkeys(files))
@@ -361,13 +373,13 @@ def _prepared_files(source: str, dirs: list[str]) -> list[str]:
 
     out = []
     for d in dirs:
-        if not os.path.isdir(d):
-            d = os.path.dirname(d)
+        if not fs.isdir(d):
+            d = fs.dirname(d)
         try:
             meta = read_marker(d)
         except ValueError as err:
             raise DataError(f"data.sources.{source}: {err}") from None
-        out.extend(os.path.join(d, shard) for shard in meta["shards"])
+        out.extend(fs.join(d, shard) for shard in meta["shards"])
     return out
 
 
@@ -398,7 +410,7 @@ def read_file(source: str, src_cfg: Any, path: str, report: BadInputReport,
     if fmt not in FORMATS:
         raise DataError(f"data.sources.{source}.format={fmt!r}: expected one of {sorted(FORMATS)}")
     kwargs = {k: src_cfg[k] for k in ("text_field", "id_field", "text_split") if k in src_cfg}
-    if not os.path.isfile(path):
+    if not fs.isfile(path):
         raise DataError(f"data.sources.{source}: file {path} does not exist")
     return FORMATS[fmt](path, report, scrub=scrub, **kwargs)
 

@@ -2,10 +2,10 @@
 data card (tasks/cards.py)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
+from mellama_jax import fs
 from mellama_jax.eval.tasks.classification import load_hoc, load_mtsamples
 from mellama_jax.eval.tasks.cards import CARDS, DataCard
 from mellama_jax.eval.tasks.common import Example, FormatError, LoadReport, sha256_file
@@ -110,7 +110,7 @@ def resolve_path(spec: TaskSpec, data_dir: str | None, override: str | None, spl
     """The data file (or directory) for a task: an explicit override, else the first of
     <data_dir>/<stem>[_<split>].<ext> or <data_dir>/<stem>/<split>.<ext> that exists."""
     if override:
-        if not os.path.exists(override):
+        if not fs.exists(override):
             raise FileNotFoundError(f"{spec.name}: data path {override!r} does not exist")
         return override
     if not data_dir:
@@ -124,9 +124,9 @@ def resolve_path(spec: TaskSpec, data_dir: str | None, override: str | None, spl
             if ext:
                 names += [n + ".gz" for n in names]
             for name in names:
-                p = os.path.join(data_dir, name)
+                p = fs.join(data_dir, name)
                 tried.append(p)
-                if os.path.isfile(p) or (not ext and os.path.isdir(p)):
+                if fs.isfile(p) or (not ext and fs.isdir(p)):
                     return p
     raise FileNotFoundError(f"{spec.name}: no {split} data under {data_dir!r}; tried {tried[:6]}... "
                             f"(or set config.task_paths.{spec.name})")

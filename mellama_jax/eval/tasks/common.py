@@ -32,11 +32,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
+from mellama_jax import fs
 from mellama_jax.data.sources.report import BadInputReport, describe_keys
 from mellama_jax.data.text_hygiene import strip_control_chars_in
 
 __all__ = ["Example", "FormatError", "LoadReport", "read_jsonl", "read_json", "read_tsv", "read_csv",
-           "read_delimited", "read_records", "read_text", "looks_like_jsonl", "require", "sha256_file", "open_text",
+           "read_delimited", "read_records", "read_text", "parse_xml", "looks_like_jsonl", "require", "sha256_file", "open_text",
            "base_ext", "first_of"]
 
 
@@ -105,7 +106,7 @@ def strict_report(report: LoadReport | None, source: str = "") -> LoadReport:
 
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fs.open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -140,26 +141,41 @@ def base_ext(path: str) -> str:
 
 
 def _is_gzip(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
+    return fs.read_head(path, 2) == b"\x1f\x8b"
+
+
+def parse_xml(path: str):
+    """ElementTree of an XML file or object (ET.ParseError for invalid XML, as ET.parse)."""
+    import xml.etree.ElementTree as ET
+    if not fs.is_url(path):
+        return ET.parse(path).getroot()
+    with fs.open(path, "rb") as f:
+        return ET.parse(f).getroot()
+
+
+def _open_gzip(path: str):
+    """A GzipFile over a local path or a remote object (read by ranged GETs, fs.open)."""
+    return gzip.open(path, "rb") if not fs.is_url(path) else gzip.GzipFile(fileobj=fs.open(path, "rb"), mode="rb")
 
 
 def open_text(path: str):
-    """Open a text file for reading, transparently gunzipping it; a UTF-8 BOM is dropped."""
+    """Open a text file (local or gs:// / s3://) for reading, transparently gunzipping it; a UTF-8
+    BOM is dropped."""
     if _is_gzip(path):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+        return io.TextIOWrapper(_open_gzip(path), encoding="utf-8-sig", newline="")
+    return fs.open(path, "r", encoding="utf-8-sig", newline="")
 
 
 def read_text(path: str) -> str:
     """The whole file as text (gunzipped); a byte that is not UTF-8 is an error naming its line."""
     try:
         if _is_gzip(path):
-            with gzip.open(path, "rb") as f:
+            with _open_gzip(path) as f:
                 data = f.read()
         else:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = fs.read_bytes(path)
+    except fs.StorageError:
+        raise  # unreadable object (after retries), not a truncated file
     except (OSError, EOFError) as e:  # a truncated gzip file
         raise FormatError(path, None, f"unreadable ({e})", "unreadable") from None
     try:
@@ -240,7 +256,13 @@ def read_parquet(path: str, report: LoadReport | None = None) -> Iterator[tuple[
     except ImportError:  # pragma: no cover - pyarrow is a pinned requirement
         raise FormatError(path, None, "reading parquet needs pyarrow (pip install -r requirements.txt)") from None
     try:
-        table = pq.read_table(path)
+        if fs.is_url(path):  # pyarrow reads the object through a file object of ranged GETs
+            with fs.open(path, "rb") as f:
+                table = pq.read_table(f)
+        else:
+            table = pq.read_table(path)
+    except fs.StorageError:
+        raise
     except Exception as e:  # pyarrow raises several types for a bad file
         raise FormatError(path, None, f"not a readable parquet file ({e})", "unreadable") from None
     labels = _class_labels(table.schema)

@@ -7,13 +7,13 @@ tag sequences.
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
 import xml.etree.ElementTree as ET
 
+from mellama_jax import fs
 from mellama_jax.data.sources.report import describe_value, label_repr
-from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, read_text, base_ext, first_of,
+from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, parse_xml, read_text, base_ext, first_of,
                                            read_records, strict_report)
 
 __all__ = ["load_i2b2", "load_i2b2_xml", "load_bio", "load_ner", "load_ner_records", "DEFAULT_ENTITY_TYPES", "markup"]
@@ -146,7 +146,7 @@ def load_i2b2_xml(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES) -> l
     """One i2b2 2012 XML file: <TEXT> (one sentence per line, space-tokenized) and <TAGS><EVENT
     start end text type/>; offsets are 0-based, end-exclusive character offsets into TEXT."""
     try:
-        root = ET.parse(path).getroot()
+        root = parse_xml(path)
     except ET.ParseError as e:
         raise FormatError(path, e.position[0], f"invalid XML ({e})") from None
     text_el = root.find("TEXT")
@@ -202,8 +202,8 @@ def load_i2b2_xml(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES) -> l
 def load_i2b2(path: str, types: tuple[str, ...] = DEFAULT_ENTITY_TYPES, report: LoadReport | None = None,
               ) -> list[Example]:
     """i2b2 2012 from a directory of XML files, one .xml file, or a BIO (.bio/.tsv/.txt/.conll) file."""
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "*.xml")))
+    if fs.isdir(path):
+        files = fs.glob(fs.join(path, "*.xml"), files_only=True)
         if not files:
             raise FormatError(path, None, "directory holds no *.xml files (i2b2 2012 XML expected)")
         return [ex for f in files for ex in load_i2b2_xml(f, types)]

@@ -1,12 +1,13 @@
 """DDI 2013 drug-drug interaction classification: the masked TSV or the original corpus XML."""
 from __future__ import annotations
 
-import glob
 import os
 import xml.etree.ElementTree as ET
 
+from mellama_jax import fs
 from mellama_jax.data.sources.report import describe_value, label_repr
-from mellama_jax.eval.tasks.common import Example, FormatError, LoadReport, first_of, read_records, strict_report
+from mellama_jax.eval.tasks.common import (Example, FormatError, LoadReport, first_of, parse_xml, read_records,
+                                          strict_report)
 from mellama_jax.eval.tasks.release import is_release_record, release_inputs, release_label
 
 __all__ = ["load_ddi", "DDI_CHOICES"]
@@ -62,7 +63,7 @@ def _span(offset: str, path: str, where: str) -> tuple[int, int]:
 
 def _load_xml(path: str) -> list[Example]:
     try:
-        root = ET.parse(path).getroot()
+        root = parse_xml(path)
     except ET.ParseError as e:
         raise FormatError(path, e.position[0], f"invalid XML ({e})") from None
     out = []
@@ -102,8 +103,8 @@ def load_ddi(path: str, report: LoadReport | None = None) -> list[Example]:
     """DDI 2013 from the masked TSV (index, sentence, label; headed or not), HF/Me-LLaMA exports, one
     corpus XML file, or a directory of them."""
     report = strict_report(report)
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "**", "*.xml"), recursive=True))
+    if fs.isdir(path):
+        files = fs.glob(fs.join(path, "**", "*.xml"), files_only=True)
         if not files:
             raise FormatError(path, None, "directory holds no *.xml files (DDI 2013 XML expected)")
         return [ex for f in files for ex in _load_xml(f)]
