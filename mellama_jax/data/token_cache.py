@@ -5,7 +5,7 @@ the doc id, sharded across hosts by document ordinal (host h keeps ordinals i wi
 i % process_count == h, so hosts see disjoint documents), and tokenized once as [BOS] + ids + [EOS]
 per document into one flat int32 array plus int64 document offsets (token_store.TokenizedDocs).
 These live on disk, not in RAM (a Me-LLaMA corpus is tens of billions of tokens, 4 bytes each):
-tokenizing streams each encoded chunk (<= _ENCODE_CHUNK documents / _ENCODE_CHUNK_CHARS chars) into
+tokenizing streams each encoded chunk (<= ENCODE_CHUNK documents / ENCODE_CHUNK_CHARS chars) into
 `.npy` files (token_store.py), so peak memory is one chunk, and training maps them with
 np.load(mmap_mode="r"), paging in only the windows it reads. With cache_tokenized (default) the files
 are built in `<cache>.tmp<pid>` and renamed into data_dir/tokenized/<source>-<key> once complete (a
@@ -36,12 +36,13 @@ from mellama_jax.data.sources.splits import split_of
 from mellama_jax.data.token_store import SPLITS, SplitWriter, TokenizedDocs, load_store, split_files
 from mellama_jax.tokenizer import Tokenizer
 
-__all__ = ["load_source_tokens", "source_fingerprint", "source_dict", "subsample_documents", "global_doc_ids"]
+__all__ = ["load_source_tokens", "source_fingerprint", "source_dict", "subsample_documents", "global_doc_ids",
+           "ENCODE_CHUNK", "ENCODE_CHUNK_CHARS"]
 
 log = logging.getLogger("mellama_jax.data")
 _PIPELINE_VERSION = "1"        # part of every cache key: bump when the tokenized layout changes
-_ENCODE_CHUNK = 4096           # documents per sentencepiece batch call
-_ENCODE_CHUNK_CHARS = 2 << 20  # ... and at most this many characters (bounds tokenizing memory)
+ENCODE_CHUNK = 4096           # documents per sentencepiece batch call
+ENCODE_CHUNK_CHARS = 2 << 20  # ... and at most this many characters (bounds tokenizing memory)
 
 
 def source_dict(src: Any) -> dict[str, Any]:
@@ -104,8 +105,8 @@ def _tokenize_texts(texts: Iterator[tuple[str, str]], tokenizer: Tokenizer, thre
                     shard: tuple[int, int] | None, out_dir: str) -> dict[str, int]:
     """Tokenize as [BOS] ids [EOS] per document, per split, streaming each encoded chunk into
     `out_dir` (token_store files); with `shard` = (index, count) keep only the documents whose ordinal
-    within their split is index modulo count. Peak memory is one chunk (at most _ENCODE_CHUNK
-    documents or _ENCODE_CHUNK_CHARS characters), never the whole source. Returns documents per split."""
+    within their split is index modulo count. Peak memory is one chunk (at most ENCODE_CHUNK
+    documents or ENCODE_CHUNK_CHARS characters), never the whole source. Returns documents per split."""
     writers = {split: SplitWriter(out_dir, split) for split in SPLITS}
     chunks: dict[str, list[str]] = {"train": [], "eval": []}
     chars = {"train": 0, "eval": 0}
@@ -131,7 +132,7 @@ def _tokenize_texts(texts: Iterator[tuple[str, str]], tokenizer: Tokenizer, thre
             kept[split] += 1
             chunks[split].append(text)
             chars[split] += len(text)
-            if len(chunks[split]) >= _ENCODE_CHUNK or chars[split] >= _ENCODE_CHUNK_CHARS:
+            if len(chunks[split]) >= ENCODE_CHUNK or chars[split] >= ENCODE_CHUNK_CHARS:
                 flush(split)
         for split in writers:
             flush(split)

@@ -26,7 +26,8 @@ from mellama_jax import fs
 from mellama_jax.data.sources.report import BadInputReport, DataError
 from mellama_jax.data.text_hygiene import strip_control_chars
 
-__all__ = ["FORMATS", "format_from_name", "expand_paths", "read_file", "iter_documents", "open_binary"]
+__all__ = ["FORMATS", "format_from_name", "expand_paths", "read_file", "iter_documents", "open_binary",
+           "source_scrubber"]
 
 Doc = dict[str, Any]
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by surrogateescape
@@ -383,7 +384,7 @@ def _prepared_files(source: str, dirs: list[str]) -> list[str]:
     return out
 
 
-def _scrubber(source: str, src_cfg: Any) -> Callable[[str], str] | None:
+def source_scrubber(source: str, src_cfg: Any) -> Callable[[str], str] | None:
     fmt = src_cfg["format"]
     if fmt == "auto":
         from mellama_jax.data.config import source_paths
@@ -421,7 +422,7 @@ def iter_documents(source: str, src_cfg: Any, report: BadInputReport) -> Iterato
     from mellama_jax.data.doc_filters import filter_documents
 
     files = expand_paths(source, list(source_paths(src_cfg)), src_cfg["format"])
-    scrub = _scrubber(source, src_cfg)
+    scrub = source_scrubber(source, src_cfg)
     report.allow_truncated = bool(src_cfg.get("allow_truncated", False))
     docs = (doc for path in files for doc in read_file(source, src_cfg, path, report, scrub))
     # exclude_ids / dedup (mellama_jax.data.doc_filters); a no-op unless the source sets them

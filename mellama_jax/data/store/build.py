@@ -40,13 +40,13 @@ import numpy as np
 from mellama_jax import fs
 from mellama_jax.data.config import resolved_data_config, source_paths
 from mellama_jax.data.doc_filters import dedup_mode, excluded_ids, new_deduplicator
-from mellama_jax.data.sources.readers import _scrubber, expand_paths, read_file
+from mellama_jax.data.sources.readers import expand_paths, read_file, source_scrubber
 from mellama_jax.data.sources.report import BadInputReport, DataError
 from mellama_jax.data.sources.splits import split_of
 from mellama_jax.data.store.format import (BUILDING, FORMAT, MANIFEST, PARTS_DIR, SPLITS, VERSION, building_path,
                                            manifest_path, part_path, read_json, shard_name, shard_paths,
                                            split_rule_sha256, write_json, write_manifest)
-from mellama_jax.data.token_cache import _ENCODE_CHUNK, _ENCODE_CHUNK_CHARS, source_dict
+from mellama_jax.data.token_cache import ENCODE_CHUNK, ENCODE_CHUNK_CHARS, source_dict
 from mellama_jax.data.token_store import NpyAppender, TokenizedDocs
 
 __all__ = ["InputFile", "source_dicts", "check_sources", "list_inputs", "spec_sha256", "file_sha256",
@@ -87,7 +87,7 @@ def check_sources(sources: Mapping[str, dict]) -> None:
     clinical input without scrubbing, the exclude_ids file), checked once in the driver."""
     for name, src in sources.items():
         dedup_mode(name, src)
-        _scrubber(name, src)
+        source_scrubber(name, src)
         excluded_ids(src)
 
 
@@ -138,7 +138,7 @@ def file_dedup_keys(source: str, src: dict, file_index: int, path: str) -> dict:
     keys = []
     if dedup is not None:
         report = _file_report(source, src, quiet=True)
-        for ordinal, doc in enumerate(read_file(source, src, path, report, _scrubber(source, src))):
+        for ordinal, doc in enumerate(read_file(source, src, path, report, source_scrubber(source, src))):
             if doc["id"] in excluded:
                 continue
             digest, bands = dedup.keys(doc["text"])
@@ -256,7 +256,7 @@ def tokenize_file(store: str, source: str, src: dict, file_index: int, path: str
                 chunks[split], chars[split] = [], 0
                 writers[split].append(TokenizedDocs.from_lists(ids))
 
-        for ordinal, doc in enumerate(read_file(source, src, path, report, _scrubber(source, src))):
+        for ordinal, doc in enumerate(read_file(source, src, path, report, source_scrubber(source, src))):
             if doc["id"] in excluded:
                 report.drop("excluded_id")
                 continue
@@ -267,7 +267,7 @@ def tokenize_file(store: str, source: str, src: dict, file_index: int, path: str
             split = split_of(doc["id"], eval_fraction, source)
             chunks[split].append(doc["text"])
             chars[split] += len(doc["text"])
-            if len(chunks[split]) >= _ENCODE_CHUNK or chars[split] >= _ENCODE_CHUNK_CHARS:
+            if len(chunks[split]) >= ENCODE_CHUNK or chars[split] >= ENCODE_CHUNK_CHARS:
                 flush(split)
         for split in SPLITS:
             flush(split)
