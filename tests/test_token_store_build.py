@@ -28,41 +28,7 @@ from mellama_jax.data.store.format import (MANIFEST, check_store_source, part_pa
 from mellama_jax.data.token_cache import load_source_tokens
 from mellama_jax.tokenizer import load_tokenizer
 
-try:  # the shared test servers (tests/storage_servers.py), once they are on this branch
-    from storage_servers import s3, s3_server  # noqa: F401
-except ImportError:  # pragma: no cover - until then, a moto server of our own with the same interface
-    import uuid
-
-    @pytest.fixture(scope="session")
-    def s3_server():
-        from moto.server import ThreadedMotoServer
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        server.endpoint = f"http://{host}:{port}"
-        yield server
-        server.stop()
-
-    class _Bucket:
-        def __init__(self, bucket: str):
-            self.bucket = bucket
-
-        def url(self, key: str = "") -> str:
-            return f"s3://{self.bucket}/{key.lstrip('/')}" if key else f"s3://{self.bucket}"
-
-    @pytest.fixture
-    def s3(s3_server, monkeypatch):
-        import boto3
-        for k, v in {"AWS_ENDPOINT_URL": s3_server.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                     "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-                     "AWS_EC2_METADATA_DISABLED": "true"}.items():
-            monkeypatch.setenv(k, v)
-        fs.reset()
-        name = f"t{uuid.uuid4().hex[:10]}"
-        boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1").create_bucket(Bucket=name)
-        yield _Bucket(name)
-        fs.reset()
+from storage_servers import s3, s3_server  # noqa: E402,F401  (pytest fixtures: moto on the loopback)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(SAMPLES_DIR, "tokenizer.model")

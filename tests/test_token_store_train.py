@@ -430,3 +430,25 @@ def test_perplexity_texts_are_built_into_the_store_and_evaluated_as_in_process(t
     want, have = ref.eval_batches("general_text", 3), got.eval_batches("general_text", 3)
     assert len(want) == len(have) == 3 and all(_same(a, b) for a, b in zip(want, have))
     assert all(_same(ref.batch(s), got.batch(s)) for s in range(5))
+
+
+def test_sources_in_a_bucket_built_on_beam_into_a_bucket_store_train_like_local_files(tmp_path, s3, monkeypatch):
+    """The whole path in S3: the demo corpora uploaded to the bucket, tokenized on Beam's DirectRunner
+    into a store in the bucket, and read back for training: the batches of the local in-process run."""
+    from mellama_jax.cli.tokenize_beam import run_beam
+
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # run_beam extends it
+    corpora = s3.upload_tree(SAMPLES_DIR, "corpora")
+    cfg = _cfg(tmp_path / "data")
+    for src in cfg.sources.values():
+        src.paths = tuple(p.replace(SAMPLES_DIR, corpora) for p in src.paths)
+        assert all(p.startswith("s3://") for p in src.paths)
+    tok = load_tokenizer(cfg.tokenizer_path)
+    store = s3.url("stores/beam")
+    manifest = run_beam(cfg, tok, store, ["--runner", "DirectRunner", "--direct_num_workers", "1"])
+    assert all(f["path"].startswith("s3://") for s in manifest["sources"].values() for f in s["files"])
+    ref = build_train_pipeline(_cfg(tmp_path / "local"), global_batch_size=8, tokenizer=tok)
+    got = build_train_pipeline(_cfg(tmp_path / "data", token_store=store), global_batch_size=8, tokenizer=tok)
+    assert all(_same(ref.batch(s), got.batch(s)) for s in range(10))
+    for name in ref.source_names:
+        assert all(_same(a, b) for a, b in zip(ref.eval_batches(name, 2), got.eval_batches(name, 2)))
