@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mellama_jax import fs  # noqa: E402
-from storage_servers import fault_proxy, s3, s3_server  # noqa: E402,F401  (pytest fixtures)
+from storage_servers import fault_proxy, gcs, gcs_server, s3, s3_server  # noqa: E402,F401  (pytest fixtures)
 from mellama_jax.data.config import SAMPLES_DIR, demo_data_config, source_config  # noqa: E402
 from mellama_jax.data.pipeline import TrainPipeline, build_train_pipeline  # noqa: E402
 from mellama_jax.data.sources.report import DataError  # noqa: E402
@@ -452,3 +452,15 @@ def test_sources_in_a_bucket_built_on_beam_into_a_bucket_store_train_like_local_
     assert all(_same(ref.batch(s), got.batch(s)) for s in range(10))
     for name in ref.source_names:
         assert all(_same(a, b) for a, b in zip(ref.eval_batches(name, 2), got.eval_batches(name, 2)))
+
+
+def test_a_store_in_the_gcs_emulator_gives_the_local_batches(demo_store, gcs):
+    url = gcs.upload_tree(demo_store["store"], "stores/demo")
+    assert url.startswith("gs://")
+    tok = demo_store["tokenizer"]
+    local = build_train_pipeline(_cfg(demo_store["data_dir"], token_store=demo_store["store"]),
+                                 global_batch_size=8, tokenizer=tok)
+    remote = build_train_pipeline(_cfg(demo_store["data_dir"], token_store=url, store_cache_mb=1),
+                                  global_batch_size=8, tokenizer=tok)
+    assert all(_same(local.batch(s), remote.batch(s)) for s in range(10))
+    assert remote.stats()["data/store/bytes_fetched"] > 0
