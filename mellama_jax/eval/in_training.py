@@ -139,7 +139,7 @@ class BenchHook:
                         show_progress=False)
         out: dict[str, float] = {}
         for name, task in self.tasks.items():
-            result, records = runner._evaluate_task(engine, task, self.view)
+            result, records = runner.evaluate_task(engine, task, self.view)
             self.last[name] = (result, records)
             out.update({f"bench/{name}/{k}": v for k, v in _numbers(result["metrics"]).items()})
         out["bench/seconds"] = time.perf_counter() - t0
@@ -187,7 +187,7 @@ def prepare(config: Any, workdir: str) -> BenchHooks | None:
             names = list(runner.MELLAMA_TASKS)
         specs = [get_task(n) for n in names]
         view = eval_view(config, workdir)
-        runner._validate(view)  # protocol, prompt set, normalisation: eval's own checks
+        runner.validate_eval_config(view)  # protocol, prompt set, normalisation: eval's own checks
         tasks = {}
         for spec in specs:
             tasks[spec.name] = runner.prepare_task(spec, view)

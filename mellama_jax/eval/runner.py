@@ -35,7 +35,7 @@ from mellama_jax.tokenizer import chat_templates as chat
 log = logging.getLogger(__name__)
 
 __all__ = ["run", "run_builtin", "prepare_all", "decoding_settings", "HARNESSES", "metrics_from_records", "prepare_task", "load_task_file",
-           "prompt_set_name", "PROTOCOLS", "MELLAMA_TASKS"]
+           "prompt_set_name", "PROTOCOLS", "MELLAMA_TASKS", "validate_eval_config", "evaluate_task"]
 
 PROTOCOLS = ("generate", "loglik")
 # "all": the twelve benchmarks of Me-LLaMA's evaluation (BC5CDR, NCBI-disease and the clinical cases
@@ -53,7 +53,7 @@ def _task_list(config) -> list[str]:
     return tasks
 
 
-def _validate(config) -> None:
+def validate_eval_config(config) -> None:
     """Evaluation's own checks; the numeric ranges are config_validation's (run by launch.py)."""
     if not config.checkpoint:
         raise ValueError("config.checkpoint is required: an HF LLaMA directory or an Orbax checkpoint")
@@ -341,7 +341,7 @@ def _sharing_note(config, what: str) -> str:
             "each request's remaining tokens are scored from it")
 
 
-def _evaluate_task(engine, t: PreparedTask, config) -> tuple[dict, list[dict]]:
+def evaluate_task(engine, t: PreparedTask, config) -> tuple[dict, list[dict]]:
     t0 = time.time()
     spec, examples, texts = t.spec, t.examples, t.texts
     tok = engine.tokenizer
@@ -441,7 +441,7 @@ def write_predictions(path: str, records: list[dict]) -> None:
 
 def prepare_all(config) -> dict[str, PreparedTask]:
     """Validate the config and read, check and render every task of config.tasks (no model)."""
-    _validate(config)
+    validate_eval_config(config)
     prepared = {}
     for name in _task_list(config):
         prepared[name] = prepare_task(get_task(name), config)
@@ -474,7 +474,7 @@ def run_builtin(config, workdir: str, engine=None) -> dict:
     }
     for name in tasks:
         log.info("evaluating %s", name)
-        result, records = _evaluate_task(engine, prepared[name], config)
+        result, records = evaluate_task(engine, prepared[name], config)
         results["tasks"][name] = result
         if main:  # every process computes the same records; one writes them
             write_predictions(os.path.join(workdir, "predictions", f"{name}.jsonl"), records)
