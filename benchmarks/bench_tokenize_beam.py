@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Imported before any timing: the first Beam run would otherwise pay the driver's import of Beam.
     from mellama_jax.cli import beam_store  # noqa: F401
-    from mellama_jax.cli.tokenize_beam import run_beam
+    from mellama_jax.cli.beam_store import run_beam
 
     root = tempfile.mkdtemp(prefix="bench-tokenize-beam-")
     try:

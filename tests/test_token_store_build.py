@@ -308,7 +308,7 @@ def test_store_in_s3_equals_local(tmp_path, corpus, tokenizer, s3):
 
 # --- Beam ------------------------------------------------------------------------------------------------------
 def test_beam_direct_runner_equals_serial(tmp_path, corpus, tokenizer, monkeypatch):
-    from mellama_jax.cli.tokenize_beam import run_beam
+    from mellama_jax.cli.beam_store import run_beam
 
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # run_beam extends it
     cfg = make_config(tmp_path, corpus, dedup="near")

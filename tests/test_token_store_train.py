@@ -435,7 +435,7 @@ def test_perplexity_texts_are_built_into_the_store_and_evaluated_as_in_process(t
 def test_sources_in_a_bucket_built_on_beam_into_a_bucket_store_train_like_local_files(tmp_path, s3, monkeypatch):
     """The whole path in S3: the demo corpora uploaded to the bucket, tokenized on Beam's DirectRunner
     into a store in the bucket, and read back for training: the batches of the local in-process run."""
-    from mellama_jax.cli.tokenize_beam import run_beam
+    from mellama_jax.cli.beam_store import run_beam
 
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # run_beam extends it
     corpora = s3.upload_tree(SAMPLES_DIR, "corpora")

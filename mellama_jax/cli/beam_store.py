@@ -7,16 +7,18 @@ phases of mellama_jax.data.store.build (see its docstring).
 
 Phase C writes its shards and part record itself and emits only a small summary, so no token array
 ever crosses a stage. The driver writes the manifest after the pipeline finishes (build.finish_store).
-Imported only by mellama_jax.cli.tokenize_beam, and only once a pipeline is to run (Beam is heavy).
+`run_beam` runs it (mellama_jax.cli.tokenize_beam imports this module only once a pipeline is to
+run: Beam is heavy; tests and library callers import run_beam from here, which defines no flags).
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 from typing import Any, Iterator
 
-# Beam is imported only here and in tokenize_beam (lazily): nothing else needs it.
+# Beam is imported only here: nothing else needs it.
 import apache_beam as beam
 
 from mellama_jax.data.doc_filters import dedup_mode
@@ -24,7 +26,7 @@ from mellama_jax.data.store import build
 from mellama_jax.data.sources.report import DataError
 from mellama_jax.tokenizer import load_tokenizer
 
-__all__ = ["DedupKeys", "DecideDrops", "TokenizeFile", "tokenizer_payload", "build_pipeline"]
+__all__ = ["run_beam", "DedupKeys", "DecideDrops", "TokenizeFile", "tokenizer_payload", "build_pipeline"]
 
 
 def tokenizer_payload(tokenizer: Any) -> dict:
@@ -112,3 +114,47 @@ def build_pipeline(p: beam.Pipeline, store: str, sources: dict, inputs: list[bui
             | "Join" >> beam.CoGroupByKey()
             | "SpreadFiles" >> beam.Reshuffle()
             | "Tokenize" >> beam.ParDo(TokenizeFile(store, sources, tokenizer_payload(tokenizer), threads)))
+
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _workers_visible_package() -> None:
+    """DirectRunner multi_processing workers are fresh interpreters: give them this repository."""
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if _REPO_ROOT not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([_REPO_ROOT] + parts)
+
+
+def _runner_and_workers(options: Any) -> tuple[str, int]:
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions, WorkerOptions
+
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    runner = runner if isinstance(runner, str) else type(runner).__name__
+    if "Direct" in runner:
+        return runner, int(options.view_as(DirectOptions).direct_num_workers or 1)
+    w = options.view_as(WorkerOptions)
+    return runner, int(w.max_num_workers or w.num_workers or 0)
+
+
+def run_beam(data_config: Any, tokenizer: Any, store: str, pipeline_args: list[str], *,
+             sources: list[str] | None = None, overwrite: bool = False, threads: int = 1,
+             command: str = "") -> dict:
+    """Build the store on Beam with `pipeline_args` (Beam's options); returns the manifest."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    srcs = build.source_dicts(data_config, sources)
+    build.check_sources(srcs)
+    inputs = build.list_inputs(srcs)
+    build.prepare_store(store, build.spec_sha256(srcs, tokenizer.sha256()), overwrite=overwrite)
+    _workers_visible_package()
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # a line per bundle otherwise
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in pipeline_args):
+        pipeline_args = list(pipeline_args) + ["--default_sdk_harness_log_level=WARNING"]
+    options = PipelineOptions(pipeline_args)
+    runner, workers = _runner_and_workers(options)
+    with beam.Pipeline(options=options) as p:  # leaving the block runs it and waits until it finishes
+        build_pipeline(p, store, srcs, inputs, tokenizer, threads)
+    builder = {"command": command, "runner": runner, "workers": workers}
+    return build.finish_store(store, srcs, inputs, tokenizer,
+                              max_bad_fraction=float(data_config.get("max_bad_fraction", 0.01)), builder=builder)

@@ -26,12 +26,9 @@ PYTHONPATH (set here before the pipeline starts); cluster workers need the packa
 """
 from __future__ import annotations
 
-import logging
-import os
 import shlex
 import sys
 import time
-from typing import Any
 
 from absl import app, flags
 
@@ -41,7 +38,7 @@ from mellama_jax.data.sources.report import DataError
 from mellama_jax.data.store import build
 from mellama_jax.tokenizer import load_tokenizer
 
-__all__ = ["run_beam", "main"]
+__all__ = ["main"]
 
 PROG = "mellama_jax.cli.tokenize_beam"
 _CONFIG = define_config_flag("config", "Experiment config whose data.sources to tokenize, e.g. "
@@ -53,7 +50,6 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild a store this builder
 _THREADS = flags.DEFINE_integer("tokenize_threads", 1, "sentencepiece threads per worker (0 = all cores); "
                                 "parallelism comes from Beam's workers.")
 _SERIAL = flags.DEFINE_bool("serial", False, "Build in this process without Beam (the reference builder).")
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _expand_sources_spec(argv: list[str]) -> list[str]:
@@ -74,51 +70,6 @@ def _expand_sources_spec(argv: list[str]) -> list[str]:
         out.append(arg)
         i += 1
     return out
-
-
-def _workers_visible_package() -> None:
-    """DirectRunner multi_processing workers are fresh interpreters: give them this repository."""
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if _REPO_ROOT not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([_REPO_ROOT] + parts)
-
-
-def _runner_and_workers(options: Any) -> tuple[str, int]:
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions, WorkerOptions
-
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    runner = runner if isinstance(runner, str) else type(runner).__name__
-    if "Direct" in runner:
-        return runner, int(options.view_as(DirectOptions).direct_num_workers or 1)
-    w = options.view_as(WorkerOptions)
-    return runner, int(w.max_num_workers or w.num_workers or 0)
-
-
-def run_beam(data_config: Any, tokenizer: Any, store: str, pipeline_args: list[str], *,
-             sources: list[str] | None = None, overwrite: bool = False, threads: int = 1,
-             command: str = "") -> dict:
-    """Build the store on Beam with `pipeline_args` (Beam's options); returns the manifest."""
-    # Beam is heavy and needed only here: imported when a pipeline is to run.
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from mellama_jax.cli import beam_store
-
-    srcs = build.source_dicts(data_config, sources)
-    build.check_sources(srcs)
-    inputs = build.list_inputs(srcs)
-    build.prepare_store(store, build.spec_sha256(srcs, tokenizer.sha256()), overwrite=overwrite)
-    _workers_visible_package()
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # a line per bundle otherwise
-    if not any(a.startswith("--default_sdk_harness_log_level") for a in pipeline_args):
-        pipeline_args = list(pipeline_args) + ["--default_sdk_harness_log_level=WARNING"]
-    options = PipelineOptions(pipeline_args)
-    runner, workers = _runner_and_workers(options)
-    with beam.Pipeline(options=options) as p:  # leaving the block runs it and waits until it finishes
-        beam_store.build_pipeline(p, store, srcs, inputs, tokenizer, threads)
-    builder = {"command": command, "runner": runner, "workers": workers}
-    return build.finish_store(store, srcs, inputs, tokenizer,
-                              max_bad_fraction=float(data_config.get("max_bad_fraction", 0.01)), builder=builder)
 
 
 def _summary(manifest: dict, store: str, seconds: float) -> str:
@@ -149,6 +100,9 @@ def main(argv: list[str]) -> None:
             manifest = build.build_store_serial(config.data, tokenizer, store, sources=_SOURCES.value,
                                                 overwrite=_OVERWRITE.value, threads=_THREADS.value, command=command)
         else:
+            # Beam is heavy: imported (with the pipeline's DoFns) only when a pipeline is to run.
+            from mellama_jax.cli.beam_store import run_beam
+
             manifest = run_beam(config.data, tokenizer, store, list(argv[1:]), sources=_SOURCES.value,
                                 overwrite=_OVERWRITE.value, threads=_THREADS.value, command=command)
     except (DataError, ValueError, OSError) as err:  # OSError: fs.StorageError and local I/O
