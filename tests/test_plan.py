@@ -146,10 +146,9 @@ def test_gpu_estimate_70b_one_node_does_not_fit_eight_nodes_do():
     assert any("init_from" in n for n in notes)  # no weights on this host: preset shapes
     one = est_lib.estimate(config, mc, 8, hardware.GPU_CHIPS["h100"], "8xH100")
     assert one.state_bytes > one.hbm_bytes and not one.fits  # 69B x 12 bytes / 8 = 96 GiB
-    config.train.micro_batches = 32
-    eight = est_lib.estimate(config, mc, 64, hardware.GPU_CHIPS["h100"], "64xH100")
+    eight = est_lib.estimate(config, mc, 64, hardware.GPU_CHIPS["h100"], "64xH100")  # as shipped
     assert eight.state_bytes == pytest.approx(one.state_bytes / 8, rel=0.01)
-    assert eight.rows_per_device == 256 / 32 / 8
+    assert eight.rows_per_device == 256 / 1 / 64  # one micro-batch over fsdp=64
     assert eight.fits
 
 
