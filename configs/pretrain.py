@@ -77,7 +77,7 @@ def _me_llama(c, preset: str):
     attention, 1 micro-batch (4 rows per chip). On GPUs: eight 8xH100 nodes (64 GPUs, --gpus 64xH100)
     with the same settings and cuDNN attention.
     llama2_7b: the 13B layout, for the same slice or node.
-    README "Planning a Me-LLaMA run" shows the planner's output for each, with no override.
+    README "Planning a Me-LLaMA run" shows the planner's output on each TPU slice, with no override.
     """
     c.model.preset = preset
     # Start from Meta's LLaMA-2 weights in Hugging Face layout (converted on the fly); point this
