@@ -48,10 +48,10 @@ def _demo(c):
 
 
 # Mesh (data, fsdp, tensor), remat policy and micro-batches per model, chosen with the planner's
-# ahead-of-time TPU compiles of 256 x 4,096-token steps (BENCHMARKS.md "Me-LLaMA recipes, compiled
-# as shipped"): all compute-bound, the best roofline bound of the settings that fit with margin.
+# ahead-of-time TPU compiles of 256 x 4,096-token steps (BENCHMARKS.md "Me-LLaMA recipes,
+# compiled"): the best roofline step-time bound among the settings that fit with a margin.
 ME_LLAMA_LAYOUT = {
-    # v5p-32: the 13B layout (a smaller model on the same slice).
+    # v5p-32: the 13B layout (a smaller model on the same slice; not compiled on its own).
     "llama2_7b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
     # v5p-32: keeping the projections' outputs (~0.5 GB per row per layer, so 8 micro-batches of
     # 2 rows per chip) skips the recompute: 59.9 GiB per chip (63%), step >= 13.6 s, MFU <= 91.7%.
@@ -76,7 +76,7 @@ def _me_llama(c, preset: str):
     llama2_70b: a TPU v5p-128 slice (64 chips, --topology v5p:4x4x4): fsdp=64, full remat, splash
     attention, 1 micro-batch (4 rows per chip). On GPUs: eight 8xH100 nodes (64 GPUs, --gpus 64xH100)
     with the same settings and cuDNN attention.
-    llama2_7b: the 13B layout, for the same slice or node.
+    llama2_7b: the 13B layout, for the same slice (not compiled on its own).
     README "Planning a Me-LLaMA run" shows the planner's output on each TPU slice, with no override.
     """
     c.model.preset = preset

@@ -110,7 +110,7 @@ def _demo(c):
 
 # Mesh (data, fsdp, tensor), remat policy and micro-batches per model, chosen with the planner's
 # ahead-of-time TPU compiles of 128 x 4,096-token LoRA steps (BENCHMARKS.md "Me-LLaMA recipes,
-# compiled as shipped").
+# compiled").
 ME_LLAMA_LAYOUT = {
     # v5p-32: projection outputs kept, 4 micro-batches of 2 rows per chip: 68.5 GiB (72%),
     # step >= 4.4 s, compute-bound.
