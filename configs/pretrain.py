@@ -47,16 +47,46 @@ def _demo(c):
     return c
 
 
+# Mesh (data, fsdp, tensor), remat policy and micro-batches per model, chosen with the planner's
+# ahead-of-time TPU compiles of 256 x 4,096-token steps (BENCHMARKS.md "Me-LLaMA recipes,
+# compiled"): the best roofline step-time bound among the settings that fit with a margin.
+ME_LLAMA_LAYOUT = {
+    # v5p-32: the 13B layout (a smaller model on the same slice; not compiled on its own).
+    "llama2_7b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
+    # v5p-32: keeping the projections' outputs (~0.5 GB per row per layer, so 8 micro-batches of
+    # 2 rows per chip) skips the recompute: 59.9 GiB per chip (63%), step >= 13.6 s, MFU <= 91.7%.
+    # Full remat: 2 micro-batches 49.7 GiB, 1 micro-batch 82.5 GiB, both step >= 15.3 s (81.3%).
+    "llama2_13b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
+    # v5p-128: fsdp=64, 61.8 GiB (65%), step >= 19.5 s, MFU <= 81.6%. The former fsdp=8 x tensor=8
+    # mesh needs 8 micro-batches to fit and is then HBM-bound (31.2 s, MFU <= 50.9%).
+    "llama2_70b": ((1, -1, 1), "full", 1),
+}
+
+
 def _me_llama(c, preset: str):
-    """The Me-LLaMA recipe: AdamW (0.9, 0.95), lr 8e-6, wd 1e-5, cosine with 5% warmup, bf16."""
+    """The Me-LLaMA recipe: AdamW (0.9, 0.95), lr 8e-6, wd 1e-5, cosine with 5% warmup, bf16, on the
+    hardware each model is planned for (settings in ME_LLAMA_LAYOUT, chosen by the planner):
+
+    llama2_13b: a TPU v5p-32 slice (16 chips, --topology v5p:2x2x4): fsdp=16, remat
+    dots_with_no_batch_dims_saveable (projection outputs kept, nothing recomputed but attention),
+    splash attention, 8 micro-batches of 32 rows. On GPUs attention_impl=auto picks cuDNN's fused
+    attention instead; the same settings fit four 8xH100 nodes (32 GPUs, --gpus 32xH100: 51.6 GiB
+    estimated, but bound by InfiniBand); on one 8xH100 node the saved projections do not fit 80 GB:
+    plan and run it with --gpus 8xH100 --config.model.remat_policy=full (66.7 GiB estimated).
+    llama2_70b: a TPU v5p-128 slice (64 chips, --topology v5p:4x4x4): fsdp=64, full remat, splash
+    attention, 1 micro-batch (4 rows per chip). On GPUs: eight 8xH100 nodes (64 GPUs, --gpus 64xH100)
+    with the same settings and cuDNN attention.
+    llama2_7b: the 13B layout, for the same slice (not compiled on its own).
+    README "Planning a Me-LLaMA run" shows the planner's output on each TPU slice, with no override.
+    """
     c.model.preset = preset
     # Start from Meta's LLaMA-2 weights in Hugging Face layout (converted on the fly); point this
     # at your copy: --config.model.init_from=/models/Llama-2-7b-hf
     c.model.init_from = os.path.join("~", "models", f"Llama-2-{preset.split('_')[1]}-hf")
     c.model.dtype = "bfloat16"  # compute; params stay float32 (master weights)
     c.model.param_dtype = "float32"
-    c.model.attention_impl = "dot_product"
-    c.model.remat_policy = "dots_saveable" if preset != "llama2_70b" else "full"
+    c.model.attention_impl = "auto"  # splash on TPU, cuDNN on GPU: no [seq, seq] scores in HBM
+    mesh, c.model.remat_policy, c.train.micro_batches = ME_LLAMA_LAYOUT[preset]
     c.data.seq_len = 4096
     c.train.global_batch_size = 256  # 256 x 4096 = 1M tokens per step
     c.train.steps = 123_000  # ~129B tokens, the Me-LLaMA continual-pretraining budget
@@ -72,7 +102,7 @@ def _me_llama(c, preset: str):
     c.optim.warmup_fraction = 0.05
     c.optim.min_lr_ratio = 0.1
     c.optim.grad_clip_norm = 1.0
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, (8 if preset == "llama2_70b" else 1)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
     return c
 
 
@@ -89,6 +119,7 @@ def _me_llama3(c, preset: str):
     c = _me_llama(c, "llama2_70b" if preset == "llama3_70b" else "llama2_7b")
     c.model.preset = preset
     c.model.init_from = os.path.join("~", "models", "Meta-Llama-3-70B" if preset == "llama3_70b" else "Meta-Llama-3-8B")
+    c.model.attention_impl = "dot_product"  # as planned in README; not yet re-planned with splash
     c.model.remat_policy = "full"
     c.data.seq_len = 8192
     c.train.global_batch_size = 128  # 128 x 8192 = 1M tokens per step, as the LLaMA-2 recipe

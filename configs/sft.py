@@ -108,15 +108,37 @@ def _demo(c):
     return c
 
 
+# Mesh (data, fsdp, tensor), remat policy and micro-batches per model, chosen with the planner's
+# ahead-of-time TPU compiles of 128 x 4,096-token LoRA steps (BENCHMARKS.md "Me-LLaMA recipes,
+# compiled").
+ME_LLAMA_LAYOUT = {
+    # v5p-32: projection outputs kept, 4 micro-batches of 2 rows per chip: 68.5 GiB (72%),
+    # step >= 4.4 s, compute-bound.
+    "llama2_13b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 4),
+    # v5p-128: fsdp=64, full remat, 2 rows per chip.
+    "llama2_70b": ((1, -1, 1), "full", 1),
+}
+
+
 def _me_llama(c, preset: str):
     """The Me-LLaMA recipe: 3 epochs, lr 1e-5, LoRA, bf16 compute; base = the continually
-    pretrained checkpoint (--config.model.init_from)."""
+    pretrained checkpoint (--config.model.init_from). Planned for the pretraining recipe's hardware,
+    with the settings in ME_LLAMA_LAYOUT (chosen by the planner):
+
+    llama2_13b: a TPU v5p-32 slice (16 chips, --topology v5p:2x2x4): fsdp=16, remat
+    dots_with_no_batch_dims_saveable, splash attention, 4 micro-batches of 32 rows.
+    llama2_70b: a TPU v5p-128 slice (64 chips, --topology v5p:4x4x4): fsdp=64, full remat, splash
+    attention, 1 micro-batch (2 rows per chip).
+    On GPUs attention_impl=auto picks cuDNN's fused attention; the same settings fit (analytic
+    estimate) 70B on eight 8xH100 nodes (--gpus 64xH100, 18.7 GiB) and 13B on two (--gpus 16xH100,
+    64.7 GiB); 13B on one 8xH100 node: --gpus 8xH100 --config.model.remat_policy=full (39.8 GiB).
+    """
     c.model.preset = preset
     c.model.init_from = os.path.join("~", "models", f"MeLLaMA-{preset.split('_')[1]}-pretrain")
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "bfloat16"   # the frozen base in bf16; adapters and optimizer state stay float32
-    c.model.attention_impl = "dot_product"
-    c.model.remat_policy = "dots_saveable" if preset != "llama2_70b" else "full"
+    c.model.attention_impl = "auto"  # splash on TPU, cuDNN on GPU: no [seq, seq] scores in HBM
+    mesh, c.model.remat_policy, c.train.micro_batches = ME_LLAMA_LAYOUT[preset]
     c.data.sources_spec = ""  # set your instruction files: --config.data.sources_spec='qa=...:3;...'
     c.data.seq_len = 4096
     c.data.chat_template = "mellama"
@@ -131,7 +153,7 @@ def _me_llama(c, preset: str):
     c.optim.b1, c.optim.b2 = 0.9, 0.999
     c.optim.grad_clip_norm = 1.0
     c.lora.rank, c.lora.alpha, c.lora.dropout = 8, 16.0, 0.05
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, (8 if preset == "llama2_70b" else 1)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
     return c
 
 
@@ -148,6 +170,7 @@ def _me_llama3(c, preset: str):
     c = _me_llama(c, "llama2_70b" if preset == "llama3_70b" else "llama2_13b")
     c.model.preset = preset
     c.model.init_from = os.path.join("~", "models", f"MeLLaMA3-{preset.split('_')[1]}-pretrain")
+    c.model.attention_impl = "dot_product"  # as planned before splash; not yet re-planned
     c.model.remat_policy = "full"
     c.data.seq_len = 8192
     c.data.chat_template = "llama3"

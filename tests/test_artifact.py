@@ -136,7 +136,7 @@ def test_init_from_only_uses_the_models_tokenizer(hf_model, tmp_path, monkeypatc
         config.data.sources[name].require_prepared = False
     config.data.seq_len, config.data.packing, config.data.reader = 32, "pack", "direct"
     config.data.data_dir = str(tmp_path / "data")
-    config.train.global_batch_size = 8
+    config.train.global_batch_size, config.train.micro_batches = 8, 1  # the recipe's 8 need 64 rows
     assert config.data.tokenizer_path == ""
 
     path = training_tokenizer_file(config)
