@@ -178,7 +178,7 @@ _RSS_SCRIPT = textwrap.dedent("""
                 return int(line.split()[1]) * 1024
     chunk_docs = {chunk_docs}
     if chunk_docs:
-        token_cache._ENCODE_CHUNK = chunk_docs
+        token_cache.ENCODE_CHUNK = chunk_docs
     cfg = demo_data_config()
     cfg.data_dir, cfg.reader, cfg.max_bad_fraction = {data_dir!r}, "direct", 0.0
     cfg.sources.big = source_config([{path!r}], "jsonl", eval_fraction=0.0)
