@@ -201,11 +201,8 @@ def _parquet_records(path: str) -> Iterator[tuple[int, Any]]:
     import pandas as pd  # heavy and only needed for parquet files
 
     try:
-        if fs.is_url(path):
-            with fs.open(path, "rb") as f:
-                frame = pd.read_parquet(f)
-        else:
-            frame = pd.read_parquet(path)
+        with fs.open(path, "rb") as f:  # a local file, or an object through ranged GETs
+            frame = pd.read_parquet(f)
     except fs.StorageError:
         raise
     except Exception as err:  # pyarrow raises several types (ArrowInvalid, OSError, ...) for a bad file

@@ -256,11 +256,8 @@ def read_parquet(path: str, report: LoadReport | None = None) -> Iterator[tuple[
     except ImportError:  # pragma: no cover - pyarrow is a pinned requirement
         raise FormatError(path, None, "reading parquet needs pyarrow (pip install -r requirements.txt)") from None
     try:
-        if fs.is_url(path):  # pyarrow reads the object through a file object of ranged GETs
-            with fs.open(path, "rb") as f:
-                table = pq.read_table(f)
-        else:
-            table = pq.read_table(path)
+        with fs.open(path, "rb") as f:  # a local file, or an object through ranged GETs
+            table = pq.read_table(f)
     except fs.StorageError:
         raise
     except Exception as e:  # pyarrow raises several types for a bad file
