@@ -37,7 +37,7 @@ from mellama_jax.data.token_store import SPLITS, SplitWriter, TokenizedDocs, loa
 from mellama_jax.tokenizer import Tokenizer
 
 __all__ = ["load_source_tokens", "source_fingerprint", "source_dict", "subsample_documents", "global_doc_ids",
-           "ENCODE_CHUNK", "ENCODE_CHUNK_CHARS"]
+           "ENCODE_CHUNK", "ENCODE_CHUNK_CHARS", "ChunkedEncoder"]
 
 log = logging.getLogger("mellama_jax.data")
 _PIPELINE_VERSION = "1"        # part of every cache key: bump when the tokenized layout changes
@@ -101,26 +101,45 @@ def _iter_texts_tfds(builder, process_index: int, process_count: int) -> Iterato
                 yield split, b.decode("utf-8")
 
 
-def _tokenize_texts(texts: Iterator[tuple[str, str]], tokenizer: Tokenizer, threads: int, max_docs: int,
-                    shard: tuple[int, int] | None, out_dir: str) -> dict[str, int]:
-    """Tokenize as [BOS] ids [EOS] per document, per split, streaming each encoded chunk into
-    `out_dir` (token_store files); with `shard` = (index, count) keep only the documents whose ordinal
-    within their split is index modulo count. Peak memory is one chunk (at most ENCODE_CHUNK
-    documents or ENCODE_CHUNK_CHARS characters), never the whole source. Returns documents per split."""
-    writers = {split: SplitWriter(out_dir, split) for split in SPLITS}
-    chunks: dict[str, list[str]] = {"train": [], "eval": []}
-    chars = {"train": 0, "eval": 0}
-    seen = {"train": 0, "eval": 0}
-    kept = {"train": 0, "eval": 0}
+class ChunkedEncoder:
+    """Documents of each split encoded as [BOS] ids [EOS] in bounded chunks (at most ENCODE_CHUNK
+    documents or ENCODE_CHUNK_CHARS characters) and handed to `sink(split, TokenizedDocs)`, so peak
+    memory is one chunk, never the whole source. The in-process token cache and the store builder
+    (data/store/build.py) both tokenize through it, so their documents are the same."""
 
-    def flush(split: str) -> None:
-        if chunks[split]:
-            ids = tokenizer.encode_batch(chunks[split], bos=True, eos=True, num_threads=threads)
-            chunks[split], chars[split] = [], 0
+    def __init__(self, tokenizer: Tokenizer, threads: int, sink):
+        self.tokenizer, self.threads, self.sink = tokenizer, threads, sink
+        self._texts: dict[str, list[str]] = {split: [] for split in SPLITS}
+        self._chars = {split: 0 for split in SPLITS}
+
+    def add(self, split: str, text: str) -> None:
+        self._texts[split].append(text)
+        self._chars[split] += len(text)
+        if len(self._texts[split]) >= ENCODE_CHUNK or self._chars[split] >= ENCODE_CHUNK_CHARS:
+            self.flush(split)
+
+    def flush(self, split: str) -> None:
+        if self._texts[split]:
+            ids = self.tokenizer.encode_batch(self._texts[split], bos=True, eos=True, num_threads=self.threads)
+            self._texts[split], self._chars[split] = [], 0
             part = TokenizedDocs.from_lists(ids)
             del ids
-            writers[split].append(part.tokens, part.offsets)
+            self.sink(split, part)
 
+    def close(self) -> None:
+        for split in SPLITS:
+            self.flush(split)
+
+
+def _tokenize_texts(texts: Iterator[tuple[str, str]], tokenizer: Tokenizer, threads: int, max_docs: int,
+                    shard: tuple[int, int] | None, out_dir: str) -> dict[str, int]:
+    """Tokenize per split through ChunkedEncoder, streaming each chunk into `out_dir` (token_store
+    files); with `shard` = (index, count) keep only the documents whose ordinal within their split is
+    index modulo count. Returns documents per split."""
+    writers = {split: SplitWriter(out_dir, split) for split in SPLITS}
+    encoder = ChunkedEncoder(tokenizer, threads, lambda split, part: writers[split].append(part.tokens, part.offsets))
+    seen = {"train": 0, "eval": 0}
+    kept = {"train": 0, "eval": 0}
     try:
         for split, text in texts:
             i = seen[split]
@@ -130,12 +149,8 @@ def _tokenize_texts(texts: Iterator[tuple[str, str]], tokenizer: Tokenizer, thre
             if max_docs and kept[split] >= max_docs:
                 continue
             kept[split] += 1
-            chunks[split].append(text)
-            chars[split] += len(text)
-            if len(chunks[split]) >= ENCODE_CHUNK or chars[split] >= ENCODE_CHUNK_CHARS:
-                flush(split)
-        for split in writers:
-            flush(split)
+            encoder.add(split, text)
+        encoder.close()
     finally:
         for w in writers.values():
             w.close()

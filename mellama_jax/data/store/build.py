@@ -46,7 +46,7 @@ from mellama_jax.data.sources.splits import split_of
 from mellama_jax.data.store.format import (BUILDING, FORMAT, MANIFEST, PARTS_DIR, SPLITS, VERSION, building_path,
                                            manifest_path, part_path, read_json, shard_name, shard_paths,
                                            split_rule_sha256, write_json, write_manifest)
-from mellama_jax.data.token_cache import ENCODE_CHUNK, ENCODE_CHUNK_CHARS, source_dict
+from mellama_jax.data.token_cache import ChunkedEncoder, source_dict
 from mellama_jax.data.token_store import NpyAppender, TokenizedDocs
 
 __all__ = ["InputFile", "source_dicts", "check_sources", "list_inputs", "spec_sha256", "file_sha256",
@@ -247,15 +247,7 @@ def tokenize_file(store: str, source: str, src: dict, file_index: int, path: str
     writers: dict[str, _ShardWriter] = {}
     try:
         writers = {split: _ShardWriter(store, source, split, shard, scratch) for split in SPLITS}
-        chunks: dict[str, list[str]] = {split: [] for split in SPLITS}
-        chars = {split: 0 for split in SPLITS}
-
-        def flush(split: str) -> None:
-            if chunks[split]:
-                ids = tokenizer.encode_batch(chunks[split], bos=True, eos=True, num_threads=threads)
-                chunks[split], chars[split] = [], 0
-                writers[split].append(TokenizedDocs.from_lists(ids))
-
+        encoder = ChunkedEncoder(tokenizer, threads, lambda split, part: writers[split].append(part))
         for ordinal, doc in enumerate(read_file(source, src, path, report, source_scrubber(source, src))):
             if doc["id"] in excluded:
                 report.drop("excluded_id")
@@ -264,13 +256,8 @@ def tokenize_file(store: str, source: str, src: dict, file_index: int, path: str
             if reason is not None:
                 report.drop(reason)
                 continue
-            split = split_of(doc["id"], eval_fraction, source)
-            chunks[split].append(doc["text"])
-            chars[split] += len(doc["text"])
-            if len(chunks[split]) >= ENCODE_CHUNK or chars[split] >= ENCODE_CHUNK_CHARS:
-                flush(split)
-        for split in SPLITS:
-            flush(split)
+            encoder.add(split_of(doc["id"], eval_fraction, source), doc["text"])
+        encoder.close()
         for w in writers.values():
             w.commit()
     except BaseException:
