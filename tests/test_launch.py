@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -20,7 +19,6 @@ def launch(workdir, *args, variant="tiny"):
 
 
 def test_config_typo_and_wrong_type_fail_before_any_work(tmp_path):
-    t0 = time.time()
     r = launch(tmp_path / "w", "--config.trian.steps=3")
     assert r.returncode == 2
     assert "unknown config key 'trian' in --config.trian.steps" in r.stderr
@@ -36,7 +34,6 @@ def test_config_typo_and_wrong_type_fail_before_any_work(tmp_path):
     r = launch(tmp_path / "w", variant="nonexistent")
     assert r.returncode != 0 and "unknown variant 'nonexistent'" in r.stderr
     assert not (tmp_path / "w").exists()  # nothing was written, nothing compiled or read
-    assert time.time() - t0 < 60
 
 
 def test_tiny_run_writes_config_metrics_tensorboard(tmp_path):
