@@ -252,3 +252,27 @@ def write_eval_env(root) -> dict:
     data = str(root / "data")
     paths = write_all(data)
     return {"root": root, "model": model, "tok": tok, "vocab": vocab, "hf": hf, "data": data, "paths": paths}
+
+
+def write_readme_workspace(cwd: str, models: dict[str, int], project_root: str) -> dict:
+    """A working directory laid out as the README's eval commands expect: one tiny random HF LLaMA
+    per name in `models` (name -> torch seed), all sharing one sentencepiece tokenizer, every
+    benchmark file under benchmarks/, and launch.py + configs/ linked in. Returns the env the
+    commands run with (the project importable, CPU only)."""
+    import shutil
+
+    import sentencepiece as spm
+
+    tok = None
+    for name, seed in models.items():
+        directory = os.path.join(cwd, name)
+        if tok is None:
+            tok = write_tokenizer(directory)
+        else:
+            os.makedirs(directory)
+            shutil.copy(tok, os.path.join(directory, "tokenizer.model"))
+        write_tiny_hf_model(directory, spm.SentencePieceProcessor(model_file=tok).GetPieceSize(), seed=seed)
+    write_all(os.path.join(cwd, "benchmarks"))
+    for name in ("launch.py", "configs"):
+        os.symlink(os.path.join(project_root, name), os.path.join(cwd, name))
+    return dict(os.environ, PYTHONPATH=project_root, JAX_PLATFORMS="cpu")

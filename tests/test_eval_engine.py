@@ -90,6 +90,30 @@ def test_bucketed_generation_equals_one_prompt_at_a_time(env):
         assert got == alone
 
 
+def test_every_eos_id_ends_decoding_on_device(env, monkeypatch):
+    """A tokenizer with several EOS ids (LLaMA-3 Instruct: <|end_of_text|>, <|eom_id|>, <|eot_id|>):
+    a row that emits a secondary one stops the decode loop there, not at max_new_tokens."""
+    from mellama_jax.eval.engine import with_single_token_stops
+
+    engine = _engine(env, batch_size=1)
+    prompt = engine.tokenizer.encode("the patient had fever")
+    _, (free,), _ = engine.generate([prompt], 16)
+    free_steps = engine.stats["decode_steps"]
+    k = next((i for i in range(2, len(free)) if free[i] not in free[:i]), None)
+    if k is None:
+        pytest.skip("the random model repeated itself")
+    stop = free[k]
+    monkeypatch.setattr(type(engine.tokenizer), "eos_ids",
+                        property(lambda self: [self.eos_id, stop]))
+    _, (cut,), _ = engine.generate([prompt], 16)
+    assert cut == free[:k]
+    assert engine.stats["decode_steps"] - free_steps == k + 1 < free_steps
+    # merged with the caller's multi-token stop sequences, left-padded with -1
+    merged = with_single_token_stops(np.asarray([[5, 6]], np.int32), [9, 11])
+    assert merged.tolist() == [[5, 6], [-1, 9], [-1, 11]]
+    assert with_single_token_stops(None, []) is None
+
+
 def test_left_truncation_is_counted(env):
     engine = _engine(env, batch_size=2)
     long = engine.tokenizer.encode("fever cough " * 200)

@@ -15,20 +15,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TITLE = "Sampled protocols, chain of thought and protocol sensitivity"
 
 
-
-
 @pytest.mark.slow  # four evaluations of the sensitivity command plus two runs (~2-4 min on 2 cores)
 def test_readme_commands_run_as_written(tmp_path):
-    import sentencepiece as spm
-
     cwd = str(tmp_path)
-    tok = F.write_tokenizer(os.path.join(cwd, "Me-LLaMA-13b"))
-    vocab = spm.SentencePieceProcessor(model_file=tok).GetPieceSize()
-    F.write_tiny_hf_model(os.path.join(cwd, "Me-LLaMA-13b"), vocab, seed=1)
-    F.write_all(os.path.join(cwd, "benchmarks"))
-    for name in ("launch.py", "configs"):
-        os.symlink(os.path.join(ROOT, name), os.path.join(cwd, name))
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    env = F.write_readme_workspace(cwd, {"Me-LLaMA-13b": 1}, ROOT)
     commands = section_commands(f"## {TITLE}")
     assert len(commands) == 3, commands
     run_as_written(commands, cwd, env)

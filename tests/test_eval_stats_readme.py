@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import eval_fixtures as F
 from readme_commands import run_as_written, section_commands
@@ -14,22 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TITLE = "Confidence intervals, paired comparisons and published figures"
 
 
-
-
 def test_readme_commands_run_as_written(tmp_path):
-    import sentencepiece as spm
-
     cwd = str(tmp_path)
-    tok = F.write_tokenizer(os.path.join(cwd, "Llama-2-13b-hf"))
-    vocab = spm.SentencePieceProcessor(model_file=tok).GetPieceSize()
-    F.write_tiny_hf_model(os.path.join(cwd, "Llama-2-13b-hf"), vocab, seed=0)
-    os.makedirs(os.path.join(cwd, "Me-LLaMA-13b"))
-    shutil.copy(tok, os.path.join(cwd, "Me-LLaMA-13b", "tokenizer.model"))
-    F.write_tiny_hf_model(os.path.join(cwd, "Me-LLaMA-13b"), vocab, seed=1)
-    F.write_all(os.path.join(cwd, "benchmarks"))
-    for name in ("launch.py", "configs"):
-        os.symlink(os.path.join(ROOT, name), os.path.join(cwd, name))
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    env = F.write_readme_workspace(cwd, {"Llama-2-13b-hf": 0, "Me-LLaMA-13b": 1}, ROOT)
     commands = section_commands(f"## {TITLE}")
     assert len(commands) == 4, commands
     run_as_written(commands, cwd, env)

@@ -33,6 +33,19 @@ __all__ = ["Engine", "bucket_length", "small_bucket", "truncate_left", "load_eng
 MIN_BUCKET = 32
 
 
+def with_single_token_stops(stop_ids: np.ndarray | None, tokens: Sequence[int]) -> np.ndarray | None:
+    """`stop_ids` ([n, L] token sequences, left-padded with -1) plus one single-token row per id in
+    `tokens`: the EOS ids after the first (LLaMA-3 Instruct's <|eot_id|>, <|eom_id|>). The decode
+    loop checks stop sequences on device, so a row that emits any EOS ends there instead of running
+    to max_new_tokens and being cut on the host."""
+    if not tokens:
+        return stop_ids
+    rows = [] if stop_ids is None else [list(r) for r in np.asarray(stop_ids, np.int64)]
+    width = max([len(r) for r in rows] + [1])
+    rows = [[-1] * (width - len(r)) + r for r in rows] + [[-1] * (width - 1) + [int(t)] for t in tokens]
+    return np.asarray(rows, np.int32)
+
+
 def bucket_length(n: int, cap: int) -> int:
     """Smallest power of two >= n (at least MIN_BUCKET), never above cap."""
     b = MIN_BUCKET
@@ -187,6 +200,7 @@ class Engine:
             keys = np.asarray(keys, np.uint32)
             if keys.shape[0] != len(ids):
                 raise ValueError(f"{keys.shape[0]} keys for {len(ids)} prompts")
+        stop_ids = with_single_token_stops(stop_ids, [e for e in stops if e != eos])
         out_ids: list[list[int] | None] = [None] * len(ids)
         for start in range(0, len(order), rows):
             chunk = order[start:start + rows]
