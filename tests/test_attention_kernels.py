@@ -254,7 +254,8 @@ T = 256  # no other dim of the tiny model is 256, so a [.., T, T] tensor is atte
 
 
 def score_tensors(hlo: str, dtype: str = "f32", op: str = "") -> list[str]:
-    """Shapes of `dtype` tensors with two T-sized dims that an HLO module writes to memory: the
+    """Shapes of `dtype` tensors with two T-sized dims (or [.., group * T, T] rows, the grouped
+    layout of xla_attention's scores) that an HLO module writes to memory: the
     results of instructions outside fusion bodies (a fusion's inner values never reach memory);
     with `op`, only the results of that instruction (e.g. "dot")."""
     fused = set(re.findall(r"calls=%([\w.\-]+)", hlo)) if "fusion(" in hlo else set()
@@ -271,7 +272,9 @@ def score_tensors(hlo: str, dtype: str = "f32", op: str = "") -> list[str]:
             continue
         result = rhs.split(")")[0] if rhs.startswith("(") else rhs.split(" ")[0]
         for dims in re.findall(rf"\b{dtype}\[([\d,]+)\]", result):
-            if [int(x) for x in dims.split(",")].count(T) >= 2:
+            shape = [int(x) for x in dims.split(",")]
+            grouped = len(shape) >= 2 and T in shape[-2:] and shape[-2] % T == 0 and shape[-1] % T == 0
+            if shape.count(T) >= 2 or grouped:
                 found.append(f"{dtype}[{dims}]")
     return found
 

@@ -64,8 +64,36 @@ def _softmax_f32_sum_jvp(primals, tangents):
     return y, y * (dx - jnp.sum(y * dx, axis=-1, keepdims=True, dtype=jnp.float32).astype(y.dtype))
 
 
+def _group_rows(q: jnp.ndarray, num_kv: int) -> jnp.ndarray:
+    """q [b, t, heads, d] -> [b * kv_heads, group * t, d]: each kv head's query rows stacked, so the
+    grouped-query products are plain batched matmuls over one batch axis (no transposes around them)."""
+    b, t, num_heads, d = q.shape
+    group = num_heads // num_kv
+    return jnp.transpose(q.reshape(b, t, num_kv, group, d), (0, 2, 3, 1, 4)).reshape(b * num_kv, group * t, d)
+
+
+def _ungroup_rows(out: jnp.ndarray, b: int, t: int) -> jnp.ndarray:
+    """The inverse of `_group_rows`: [b * kv_heads, group * t, d] -> [b, t, heads, d]."""
+    rows, _, d = out.shape
+    num_kv = rows // b
+    group = out.shape[1] // t
+    return jnp.transpose(out.reshape(b, num_kv, group, t, d), (0, 3, 1, 2, 4)).reshape(b, t, num_kv * group, d)
+
+
+def _row_mask(mask: jnp.ndarray, num_kv: int, group: int) -> jnp.ndarray:
+    """mask [b, 1, t, s] -> [b * kv_heads, group * t, s], the layout of `_group_rows`' scores."""
+    b, _, t, s = mask.shape
+    return jnp.broadcast_to(mask[:, :, None], (b, num_kv, group, t, s)).reshape(b * num_kv, group * t, s)
+
+
 def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """Reference kernel: explicit GQA einsums and softmax.
+    """Reference kernel: explicit grouped-query matmuls and softmax.
+
+    Laid out like `cached_attention`: queries as [b * kv_heads, group * t, d] rows and keys/values as
+    [b * kv_heads, s, d], so the scores are [b * kv_heads, group * t, s] and both products (and their
+    gradients) are batched matmuls over one leading batch axis. Only q, k, v and the output are
+    transposed (activation-sized); with the 5-D einsums `btkgd,bskd->bkgts` and back, XLA:CPU also
+    transposed the [.., t, s] scores and probabilities, forward and backward.
 
     float32 inputs: float32 logits and softmax. bfloat16/float16 inputs: the logits and
     probabilities (the [b, heads, t, s] tensors XLA writes to memory) stay 16-bit, as on the
@@ -73,22 +101,23 @@ def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndar
     """
     b, t, num_heads, d = q.shape
     num_kv = k.shape[2]
-    q = q.reshape(b, t, num_kv, num_heads // num_kv, d)
+    mask = _row_mask(mask, num_kv, num_heads // num_kv)
+    k, v = cache_rows(k), cache_rows(v)
     if _low_precision(q.dtype):
         # Scale q, not the scores: one rounding of a [b, t, h, d] tensor instead of the logits.
-        scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(d ** -0.5, q.dtype), k,
-                            preferred_element_type=q.dtype)
-        scores = jnp.where(mask[:, :, None, :, :], scores, jnp.finfo(q.dtype).min)
+        rows = _group_rows(q * jnp.asarray(d ** -0.5, q.dtype), num_kv)
+        scores = jnp.einsum("nqd,nsd->nqs", rows, k, preferred_element_type=q.dtype)
+        scores = jnp.where(mask, scores, jnp.finfo(q.dtype).min)
         probs = _softmax_f32_sum(scores).astype(v.dtype)
         # A 16-bit result (accumulated in float32) keeps the backward's d(probs) matmul 16-bit too.
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=q.dtype)
+        out = jnp.einsum("nqs,nsd->nqd", probs, v, preferred_element_type=q.dtype)
     else:
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = jnp.einsum("nqd,nsd->nqs", _group_rows(q, num_kv), k, preferred_element_type=jnp.float32)
         scores = scores * (d ** -0.5)
-        scores = jnp.where(mask[:, :, None, :, :], scores, _MASK_VALUE)
+        scores = jnp.where(mask, scores, _MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, num_heads, d).astype(q.dtype)
+        out = jnp.einsum("nqs,nsd->nqd", probs, v, preferred_element_type=jnp.float32)
+    return _ungroup_rows(out, b, t).astype(q.dtype)
 
 
 def cache_rows(x: jnp.ndarray) -> jnp.ndarray:

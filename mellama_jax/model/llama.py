@@ -12,6 +12,7 @@ collection), which keeps generation a pure function.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -45,6 +46,24 @@ def _kernel(module: nn.Module, name: str, config: LlamaConfig) -> Array:
     """The kernel [in..., out...] of one of model.config.PROJECTIONS, tagged with its logical axes."""
     p = PROJECTION_BY_NAME[name]
     return _param(module, name, p.in_shape(config) + p.out_shape(config), p.in_axes + p.out_axes, config)
+
+
+def project(x: Array, kernel: Array, n_in: int = 1) -> Array:
+    """x [..., in...] @ kernel [in..., out...] -> [..., out...], contracting x's last `n_in` dims.
+
+    Written as one 2-D matmul [tokens, in] @ [in, out] between reshapes (bitcasts in row-major
+    layout), not as an einsum over the multi-dim shapes: autodiff then gives the backward as 2-D
+    dots too (dx = dy W^T, dW = x^T dy), which XLA:CPU runs on the stored operands. With the
+    multi-dim einsum, XLA transposed the weight gradient's operands (and weight-sized
+    intermediates) on every step. Same products and sums as the einsum.
+    """
+    in_shape, out_shape = kernel.shape[:n_in], kernel.shape[n_in:]
+    if x.shape[x.ndim - n_in:] != in_shape:
+        raise ValueError(f"project: x {x.shape} does not end in the kernel's input dims {in_shape}")
+    lead = x.shape[:x.ndim - n_in]
+    k = math.prod(in_shape)
+    y = x.reshape(-1, k) @ kernel.reshape(k, -1)
+    return y.reshape(*lead, *out_shape)
 
 
 def _bias(module: nn.Module, name: str, y: Array, config: LlamaConfig) -> Array:
@@ -105,9 +124,9 @@ class Attention(nn.Module):
         cfg = self.config
         wq, wk, wv, wo = (_kernel(self, name, cfg) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
 
-        q = _bias(self, "q_proj", jnp.einsum("bse,ehd->bshd", x, wq), cfg)
-        k = _bias(self, "k_proj", jnp.einsum("bse,ehd->bshd", x, wk), cfg)
-        v = _bias(self, "v_proj", jnp.einsum("bse,ehd->bshd", x, wv), cfg)
+        q = _bias(self, "q_proj", project(x, wq), cfg)
+        k = _bias(self, "k_proj", project(x, wk), cfg)
+        v = _bias(self, "v_proj", project(x, wv), cfg)
         q = _with_lora(self, "q_proj", x, q, "bse,er->bsr", "bsr,rhd->bshd", self.lora_dropout)
         k = _with_lora(self, "k_proj", x, k, "bse,er->bsr", "bsr,rhd->bshd", self.lora_dropout)
         v = _with_lora(self, "v_proj", x, v, "bse,er->bsr", "bsr,rhd->bshd", self.lora_dropout)
@@ -133,9 +152,7 @@ class Attention(nn.Module):
             out = cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
             new_cache = {"k": keys, "v": values}
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
-        # Contract (heads, head_dim) in that order: einsum lists them as (head_dim, heads), and XLA
-        # then transposes wo (and the activations) on every call to match.
-        y = _bias(self, "o_proj", jax.lax.dot_general(out, wo, (((2, 3), (0, 1)), ((), ()))), cfg)
+        y = _bias(self, "o_proj", project(out, wo, n_in=2), cfg)
         return _with_lora(self, "o_proj", out, y, "bshd,hdr->bsr", "bsr,re->bse", self.lora_dropout), new_cache
 
 
@@ -148,12 +165,12 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        gate = x @ _kernel(self, "gate_proj", cfg)
-        up = x @ _kernel(self, "up_proj", cfg)
+        gate = project(x, _kernel(self, "gate_proj", cfg))
+        up = project(x, _kernel(self, "up_proj", cfg))
         gate = _with_lora(self, "gate_proj", x, gate, "bse,er->bsr", "bsr,ri->bsi", self.lora_dropout)
         up = _with_lora(self, "up_proj", x, up, "bse,er->bsr", "bsr,ri->bsi", self.lora_dropout)
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-        out = hidden @ _kernel(self, "down_proj", cfg)
+        out = project(hidden, _kernel(self, "down_proj", cfg))
         return _with_lora(self, "down_proj", hidden, out, "bsi,ir->bsr", "bsr,re->bse", self.lora_dropout)
 
 
