@@ -121,3 +121,84 @@ def test_other_pallas_kernels_count_bytes_not_flops():
     other = FWD.replace("splash_mha_fwd_segmented_residuals", "my_kernel")
     (kernel,) = hlo.analyze(module(other), 1).kernels
     assert kernel.name == "my_kernel" and kernel.flops == 0.0 and kernel.bytes > 0
+
+
+# A layer loop of 4 trips over a stacked bf16[4,64,128] array (16 KiB a layer, 64 KiB in all): each
+# trip one fusion reads layer i (parameters declared out of order, as the TPU compiler prints them)
+# plus a f32[64,128] carry and writes a f32[64,128]; one fusion writes a bf16[64,128] layer into a
+# stacked buffer in place (root: a bitcast of the dynamic-update-slice). After the loop, an add of
+# two f32[64,128] runs once.
+TRAFFIC = """HloModule jit_step
+
+%slice_fused (param_1.1: s32[], param_0.1: bf16[4,64,128], param_2.1: f32[64,128]) -> f32[64,128] {
+  %param_0.1 = bf16[4,64,128]{2,1,0} parameter(0)
+  %param_1.1 = s32[] parameter(1)
+  %zero.1 = s32[] constant(0)
+  %ds = bf16[1,64,128]{2,1,0} dynamic-slice(%param_0.1, %param_1.1, %zero.1, %zero.1), dynamic_slice_sizes={1,64,128}
+  %bc = bf16[64,128]{1,0} bitcast(%ds)
+  %cv = f32[64,128]{1,0} convert(%bc)
+  %param_2.1 = f32[64,128]{1,0} parameter(2)
+  ROOT %m = f32[64,128]{1,0} multiply(%cv, %param_2.1)
+}
+
+%dus_fused (param_0.2: bf16[4,64,128], param_1.2: f32[64,128], param_2.2: s32[]) -> bf16[4,8192] {
+  %param_0.2 = bf16[4,64,128]{2,1,0} parameter(0)
+  %param_1.2 = f32[64,128]{1,0} parameter(1)
+  %cv.2 = bf16[64,128]{1,0} convert(%param_1.2)
+  %up = bf16[1,64,128]{2,1,0} bitcast(%cv.2)
+  %param_2.2 = s32[] parameter(2)
+  %zero.2 = s32[] constant(0)
+  %dus = bf16[4,64,128]{2,1,0} dynamic-update-slice(%param_0.2, %up, %param_2.2, %zero.2, %zero.2)
+  ROOT %flat = bf16[4,8192]{1,0} bitcast(%dus)
+}
+
+%body (p: (s32[], f32[64,128], bf16[4,64,128], bf16[4,8192])) -> (s32[], f32[64,128], bf16[4,64,128], bf16[4,8192]) {
+  %p = (s32[], f32[64,128]{1,0}, bf16[4,64,128]{2,1,0}, bf16[4,8192]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[64,128]{1,0} get-tuple-element(%p), index=1
+  %w = bf16[4,64,128]{2,1,0} get-tuple-element(%p), index=2
+  %acc = bf16[4,8192]{1,0} get-tuple-element(%p), index=3
+  %y = f32[64,128]{1,0} fusion(%w, %i, %x), kind=kLoop, calls=%slice_fused, metadata={op_name="jit(step)/while/body/layers/mlp/mul"}
+  %accb = bf16[4,64,128]{2,1,0} bitcast(%acc)
+  %acc2 = bf16[4,8192]{1,0} fusion(%accb, %y, %i), kind=kLoop, calls=%dus_fused, metadata={op_name="jit(step)/while/body/layers/stack"}
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  ROOT %out = (s32[], f32[64,128]{1,0}, bf16[4,64,128]{2,1,0}, bf16[4,8192]{1,0}) tuple(%next, %y, %w, %acc2)
+}
+
+%cond (p: (s32[], f32[64,128], bf16[4,64,128], bf16[4,8192])) -> pred[] {
+  %p = (s32[], f32[64,128]{1,0}, bf16[4,64,128]{2,1,0}, bf16[4,8192]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(4)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (x: f32[64,128], w: bf16[4,64,128], acc: bf16[4,8192]) -> f32[64,128] {
+  %x = f32[64,128]{1,0} parameter(0)
+  %w = bf16[4,64,128]{2,1,0} parameter(1)
+  %acc = bf16[4,8192]{1,0} parameter(2)
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[64,128]{1,0}, bf16[4,64,128]{2,1,0}, bf16[4,8192]{1,0}) tuple(%zero, %x, %w, %acc)
+  %loop = (s32[], f32[64,128]{1,0}, bf16[4,64,128]{2,1,0}, bf16[4,8192]{1,0}) while(%init), condition=%cond, body=%body
+  %y = f32[64,128]{1,0} get-tuple-element(%loop), index=1
+  ROOT %sum = f32[64,128]{1,0} add(%y, %x), metadata={op_name="jit(step)/optimizer/add"}
+}
+"""
+
+
+def test_traffic_counts_slices_in_place_updates_and_trip_counts():
+    f32, bf16 = 64 * 128 * 4, 64 * 128 * 2  # one f32[64,128], one bf16 layer
+    # slice fusion: reads layer i (not the whole stack), the carry and the s32 index; writes f32
+    slice_fusion = bf16 + f32 + 4 + f32
+    # in-place update: reads the f32 update and the index, writes one bf16 layer (not the stack)
+    dus_fusion = f32 + 4 + bf16
+    counter = 3 * 4  # i + 1: two s32 read, one written
+    outside = 3 * f32  # the add after the loop
+    t = hlo.traffic(TRAFFIC)
+    assert t.bytes_once == slice_fusion + dus_fusion + counter + outside
+    assert t.bytes == 4 * (slice_fusion + dus_fusion + counter) + outside
+    assert t.outside_loops == outside
+    assert t.by_scope["layers/mlp/mul"] == 4 * slice_fusion
+    assert t.by_scope["layers/stack"] == 4 * dus_fusion
+    assert t.by_scope["optimizer/add"] == outside
+    assert t.by_kind == {"slicing fusions": 4 * (slice_fusion + dus_fusion), "add": outside + 4 * counter}

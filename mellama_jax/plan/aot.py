@@ -196,6 +196,42 @@ def lower_train_step(config: Any, model_config: LlamaConfig, devices: list):
     return trainer, lower(*args)
 
 
+@dataclasses.dataclass
+class CompiledCost:
+    """Per-device FLOPs, HBM traffic and roofline of one compiled program (any program: ours or
+    another framework's, e.g. benchmarks/compare_maxtext.py), all from the same formulas."""
+
+    xla_flops: float  # XLA cost analysis (loop bodies once)
+    flops: float  # loop-corrected, Pallas kernels included
+    hbm_traffic_bytes: float
+    stats: hlo_lib.HloStats
+    roofline: Roofline
+    xla_bytes: float = 0.0  # XLA's bytes accessed (loop bodies once)
+
+
+def analyze_compiled(compiled: Any, num_devices: int, chip: Any, per_chip: int = 1) -> CompiledCost:
+    """FLOPs, HBM bytes and roofline of a ``jax.stages.Compiled`` for ``chip`` (hardware.Chip)."""
+    cost = compiled.cost_analysis() or {}
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    stats = hlo_lib.analyze(compiled.as_text(), num_devices)
+    xla_flops = float(cost.get("flops", 0.0))
+    looped = xla_flops + stats.dot_flops - stats.dot_flops_once
+    # HBM traffic: XLA's bytes accessed, scaled like the FLOPs for the loop iterations it skips.
+    # (Summing operand sizes ourselves overcounts: a slice of a stacked [layers, ...] array reads
+    # one layer, not the whole operand.)
+    xla_bytes = float(cost.get("bytes accessed", 0.0))
+    traffic = xla_bytes * (looped / xla_flops) if xla_flops else xla_bytes
+    # Pallas kernels (splash attention): XLA counts no FLOPs inside them; counted from their shapes.
+    flops = looped + stats.kernel_flops
+    traffic += stats.kernel_bytes
+    wire = sum(c.wire_bytes for c in stats.collectives)
+    roofline = Roofline(flops / (chip.peak_flops / per_chip),
+                        traffic / (chip.hbm_bandwidth / per_chip),
+                        wire / (chip.interconnect_bandwidth / per_chip))
+    return CompiledCost(xla_flops, flops, traffic, stats, roofline, xla_bytes)
+
+
 def compile_plan(config: Any, topology: str | TpuTopology) -> AotPlan:
     """Compile ``config``'s train step for ``topology`` (e.g. "v5p:4x4x4") and analyse it."""
     topo = parse_tpu_topology(topology) if isinstance(topology, str) else topology
@@ -224,25 +260,7 @@ def compile_plan(config: Any, topology: str | TpuTopology) -> AotPlan:
                        oom_message=message)
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis() or {}
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    stats = hlo_lib.analyze(compiled.as_text(), len(devices))
-    xla_flops = float(cost.get("flops", 0.0))
-    looped = xla_flops + stats.dot_flops - stats.dot_flops_once
-    # HBM traffic: XLA's bytes accessed, scaled like the FLOPs for the loop iterations it skips.
-    # (Summing operand sizes ourselves overcounts: a slice of a stacked [layers, ...] array reads
-    # one layer, not the whole operand.)
-    xla_bytes = float(cost.get("bytes accessed", 0.0))
-    traffic = xla_bytes * (looped / xla_flops) if xla_flops else xla_bytes
-    # Pallas kernels (splash attention): XLA counts no FLOPs inside them; counted from their shapes.
-    flops = looped + stats.kernel_flops
-    traffic += stats.kernel_bytes
-    chip = topo.chip
-    peak = common["peak_flops"]
-    wire = sum(c.wire_bytes for c in stats.collectives)
-    roofline = Roofline(flops / peak, traffic / (chip.hbm_bandwidth / per_chip),
-                        wire / (chip.interconnect_bandwidth / per_chip))
+    cost = analyze_compiled(compiled, len(devices), topo.chip, per_chip)
     state_in = compiled.input_shardings[0][0]
     param_specs = jax.tree.map(lambda s: s.spec, state_in.params,
                                is_leaf=lambda x: isinstance(x, NamedSharding))
@@ -250,6 +268,7 @@ def compile_plan(config: Any, topology: str | TpuTopology) -> AotPlan:
         **common, argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
         alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
         code_bytes=int(mem.generated_code_size_in_bytes),
-        xla_flops=xla_flops, flops=flops, hbm_traffic_bytes=traffic,
-        loops=stats.loops, collectives=stats.collectives, kernels=stats.kernels, roofline=roofline,
+        xla_flops=cost.xla_flops, flops=cost.flops, hbm_traffic_bytes=cost.hbm_traffic_bytes,
+        loops=cost.stats.loops, collectives=cost.stats.collectives, kernels=cost.stats.kernels,
+        roofline=cost.roofline,
         compile_s=compile_s, param_specs=param_specs)

@@ -39,6 +39,7 @@ class Instr:
     shapes: list  # [(dtype, dims)] of the result (several for a tuple)
     operands: list  # operand instruction names
     attrs: str  # everything after the operand list
+    number: int | None = None  # a parameter's index, ``parameter(N)``
 
 
 @dataclasses.dataclass
@@ -113,7 +114,8 @@ def _parse_instr(line: str) -> Instr | None:
     close = _matching(rest, om.end() - 1)
     operand_text = rest[om.end():close]
     operands = re.findall(r"%([^\s,)]+)", operand_text)
-    return Instr(m.group(1), om.group(1), _parse_shapes(type_text), operands, rest[close + 1:])
+    number = int(operand_text) if om.group(1) == "parameter" and operand_text.strip().isdigit() else None
+    return Instr(m.group(1), om.group(1), _parse_shapes(type_text), operands, rest[close + 1:], number)
 
 
 def _depth_change(line: str) -> int:
@@ -396,15 +398,18 @@ def kernel_cost(instr: Instr) -> tuple[str, float, float] | None:
     return name, flops, nbytes
 
 
-def analyze(text: str, num_devices: int) -> HloStats:
-    """Loop-aware matmul FLOPs and collectives of one compiled, partitioned HLO module."""
-    comps, entry = parse_module(text)
+def _raw_lines(text: str) -> dict:
     raw = {}
     for line in logical_lines(text):
         m = _INSTR.match(line)
         if m:
             raw[m.group(1)] = line
-    callers: dict[str, list[tuple[str, float, float]]] = collections.defaultdict(list)
+    return raw
+
+
+def _call_graph(comps: dict, raw: dict) -> tuple[dict, list]:
+    """({callee: [(caller, trips, 1.0, edge kind)]}, [(loop name, trip count)])."""
+    callers: dict[str, list[tuple[str, float, float, str]]] = collections.defaultdict(list)
     loops = []
     for cname, instrs in comps.items():
         for instr in instrs:
@@ -413,12 +418,15 @@ def analyze(text: str, num_devices: int) -> HloStats:
                     trips = trip_count(instr, comps, raw, instrs)
                     op = re.search(r'op_name="([^"]*)"', instr.attrs)
                     loops.append((op.group(1) if op else callee, trips))
-                    callers[callee].append((cname, float(trips or 1), 1.0))
+                    callers[callee].append((cname, float(trips or 1), 1.0, key))
                 elif key == "condition":
                     continue  # no FLOPs or traffic worth counting
                 else:
-                    callers[callee].append((cname, 1.0, 1.0))
+                    callers[callee].append((cname, 1.0, 1.0, instr.opcode if key == "calls" else key))
+    return callers, loops
 
+
+def _multiplier(callers: dict, entry: str):
     memo: dict[tuple[str, bool], float] = {}
 
     def mult(c: str, once: bool) -> float:
@@ -427,8 +435,17 @@ def analyze(text: str, num_devices: int) -> HloStats:
         if (c, once) not in memo:
             memo[(c, once)] = 0.0  # guards against (impossible) cycles
             memo[(c, once)] = sum(mult(p, once) * (f_once if once else f)
-                                  for p, f, f_once in callers.get(c, ()))
+                                  for p, f, f_once, _ in callers.get(c, ()))
         return memo[(c, once)]
+    return mult
+
+
+def analyze(text: str, num_devices: int) -> HloStats:
+    """Loop-aware matmul FLOPs and collectives of one compiled, partitioned HLO module."""
+    comps, entry = parse_module(text)
+    raw = _raw_lines(text)
+    callers, loops = _call_graph(comps, raw)
+    mult = _multiplier(callers, entry)
 
     flops = {False: 0.0, True: 0.0}
     coll: dict[str, dict] = {}
@@ -462,3 +479,164 @@ def analyze(text: str, num_devices: int) -> HloStats:
                    for k, v in sorted(coll.items())]
     found = [Kernel(name, int(round(count)), f, b) for (name, f, b), count in kernels.values()]
     return HloStats(loops, flops[True], flops[False], collectives, sorted(found, key=lambda k: k.name))
+
+
+# ---------------------------------------------------------------------------------------------------
+# HBM bytes counted per instruction, loop trip counts applied.
+
+# Top-level instructions that move no HBM bytes themselves (control flow, aliases, bookkeeping), and
+# the second halves of async pairs (their "-start" is counted).
+_NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "conditional",
+               "call", "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency",
+               "copy-done", "all-gather-done", "all-reduce-done", "collective-permute-done",
+               "async-done", "send-done", "recv-done", "get-dimension-size"}
+_SLICING = ("dynamic-slice", "slice", "gather")
+
+
+@dataclasses.dataclass
+class Traffic:
+    """HBM bytes of one step per device, each executed top-level instruction's operands + results."""
+
+    bytes_once: float  # loop bodies counted once (XLA's convention, to compare with its count)
+    bytes: float  # loop trip counts applied
+    by_scope: dict  # {op_name scope: bytes}, loop trip counts applied
+    outside_loops: float  # bytes of the instructions that run once per step (e.g. the optimizer)
+    by_kind: dict = dataclasses.field(default_factory=dict)  # {instruction kind: bytes}, see ``kind``
+
+
+def _users(instrs: list[Instr]) -> dict:
+    users: dict[str, list[Instr]] = collections.defaultdict(list)
+    for i in instrs:
+        for op in i.operands:
+            users[op].append(i)
+    return users
+
+
+def _param_read_bytes(name: str, full: float, users: dict, depth: int = 0) -> float:
+    """Bytes a fusion reads of one parameter: only the slices when every use slices it (a layer of a
+    stacked [layers, ...] array), nothing when it is the buffer a dynamic-update-slice writes in place."""
+    total = 0.0
+    for u in users.get(name, ()):
+        if u.opcode in _SLICING and u.operands and u.operands[0] == name:
+            total += _shape_bytes(u.shapes)
+        elif u.opcode == "dynamic-update-slice" and u.operands and u.operands[0] == name:
+            continue
+        elif u.opcode == "bitcast" and depth < 4:
+            total += _param_read_bytes(u.name, full, users, depth + 1)
+        else:
+            return full
+    return min(total, full)
+
+
+def _fusion_bytes(instr: Instr, operand_bytes: list, fused: list[Instr]) -> float:
+    by_name = {i.name: i for i in fused}
+    users = _users(fused)
+    params = {i.number: i.name for i in fused if i.opcode == "parameter" and i.number is not None}
+    read = 0.0
+    for k, full in enumerate(operand_bytes):
+        name = params.get(k)
+        read += full if name is None else _param_read_bytes(name, full, users)
+    root = fused[-1] if fused else None
+    outs = [by_name.get(o) for o in root.operands] if root is not None and root.opcode == "tuple" else [root]
+    written = 0.0
+    for out, shape in zip(outs, instr.shapes):
+        while out is not None and out.opcode == "bitcast" and out.operands:
+            out = by_name.get(out.operands[0])
+        if out is not None and out.opcode == "dynamic-update-slice" and len(out.operands) > 1:
+            upd = by_name.get(out.operands[1])
+            written += _shape_bytes(upd.shapes) if upd is not None else _shape_bytes([shape])
+        else:
+            written += _shape_bytes([shape])
+    return read + written
+
+
+def _scope(instr: Instr) -> str:
+    """A short name of the source op: its op_name without the jit/while/jvp wrappers."""
+    m = re.search(r'op_name="([^"]*)"', instr.attrs)
+    if not m:
+        return f"({instr.opcode})"
+    parts = [p for p in m.group(1).split("/") if p and not p.startswith(("jit(", "while", "body",
+             "eval_jaxpr", "checkpoint", "rematted_computation", "remat", "closed_call", "cond",
+             "branch", "pjit", "transpose(", "jvp("))]
+    return "/".join(parts[-3:]) or f"({instr.opcode})"
+
+
+def kind(instr: Instr, comps: dict) -> str:
+    """A coarse class of a top-level instruction, for saying where the bytes go."""
+    if instr.opcode == "custom-call":
+        return "Pallas kernels" if 'custom_call_target="tpu_custom_call"' in instr.attrs else "custom calls"
+    base = instr.opcode[:-6] if instr.opcode.endswith("-start") else instr.opcode
+    if base in COLLECTIVES:
+        return "collectives"
+    if instr.opcode == "fusion":
+        callee = re.search(r"calls=%([^\s,)}]+)", instr.attrs)
+        ops = {i.opcode for i in comps.get(callee.group(1), [])} if callee else set()
+        if ops & {"dot", "convolution"}:
+            return "matmul fusions"
+        if ops & {"dynamic-update-slice", "dynamic-slice", "slice", "gather", "scatter"}:
+            return "slicing fusions"
+        if "reduce" in ops:
+            return "reduce fusions"
+        return "elementwise fusions"
+    if instr.opcode in ("copy", "copy-start", "transpose"):
+        return "copies"
+    return instr.opcode
+
+
+def instruction_bytes(instr: Instr, shapes: dict, comps: dict) -> float:
+    """HBM bytes one execution of a top-level instruction reads and writes."""
+    if instr.opcode in _NO_TRAFFIC:
+        return 0.0
+    operand_bytes = [_shape_bytes(shapes.get(o, [])) for o in instr.operands]
+    if instr.opcode == "fusion":
+        callee = re.search(r"calls=%([^\s,)}]+)", instr.attrs)
+        if callee and callee.group(1) in comps:
+            return _fusion_bytes(instr, operand_bytes, comps[callee.group(1)])
+    if instr.opcode in _SLICING:
+        return 2 * _shape_bytes(instr.shapes)
+    if instr.opcode == "dynamic-update-slice":
+        return 2 * (operand_bytes[1] if len(operand_bytes) > 1 else 0.0)
+    result = instr.shapes
+    if instr.opcode.endswith("-start") and len(result) > 1:  # (operands..., results..., scratch)
+        result = [max(result, key=lambda s: math.prod(s[1]))]
+    return sum(operand_bytes) + _shape_bytes(result)  # Pallas kernels too, as kernel_cost counts them
+
+
+def traffic(text: str) -> Traffic:
+    """HBM bytes per step per device, counted instruction by instruction with loop trip counts.
+
+    XLA's ``bytes accessed`` counts every loop body once; scaling it by the loop-corrected FLOPs
+    (plan/aot.py) also scales the bytes of what runs once per step (the optimizer update: no matmuls,
+    many bytes) by the loop factor. This count applies each computation's own trip count instead.
+    Fused computations are not walked (their intermediates stay on chip): a fusion reads its operands
+    (only the slices it takes of a sliced one) and writes its results (only the update of an in-place
+    dynamic-update-slice), as XLA's own cost analysis counts it.
+    """
+    comps, entry = parse_module(text)
+    raw = _raw_lines(text)
+    callers, _ = _call_graph(comps, raw)
+    mult = _multiplier(callers, entry)
+    executed = {entry}
+    for callee, edges in callers.items():  # computations run as control flow, not fused bodies
+        if any(kind in ("body", "branch", "true_computation", "false_computation", "call")
+               for _, _, _, kind in edges):
+            executed.add(callee)
+    total = {False: 0.0, True: 0.0}
+    by_scope: dict[str, float] = collections.defaultdict(float)
+    by_kind: dict[str, float] = collections.defaultdict(float)
+    outside = 0.0
+    for cname in executed:
+        instrs = comps.get(cname, [])
+        m_true, m_once = mult(cname, False), mult(cname, True)
+        shapes = {i.name: i.shapes for i in instrs}
+        for instr in instrs:
+            b = instruction_bytes(instr, shapes, comps)
+            if not b:
+                continue
+            total[False] += b * m_true
+            total[True] += b * m_once
+            by_scope[_scope(instr)] += b * m_true
+            by_kind[kind(instr, comps)] += b * m_true
+            if m_true == 1.0:
+                outside += b
+    return Traffic(total[True], total[False], dict(by_scope), outside, dict(by_kind))
