@@ -86,10 +86,34 @@ def _row_mask(mask: jnp.ndarray, num_kv: int, group: int) -> jnp.ndarray:
     return jnp.broadcast_to(mask[:, :, None], (b, num_kv, group, t, s)).reshape(b * num_kv, group * t, s)
 
 
+def _xla_attention_einsum(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """`xla_attention` off CPU: the 5-D grouped-query einsums, which TPU/GPU layout assignment
+    handles without copies (the row layout below cost the planner's TPU compile ~5% more FLOPs,
+    tests/test_plan.py). Same products and softmax."""
+    b, t, num_heads, d = q.shape
+    num_kv = k.shape[2]
+    q = q.reshape(b, t, num_kv, num_heads // num_kv, d)
+    if _low_precision(q.dtype):
+        # Scale q, not the scores: one rounding of a [b, t, h, d] tensor instead of the logits.
+        scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(d ** -0.5, q.dtype), k,
+                            preferred_element_type=q.dtype)
+        scores = jnp.where(mask[:, :, None, :, :], scores, jnp.finfo(q.dtype).min)
+        probs = _softmax_f32_sum(scores).astype(v.dtype)
+        # A 16-bit result (accumulated in float32) keeps the backward's d(probs) matmul 16-bit too.
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=q.dtype)
+    else:
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = scores * (d ** -0.5)
+        scores = jnp.where(mask[:, :, None, :, :], scores, _MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, num_heads, d).astype(q.dtype)
+
+
 def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     """Reference kernel: explicit grouped-query matmuls and softmax.
 
-    Laid out like `cached_attention`: queries as [b * kv_heads, group * t, d] rows and keys/values as
+    On CPU laid out like `cached_attention` (elsewhere `_xla_attention_einsum`): queries as [b * kv_heads, group * t, d] rows and keys/values as
     [b * kv_heads, s, d], so the scores are [b * kv_heads, group * t, s] and both products (and their
     gradients) are batched matmuls over one leading batch axis. Only q, k, v and the output are
     transposed (activation-sized); with the 5-D einsums `btkgd,bskd->bkgts` and back, XLA:CPU also
@@ -99,6 +123,8 @@ def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndar
     probabilities (the [b, heads, t, s] tensors XLA writes to memory) stay 16-bit, as on the
     kernels; the matmuls accumulate in float32 and the softmax sums in float32.
     """
+    if target_platform() != "cpu":
+        return _xla_attention_einsum(q, k, v, mask)
     b, t, num_heads, d = q.shape
     num_kv = k.shape[2]
     mask = _row_mask(mask, num_kv, num_heads // num_kv)
