@@ -8,6 +8,6 @@ setup(
     name="mellama-jax",
     version="0.0.0",
     packages=find_packages(include=["mellama_jax", "mellama_jax.*"]),
-    package_data={"mellama_jax.data": ["samples/*.model", "samples/*.json"]},
+    package_data={"mellama_jax.data": ["samples/*.model", "samples/*.json"], "mellama_jax.plan": ["prices.json"]},
     python_requires=">=3.10",
 )

@@ -12,6 +12,7 @@ launch.py. Exit status: 0 fits, 1 does not fit (a sweep: no row fits), 2 bad fla
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -22,7 +23,8 @@ from mellama_jax.cli.config_flags import define_config_flag, parse_flags
 from mellama_jax.config_validation import Task, validate_config
 from mellama_jax.model.attention import resolve_attention_impl
 from mellama_jax.plan import aot, estimate as est_lib, report
-from mellama_jax.plan.hardware import parse_gpu_cluster, parse_tpu_topology
+from mellama_jax.plan import cost as cost_lib
+from mellama_jax.plan.hardware import GPU_CHIPS, TPU_CHIPS, parse_gpu_cluster, parse_tpu_topology
 
 PROG = "mellama_jax.cli.plan"
 # The same --config flag as launch.py's: comma-separated tuples and data.sources_spec expansion too.
@@ -38,6 +40,12 @@ _SWEEP_REMAT = flags.DEFINE_list("sweep_remat", ["full", "dots_with_no_batch_dim
                                  "--sweep: remat policies")
 _ESTIMATE = flags.DEFINE_bool("estimate", True, "With --topology: also print the analytic estimate.")
 _JSON = flags.DEFINE_string("json", "", "Also write the results as JSON to this file.")
+_COST = flags.DEFINE_bool("cost", False, "Also project the whole run: wall-clock, accelerator-hours and cost at "
+                          "the on-demand prices in --prices (the roofline bound, and at --cost_mfu).")
+_COST_MFU = flags.DEFINE_float("cost_mfu", 0.5, "--cost: the model-FLOPs utilisation of the second projection.")
+_COST_EXAMPLES = flags.DEFINE_integer("cost_examples", cost_lib.ME_LLAMA_SFT_EXAMPLES,
+                                      "--cost, epoch-based (SFT) configs: examples per epoch.")
+_PRICES = flags.DEFINE_string("prices", cost_lib.PRICES_FILE, "--cost: the dated prices file (JSON).")
 
 FITS, DOES_NOT_FIT, USAGE = 0, 1, 2
 
@@ -69,6 +77,24 @@ def _fused_attention(mc, platform: str) -> bool:
     return resolve_attention_impl(mc.attention_impl, mc.dtype, mc.head_dim, platform) in ("cudnn", "splash")
 
 
+def print_cost(config, chip, chips: int, step_s: float | None, model_flops_per_step: float) -> dict | None:
+    """--cost: the run's projected hours and cost on this machine (nothing when it does not fit)."""
+    if not _COST.value or not step_s:
+        return None
+    key = next(k for k, c in {**TPU_CHIPS, **GPU_CHIPS}.items() if c is chip)
+    price = cost_lib.load_price(key, _PRICES.value)
+    steps, how = cost_lib.run_steps(config, _COST_EXAMPLES.value)
+    bound = cost_lib.run_cost(steps, step_s, chips, price)
+    at = cost_lib.run_cost(steps, cost_lib.step_seconds_at_mfu(model_flops_per_step, chips, chip.peak_flops,
+                                                               _COST_MFU.value), chips, price)
+    print(cost_lib.format_costs(bound, at, _COST_MFU.value, how))
+    return {"steps": steps, "counted": how, "chips": chips, "price": dataclasses.asdict(price),
+            "bound": {"step_s": bound.step_s, "wall_hours": bound.wall_hours, "chip_hours": bound.chip_hours,
+                      "cost": bound.cost},
+            "at_mfu": {"mfu": _COST_MFU.value, "step_s": at.step_s, "wall_hours": at.wall_hours,
+                       "chip_hours": at.chip_hours, "cost": at.cost}}
+
+
 def run_topology(config, config_name: str) -> tuple[int, dict]:
     topo = parse_tpu_topology(_TOPOLOGY.value)
     if not _SWEEP.value:
@@ -84,8 +110,11 @@ def run_topology(config, config_name: str) -> tuple[int, dict]:
             print(f"\nDOES NOT FIT: {config_name} on {topo.name}. Try a larger slice, more tensor "
                   "parallelism (--config.mesh.tensor), --config.model.remat_policy=full, or more "
                   "--config.train.micro_batches (or --sweep).", file=sys.stderr)
+        cost = print_cost(config, topo.chip, topo.num_chips, plan.roofline.step_s if plan.fits and plan.roofline
+                          else None, plan.model_flops_per_step)
         return (FITS if plan.fits else DOES_NOT_FIT), {
-            "config": config_name, "aot": plan.to_dict(), "estimate": est.to_dict() if est else None}
+            "config": config_name, "aot": plan.to_dict(), "estimate": est.to_dict() if est else None,
+            "cost": cost}
     rows = []
     for mesh in sweep_meshes(topo.num_chips):
         for remat in _SWEEP_REMAT.value:
@@ -131,6 +160,10 @@ def run_gpus(config, config_name: str) -> tuple[int, dict]:
             print(f"{config_name}\n" + report.format_estimate(
                 est, mc, int(cfg.train.global_batch_size), int(cfg.train.micro_batches),
                 cfg.get("lora") is not None and bool(cfg.lora.get("enabled", False)), notes))
+            cost = print_cost(cfg, cluster.chip, cluster.num_gpus, est.step_s if est.fits else None,
+                              est.model_flops_per_step)
+            if cost:
+                outputs[-1]["cost"] = cost
             if not est.fits:
                 print(f"\nDOES NOT FIT (estimate): {config_name} on {cluster.name}. Try more GPUs, "
                       "--config.mesh.tensor, --config.model.remat_policy=full or more "
