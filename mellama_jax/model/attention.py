@@ -86,64 +86,52 @@ def _row_mask(mask: jnp.ndarray, num_kv: int, group: int) -> jnp.ndarray:
     return jnp.broadcast_to(mask[:, :, None], (b, num_kv, group, t, s)).reshape(b * num_kv, group * t, s)
 
 
-def _xla_attention_einsum(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """`xla_attention` off CPU: the 5-D grouped-query einsums, which TPU/GPU layout assignment
-    handles without copies (the row layout below cost the planner's TPU compile ~5% more FLOPs,
-    tests/test_plan.py). Same products and softmax."""
+def _grouped_layout(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray, rows: bool):
+    """The operands of `xla_attention` in one of two layouts, with the two score/output einsums and
+    the map back to [b, t, heads, d]. rows=True (CPU): `cached_attention`'s [b * kv, g * t, d] rows,
+    batched matmuls over one leading axis. rows=False (TPU/GPU): the 5-D grouped-query einsums, which
+    their layout assignment handles without copies (the row layout cost the planner's TPU compile
+    ~5% more FLOPs, tests/test_plan.py)."""
     b, t, num_heads, d = q.shape
     num_kv = k.shape[2]
-    q = q.reshape(b, t, num_kv, num_heads // num_kv, d)
-    if _low_precision(q.dtype):
-        # Scale q, not the scores: one rounding of a [b, t, h, d] tensor instead of the logits.
-        scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(d ** -0.5, q.dtype), k,
-                            preferred_element_type=q.dtype)
-        scores = jnp.where(mask[:, :, None, :, :], scores, jnp.finfo(q.dtype).min)
-        probs = _softmax_f32_sum(scores).astype(v.dtype)
-        # A 16-bit result (accumulated in float32) keeps the backward's d(probs) matmul 16-bit too.
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=q.dtype)
-    else:
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores * (d ** -0.5)
-        scores = jnp.where(mask[:, :, None, :, :], scores, _MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, num_heads, d).astype(q.dtype)
+    group = num_heads // num_kv
+    if rows:
+        return (lambda x: _group_rows(x, num_kv), cache_rows(k), cache_rows(v), _row_mask(mask, num_kv, group),
+                "nqd,nsd->nqs", "nqs,nsd->nqd", lambda out: _ungroup_rows(out, b, t))
+    return (lambda x: x.reshape(b, t, num_kv, group, d), k, v, mask[:, :, None, :, :],
+            "btkgd,bskd->bkgts", "bkgts,bskd->btkgd", lambda out: out.reshape(b, t, num_heads, d))
 
 
 def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     """Reference kernel: explicit grouped-query matmuls and softmax.
 
-    On CPU laid out like `cached_attention` (elsewhere `_xla_attention_einsum`): queries as [b * kv_heads, group * t, d] rows and keys/values as
-    [b * kv_heads, s, d], so the scores are [b * kv_heads, group * t, s] and both products (and their
-    gradients) are batched matmuls over one leading batch axis. Only q, k, v and the output are
-    transposed (activation-sized); with the 5-D einsums `btkgd,bskd->bkgts` and back, XLA:CPU also
-    transposed the [.., t, s] scores and probabilities, forward and backward.
+    On CPU laid out like `cached_attention`: queries as [b * kv_heads, group * t, d] rows and
+    keys/values as [b * kv_heads, s, d], so the scores are [b * kv_heads, group * t, s] and both
+    products (and their gradients) are batched matmuls over one leading batch axis. Only q, k, v and
+    the output are transposed (activation-sized); with the 5-D einsums `btkgd,bskd->bkgts` and back,
+    XLA:CPU also transposed the [.., t, s] scores and probabilities, forward and backward. Other
+    platforms keep the 5-D einsums (`_grouped_layout`).
 
     float32 inputs: float32 logits and softmax. bfloat16/float16 inputs: the logits and
     probabilities (the [b, heads, t, s] tensors XLA writes to memory) stay 16-bit, as on the
     kernels; the matmuls accumulate in float32 and the softmax sums in float32.
     """
-    if target_platform() != "cpu":
-        return _xla_attention_einsum(q, k, v, mask)
-    b, t, num_heads, d = q.shape
-    num_kv = k.shape[2]
-    mask = _row_mask(mask, num_kv, num_heads // num_kv)
-    k, v = cache_rows(k), cache_rows(v)
+    d = q.shape[-1]
+    group_q, k, v, mask, qk, pv, ungroup = _grouped_layout(q, k, v, mask, rows=target_platform() == "cpu")
     if _low_precision(q.dtype):
         # Scale q, not the scores: one rounding of a [b, t, h, d] tensor instead of the logits.
-        rows = _group_rows(q * jnp.asarray(d ** -0.5, q.dtype), num_kv)
-        scores = jnp.einsum("nqd,nsd->nqs", rows, k, preferred_element_type=q.dtype)
+        scores = jnp.einsum(qk, group_q(q * jnp.asarray(d ** -0.5, q.dtype)), k, preferred_element_type=q.dtype)
         scores = jnp.where(mask, scores, jnp.finfo(q.dtype).min)
         probs = _softmax_f32_sum(scores).astype(v.dtype)
         # A 16-bit result (accumulated in float32) keeps the backward's d(probs) matmul 16-bit too.
-        out = jnp.einsum("nqs,nsd->nqd", probs, v, preferred_element_type=q.dtype)
+        out = jnp.einsum(pv, probs, v, preferred_element_type=q.dtype)
     else:
-        scores = jnp.einsum("nqd,nsd->nqs", _group_rows(q, num_kv), k, preferred_element_type=jnp.float32)
+        scores = jnp.einsum(qk, group_q(q), k, preferred_element_type=jnp.float32)
         scores = scores * (d ** -0.5)
         scores = jnp.where(mask, scores, _MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("nqs,nsd->nqd", probs, v, preferred_element_type=jnp.float32)
-    return _ungroup_rows(out, b, t).astype(q.dtype)
+        out = jnp.einsum(pv, probs, v, preferred_element_type=jnp.float32)
+    return ungroup(out).astype(q.dtype)
 
 
 def cache_rows(x: jnp.ndarray) -> jnp.ndarray:
