@@ -211,8 +211,9 @@ def worker_ours(case: Case) -> dict:
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     per_chip = max(1, len(devices) // topo.num_chips)
-    cost = aot.analyze_compiled(compiled, len(devices), topo.chip, per_chip)
-    counted = _save_hlo(compiled, case, "ours")
+    text = compiled.as_text()
+    cost = aot.analyze_compiled(compiled, len(devices), topo.chip, per_chip, text=text)
+    counted = _save_hlo(text, case, "ours")
     from mellama_jax.train import metrics as metrics_lib
     mflops = metrics_lib.flops_per_token(model_config, SEQ_LEN) * GLOBAL_BATCH * SEQ_LEN
     return summarize("ours", case, compiled.memory_analysis(), cost, mflops, topo.chip.peak_flops,
@@ -258,19 +259,20 @@ def worker_maxtext(case: Case) -> dict:
     compiled = captured["compiled"]
     topo = parse_tpu_topology(case.topology)
     num_devices = case.chips  # v5p: one device (megacore) per chip
-    cost = aot.analyze_compiled(compiled, num_devices, topo.chip, 1)
-    counted = _save_hlo(compiled, case, "maxtext")
+    text = compiled.as_text()
+    cost = aot.analyze_compiled(compiled, num_devices, topo.chip, 1, text=text)
+    counted = _save_hlo(text, case, "maxtext")
     return summarize("maxtext", case, compiled.memory_analysis(), cost,
                      _model_flops(case.maxtext_model.replace("-", "_")), topo.chip.peak_flops,
                      topo.chip.hbm_bytes, captured["compile_s"], counted, topo.chip.hbm_bandwidth,
                      {"settings": {"argv": argv[2:]}, "versions": _versions()})
 
 
-def _save_hlo(compiled: Any, case: Case, program: str) -> Any:
-    """The compiled module's counted HBM traffic (plan.hlo.traffic); the module text is also written
-    to $COMPARE_MAXTEXT_HLO_DIR/<case>_<program>.hlo.txt when that is set."""
+def _save_hlo(text: str, case: Case, program: str) -> Any:
+    """The compiled module's counted HBM traffic (plan.hlo.traffic); the module text (read once,
+    shared with analyze_compiled) is also written to $COMPARE_MAXTEXT_HLO_DIR/<case>_<program>.hlo.txt
+    when that is set."""
     from mellama_jax.plan import hlo as hlo_lib
-    text = compiled.as_text()
     hlo_dir = os.environ.get("COMPARE_MAXTEXT_HLO_DIR")
     if hlo_dir:
         os.makedirs(hlo_dir, exist_ok=True)
