@@ -69,6 +69,10 @@ def test_cli_cost_on_a_gpu_estimate_and_a_missing_price(tmp_path):
     assert c["steps"] == 5_016  # 3 epochs of 214k instructions, 128 rows a step
     assert c["bound"]["chip_hours"] == pytest.approx(5_016 * est["step_s"] * 64 / 3600)
     assert c["bound"]["cost"] == pytest.approx(c["bound"]["chip_hours"] * 2.5)
-    assert c["at_mfu"]["step_s"] > 0 and "2030-01" in r.stdout and "chip-hours" in r.stdout
+    assert c["at_mfu"]["mfu"] == 0.5 and c["at_mfu"]["step_s"] > 0  # --cost_mfu's default
+    assert "2030-01" in r.stdout and "chip-hours" in r.stdout
     r = _plan("--config", "configs/sft.py:llama2_70b", "--gpus", "8xH200", "--cost", f"--prices={prices}")
     assert r.returncode != 0 and "no price for chip 'h200'" in r.stderr and str(prices) in r.stderr
+    prices.write_text('{"chips": {"h100": ')
+    with pytest.raises(ValueError, match=r"prices.json: not a prices file \(JSON\): line 1"):
+        cost.load_price("h100", str(prices))

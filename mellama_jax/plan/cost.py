@@ -30,7 +30,10 @@ class Price:
 def load_price(chip_key: str, path: str = PRICES_FILE) -> Price:
     """The recorded on-demand price of one chip; the error names the file and the missing key."""
     with open(path) as f:
-        table = json.load(f)
+        try:
+            table = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not a prices file (JSON): line {err.lineno}: {err.msg}") from None
     chips = table.get("chips", {})
     if chip_key not in chips:
         raise KeyError(f"{path}: no price for chip {chip_key!r} under 'chips' (have {sorted(chips)})")
