@@ -62,7 +62,7 @@ def test_every_parameter_has_logical_axes():
     assert axes["layers"]["attention"]["k_proj"] == jax.sharding.PartitionSpec("layers", "embed", "kv_heads", "head_dim")
 
 
-@pytest.mark.parametrize("policy", ["full", "dots_saveable", "minimal"])
+@pytest.mark.parametrize("policy", ["full", "dots_saveable", "minimal", "save_attention", "save_mlp"])
 def test_remat_policies_do_not_change_loss_or_gradients(policy):
     base = get_preset("tiny")
     params = init_params(base, jax.random.key(0))
@@ -132,3 +132,32 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="unknown model preset"):
         get_preset("llama2_8b")
     assert LlamaConfig.from_dict(get_preset("tiny").to_dict()) == get_preset("tiny")
+
+
+def _layer_residual_shapes(config, capsys) -> set:
+    """Shapes of the per-layer activations the backward pass keeps (stacked by the layer scan)."""
+    from jax.ad_checkpoint import print_saved_residuals
+    params = init_params(config, jax.random.key(0))
+    tokens = jnp.zeros((2, 16), jnp.int32)
+    capsys.readouterr()
+    print_saved_residuals(lambda p: Llama(config).apply({"params": p}, tokens).sum(), params)
+    lines = capsys.readouterr().out.splitlines()
+    shapes = set()
+    for line in lines:
+        if "output of scan" in line:
+            dims = tuple(int(x) for x in line.split("[", 1)[1].split("]", 1)[0].split(","))
+            if dims[0] == config.num_hidden_layers and len(dims) > 3:
+                shapes.add(dims[1:])
+    return shapes
+
+
+def test_named_remat_policies_keep_what_they_name(capsys):
+    """save_attention keeps q, k, v and the attention output; save_mlp the gate and up projections;
+    full only each layer's input (a policy whose names matched nothing would equal full)."""
+    c = get_preset("tiny")
+    b, s, h, d = 2, 16, c.hidden_size, c.head_dim
+    q, kv = (b, s, c.num_attention_heads, d), (b, s, c.num_key_value_heads, d)
+    full = _layer_residual_shapes(c.replace(remat_policy="full"), capsys)
+    assert full == {(b, s, h)}
+    assert _layer_residual_shapes(c.replace(remat_policy="save_attention"), capsys) == full | {q, kv}
+    assert _layer_residual_shapes(c.replace(remat_policy="save_mlp"), capsys) == full | {(b, s, c.intermediate_size)}

@@ -35,6 +35,8 @@ class RematPolicy(StrEnum):
     DOTS_SAVEABLE = "dots_saveable"
     DOTS_WITH_NO_BATCH_DIMS_SAVEABLE = "dots_with_no_batch_dims_saveable"
     MINIMAL = "minimal"
+    SAVE_ATTENTION = "save_attention"
+    SAVE_MLP = "save_mlp"
 
 
 class ModelType(StrEnum):

@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from mellama_jax.model.attention import attention, cache_rows, cached_attention, make_attention_mask, target_platform
 from mellama_jax.model.config import PROJECTION_BY_NAME, LlamaConfig
@@ -26,11 +27,21 @@ from mellama_jax.model.rope import apply_rotary, rotary_tables
 Array = jnp.ndarray
 _INIT_STD = 0.02
 
+# Activations named with checkpoint_name, so a remat policy can keep some and recompute the rest:
+# the attention kernel's inputs (q and k after RoPE, v) and output, and the MLP's gate and up
+# projections (the widest activations, [tokens, intermediate]).
+ATTENTION_QKV, ATTENTION_OUT, MLP_GATE_UP = "attention_qkv", "attention_out", "mlp_gate_up"
+
 REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "minimal": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    # Keep what attention needs and makes (no q/k/v projection or RoPE recompute), recompute the
+    # MLP: about a third of the per-token activation bytes the dots policies keep.
+    "save_attention": jax.checkpoint_policies.save_only_these_names(ATTENTION_QKV, ATTENTION_OUT),
+    # Keep the MLP's gate and up projections, recompute the attention block.
+    "save_mlp": jax.checkpoint_policies.save_only_these_names(MLP_GATE_UP),
 }
 
 
@@ -140,6 +151,7 @@ class Attention(nn.Module):
         k = nn.with_logical_constraint(k, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
         v = nn.with_logical_constraint(v, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = (checkpoint_name(t, ATTENTION_QKV) for t in (q, k, v))
 
         if cache is None:
             out = attention(q, k, v, segment_ids, cfg.attention_impl, plain_causal=self.plain_causal,
@@ -158,6 +170,7 @@ class Attention(nn.Module):
             out = cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
             new_cache = {"k": keys, "v": values}
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
+        out = checkpoint_name(out, ATTENTION_OUT)
         y = _bias(self, "o_proj", project(out, wo, n_in=2), cfg)
         return _with_lora(self, "o_proj", out, y, "bshd,hdr->bsr", "bsr,re->bse", self.lora_dropout), new_cache
 
@@ -175,6 +188,7 @@ class MLP(nn.Module):
         up = project(x, _kernel(self, "up_proj", cfg))
         gate = _with_lora(self, "gate_proj", x, gate, "bse,er->bsr", "bsr,ri->bsi", self.lora_dropout)
         up = _with_lora(self, "up_proj", x, up, "bse,er->bsr", "bsr,ri->bsi", self.lora_dropout)
+        gate, up = checkpoint_name(gate, MLP_GATE_UP), checkpoint_name(up, MLP_GATE_UP)
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
         out = project(hidden, _kernel(self, "down_proj", cfg))
         return _with_lora(self, "down_proj", hidden, out, "bsi,ir->bsr", "bsr,re->bse", self.lora_dropout)

@@ -10,7 +10,9 @@ No GPU compile is possible without a GPU, so this models what XLA allocates per 
 - activations the layer scan keeps for the backward pass, per remat policy:
   ``full`` keeps each layer's input; ``dots_with_no_batch_dims_saveable``/``minimal`` also the
   projection outputs (q, k, v, o, gate, up, down); ``dots_saveable`` also the attention scores and
-  outputs (batched dots, float32); ``none`` everything (norms, rotary, softmax, SwiGLU).
+  outputs (batched dots, float32); ``none`` everything (norms, rotary, softmax, SwiGLU);
+  ``save_attention`` the input plus the named q, k, v and attention output; ``save_mlp`` the input
+  plus the named gate and up projections (model/llama.py).
 - the transient peak of one layer's backward (that layer's activations, recomputed or kept, and
   its all-gathered weights) or of the loss (float32 logits and their gradient), the larger.
 
@@ -121,7 +123,10 @@ def layer_activation_bytes(mc: LlamaConfig, rows: float, seq: int, tensor: int,
     square = 0.0 if fused_attention else 1.0  # [seq, seq] terms
     return {
         "carry": tok * h * cd,
-        "projections": tok * ((nq + 2 * nkv) * d + 2 * h + 2 * inter) * cd,
+        "attention_qkv": tok * (nq + 2 * nkv) * d * cd,
+        "attention_out": tok * nq * d * cd,
+        "mlp_gate_up": tok * 2 * inter * cd,
+        "projection_outputs": tok * 2 * h * cd,  # o and down: what the dots policies keep besides
         "attention_dots": square * rows * nq * s * s * 4 + tok * nq * d * 4,
         "elementwise": (tok * (2 * h + (nq + nkv) * d + inter) * cd
                         + square * (rows * nq * s * s * cd + rows * s * s)),  # norms, rotary q/k,
@@ -129,12 +134,15 @@ def layer_activation_bytes(mc: LlamaConfig, rows: float, seq: int, tensor: int,
     }
 
 
+_DOTS = ("carry", "attention_qkv", "mlp_gate_up", "projection_outputs")
 SAVED_KINDS = {
     "full": ("carry",),
-    "minimal": ("carry", "projections"),
-    "dots_with_no_batch_dims_saveable": ("carry", "projections"),
-    "dots_saveable": ("carry", "projections", "attention_dots"),
-    "none": ("carry", "projections", "attention_dots", "elementwise"),
+    "minimal": _DOTS,
+    "dots_with_no_batch_dims_saveable": _DOTS,
+    "dots_saveable": _DOTS + ("attention_dots",),
+    "save_attention": ("carry", "attention_qkv", "attention_out"),
+    "save_mlp": ("carry", "mlp_gate_up"),
+    "none": _DOTS + ("attention_dots", "elementwise"),
 }
 
 
@@ -148,10 +156,15 @@ def executed_flops_per_token(mc: LlamaConfig, seq: int, lora: bool = False) -> f
     passes = 2.0 if lora else 3.0
     total = passes * (proj_fwd + head_fwd) + 3.0 * attn_fwd
     policy = mc.remat_policy
+    mlp_fwd = 2.0 * 3 * mc.hidden_size * mc.intermediate_size * mc.num_hidden_layers
     if policy == "full":
         total += proj_fwd + attn_fwd
     elif policy in ("minimal", "dots_with_no_batch_dims_saveable"):
         total += attn_fwd  # the batched attention dots are recomputed
+    elif policy == "save_attention":
+        total += mlp_fwd  # the MLP's three projections are recomputed
+    elif policy == "save_mlp":
+        total += proj_fwd - mlp_fwd + attn_fwd  # the attention block is recomputed
     return total
 
 

@@ -491,6 +491,9 @@ _NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast",
                "copy-done", "all-gather-done", "all-reduce-done", "collective-permute-done",
                "async-done", "send-done", "recv-done", "get-dimension-size"}
 _SLICING = ("dynamic-slice", "slice", "gather")
+# Custom calls that only reserve memory or restate indices: libtpu's AllocateBuffer hands back an
+# uninitialised buffer (the stacked layer activations a scan fills in place) and moves no bytes.
+_NO_TRAFFIC_TARGETS = ("AllocateBuffer", "AssumeGatherIndicesInBound")
 
 
 @dataclasses.dataclass
@@ -586,6 +589,9 @@ def kind(instr: Instr, comps: dict) -> str:
 def instruction_bytes(instr: Instr, shapes: dict, comps: dict) -> float:
     """HBM bytes one execution of a top-level instruction reads and writes."""
     if instr.opcode in _NO_TRAFFIC:
+        return 0.0
+    if instr.opcode == "custom-call" and any(f'custom_call_target="{t}"' in instr.attrs
+                                             for t in _NO_TRAFFIC_TARGETS):
         return 0.0
     operand_bytes = [_shape_bytes(shapes.get(o, [])) for o in instr.operands]
     if instr.opcode == "fusion":
