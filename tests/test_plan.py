@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import pretrain  # noqa: E402
-from mellama_jax import sharding as shd  # noqa: E402
+from mellama_jax import get_preset, sharding as shd  # noqa: E402
+from mellama_jax.model.config import REMAT_POLICIES  # noqa: E402
 from mellama_jax.plan import aot, estimate as est_lib, hardware, hlo  # noqa: E402
 from mellama_jax.train import loop, metrics  # noqa: E402
 
@@ -137,6 +138,34 @@ def test_bad_topology_and_cluster_exit_2():
     assert out.returncode == 2 and "--topology='v9z:2x2'" in out.stderr
     out = _plan_cli("--config", "configs/pretrain.py:tiny", "--gpus", "8xB300")
     assert out.returncode == 2 and "--gpus='8xB300'" in out.stderr
+
+
+def test_estimated_scores_bytes_follow_the_attention_kernel():
+    """[seq, seq] scores: float32 through jax.nn.dot_product_attention, the bf16 compute dtype
+    through our xla attention, none with a fused kernel."""
+    mc = get_preset("llama2_7b", dtype="bfloat16")
+    rows, seq = 2, 1024
+    square = rows * mc.num_attention_heads * seq * seq
+    out = rows * seq * mc.num_attention_heads * mc.head_dim
+    dots = {impl: est_lib.layer_activation_bytes(mc.replace(attention_impl=impl), rows, seq, 1)["attention_dots"]
+            for impl in ("dot_product", "xla")}
+    assert dots == {"dot_product": 4 * (square + out), "xla": 2 * (square + out)}
+    fused = est_lib.layer_activation_bytes(mc.replace(attention_impl="splash"), rows, seq, 1, fused_attention=True)
+    assert fused["attention_dots"] == 2 * out
+
+
+def test_estimated_saved_activations_per_named_remat_policy():
+    """save_attention keeps q, k, v and the attention output; save_mlp the gate and up projections;
+    both between full remat (layer inputs) and the dots policies (every projection output)."""
+    mc = get_preset("llama2_13b", dtype="bfloat16")
+    layer = est_lib.layer_activation_bytes(mc, 1, 4096, 1, fused_attention=True)
+    saved = {p: sum(layer[k] for k in est_lib.SAVED_KINDS[p])
+             for p in ("full", "save_attention", "save_mlp", "dots_with_no_batch_dims_saveable")}
+    tok_bytes = 4096 * 2  # one row of bf16
+    assert saved["save_attention"] - saved["full"] == tok_bytes * 4 * mc.hidden_size  # q, k, v, out (no GQA)
+    assert saved["save_mlp"] - saved["full"] == tok_bytes * 2 * mc.intermediate_size
+    assert saved["full"] < saved["save_attention"] < saved["save_mlp"] < saved["dots_with_no_batch_dims_saveable"]
+    assert set(est_lib.SAVED_KINDS) == set(REMAT_POLICIES)  # every policy has an estimate
 
 
 def test_gpu_estimate_70b_one_node_does_not_fit_eight_nodes_do():

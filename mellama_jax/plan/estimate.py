@@ -112,10 +112,13 @@ def layer_activation_bytes(mc: LlamaConfig, rows: float, seq: int, tensor: int,
                            fused_attention: bool = False) -> dict:
     """Bytes of one layer's activations on one device, by kind (see the module docstring).
 
-    ``fused_attention``: the [seq, seq] scores never reach HBM (cuDNN flash attention). XLA's
-    attention (TPU compiles show it) materialises them in float32, and the softmax in bf16.
+    ``fused_attention``: the [seq, seq] scores never reach HBM (cuDNN flash attention, splash).
+    Otherwise they are materialised: in float32 by ``dot_product`` (jax.nn.dot_product_attention's
+    XLA path, as TPU compiles show) and by any float32 model, in the 16-bit compute dtype by our
+    ``xla`` attention (model/attention.py), which is also what ``auto`` falls back to.
     """
     cd = jnp.dtype(mc.dtype).itemsize
+    scores = 4 if mc.attention_impl == "dot_product" else cd  # bytes per score and per output
     h, d, s = mc.hidden_size, mc.head_dim, seq
     nq, nkv = _split(mc.num_attention_heads, tensor), _split(mc.num_key_value_heads, tensor)
     inter = _split(mc.intermediate_size, tensor)
@@ -127,7 +130,7 @@ def layer_activation_bytes(mc: LlamaConfig, rows: float, seq: int, tensor: int,
         "attention_out": tok * nq * d * cd,
         "mlp_gate_up": tok * 2 * inter * cd,
         "projection_outputs": tok * 2 * h * cd,  # o and down: what the dots policies keep besides
-        "attention_dots": square * rows * nq * s * s * 4 + tok * nq * d * 4,
+        "attention_dots": square * rows * nq * s * s * scores + tok * nq * d * scores,
         "elementwise": (tok * (2 * h + (nq + nkv) * d + inter) * cd
                         + square * (rows * nq * s * s * cd + rows * s * s)),  # norms, rotary q/k,
         # SwiGLU product; softmax probabilities and the mask
