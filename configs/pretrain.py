@@ -54,10 +54,12 @@ ME_LLAMA_LAYOUT = {
     # v5p-32: the 13B layout (a smaller model on the same slice; not compiled on its own).
     "llama2_7b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
     # v5p-32: keeping the projections' outputs (~0.5 GB per row per layer, so 8 micro-batches of
-    # 2 rows per chip) skips the recompute: 59.9 GiB per chip (63%), step >= 13.6 s, MFU <= 91.7%.
-    # Full remat: 2 micro-batches 49.7 GiB, 1 micro-batch 82.5 GiB, both step >= 15.3 s (81.3%).
+    # 2 rows per chip) skips the recompute: 59.0 GiB per chip (62%), step >= 12.49 s compute-bound,
+    # MFU <= 99.6%. Full remat (MaxText's layout): 2 micro-batches 49.7 GiB, 1 micro-batch
+    # 82.5 GiB, both step >= 15.31 s (81.3%), with 0.77x the HBM bytes; save_attention with 4
+    # micro-batches: 62.0 GiB, 14.41 s (BENCHMARKS.md "MaxText side by side").
     "llama2_13b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
-    # v5p-128: fsdp=64, 61.8 GiB (65%), step >= 19.5 s, MFU <= 81.6%. The former fsdp=8 x tensor=8
+    # v5p-128: fsdp=64, 59.8 GiB (63%), step >= 19.45 s, MFU <= 81.6%. The former fsdp=8 x tensor=8
     # mesh needs 8 micro-batches to fit and is then HBM-bound (31.2 s, MFU <= 50.9%).
     "llama2_70b": ((1, -1, 1), "full", 1),
 }

@@ -202,3 +202,38 @@ def test_traffic_counts_slices_in_place_updates_and_trip_counts():
     assert t.by_scope["layers/stack"] == 4 * dus_fusion
     assert t.by_scope["optimizer/add"] == outside
     assert t.by_kind == {"slicing fusions": 4 * (slice_fusion + dus_fusion), "add": outside + 4 * counter}
+
+
+NESTED = """HloModule jit_step
+
+%inner (p0: bf16[4,64,128], p1: s32[]) -> bf16[64,128] {
+  %p0 = bf16[4,64,128]{2,1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %z = s32[] constant(0)
+  %ds = bf16[1,64,128]{2,1,0} dynamic-slice(%p0, %p1, %z, %z), dynamic_slice_sizes={1,64,128}
+  ROOT %bc = bf16[64,128]{1,0} bitcast(%ds)
+}
+
+%outer (q0: bf16[4,64,128], q1: s32[], q2: bf16[128,32]) -> f32[64,32] {
+  %q0 = bf16[4,64,128]{2,1,0} parameter(0)
+  %q1 = s32[] parameter(1)
+  %q2 = bf16[128,32]{1,0} parameter(2)
+  %f = bf16[64,128]{1,0} fusion(%q0, %q1), kind=kLoop, calls=%inner
+  ROOT %d = f32[64,32]{1,0} dot(%f, %q2), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (w: bf16[4,64,128], i: s32[], k: bf16[128,32]) -> f32[64,32] {
+  %w = bf16[4,64,128]{2,1,0} parameter(0)
+  %i = s32[] parameter(1)
+  %k = bf16[128,32]{1,0} parameter(2)
+  ROOT %y = f32[64,32]{1,0} fusion(%w, %i, %k), kind=kOutput, calls=%outer
+}
+"""
+
+
+def test_traffic_follows_a_slice_into_a_nested_fusion():
+    """libtpu nests the loop fusion that slices one layer of a stacked array inside the matmul's
+    output fusion: the matmul reads that layer, not the stack (the 70B step read 2x XLA's bytes
+    before this was followed)."""
+    layer, index, rhs, out = 64 * 128 * 2, 4, 128 * 32 * 2, 64 * 32 * 4
+    assert hlo.traffic(NESTED).bytes == layer + index + rhs + out

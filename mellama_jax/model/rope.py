@@ -50,8 +50,8 @@ def apply_rotary(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndar
 
     The tables are cast to x's dtype first, as transformers' LlamaRotaryEmbedding does, so a bf16
     model rotates as the Hugging Face one does. Upcasting x to float32 instead made the bf16 TPU
-    program write float32 copies of q and k per layer (about 1 TB of HBM traffic per chip per
-    13B step, BENCHMARKS "MaxText side by side")."""
+    program write float32 copies of q and k per layer (0.6 TiB of HBM traffic per chip per 13B
+    step, BENCHMARKS.md "Me-LLaMA recipes, compiled")."""
     cos, sin = cos.astype(x.dtype)[:, :, None, :], sin.astype(x.dtype)[:, :, None, :]
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)

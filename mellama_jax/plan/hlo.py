@@ -515,9 +515,11 @@ def _users(instrs: list[Instr]) -> dict:
     return users
 
 
-def _param_read_bytes(name: str, full: float, users: dict, depth: int = 0) -> float:
+def _param_read_bytes(name: str, full: float, users: dict, comps: dict, depth: int = 0) -> float:
     """Bytes a fusion reads of one parameter: only the slices when every use slices it (a layer of a
-    stacked [layers, ...] array), nothing when it is the buffer a dynamic-update-slice writes in place."""
+    stacked [layers, ...] array), nothing when it is the buffer a dynamic-update-slice writes in place.
+    A use inside a nested fusion is followed into that fusion's own parameter (libtpu nests the
+    slicing loop fusion of a stacked input inside the matmul's output fusion)."""
     total = 0.0
     for u in users.get(name, ()):
         if u.opcode in _SLICING and u.operands and u.operands[0] == name:
@@ -525,20 +527,34 @@ def _param_read_bytes(name: str, full: float, users: dict, depth: int = 0) -> fl
         elif u.opcode == "dynamic-update-slice" and u.operands and u.operands[0] == name:
             continue
         elif u.opcode == "bitcast" and depth < 4:
-            total += _param_read_bytes(u.name, full, users, depth + 1)
+            total += _param_read_bytes(u.name, full, users, comps, depth + 1)
+        elif u.opcode == "fusion" and depth < 4 and _nested_param(u, name, comps) is not None:
+            inner, fused = _nested_param(u, name, comps)
+            total += _param_read_bytes(inner, full, _users(fused), comps, depth + 1)
         else:
             return full
     return min(total, full)
 
 
-def _fusion_bytes(instr: Instr, operand_bytes: list, fused: list[Instr]) -> float:
+def _nested_param(fusion: Instr, operand: str, comps: dict) -> tuple[str, list[Instr]] | None:
+    """The parameter of ``fusion``'s fused computation that ``operand`` is passed as (used once)."""
+    callee = re.search(r"calls=%([^\s,)}]+)", fusion.attrs)
+    fused = comps.get(callee.group(1)) if callee else None
+    if fused is None or fusion.operands.count(operand) != 1:
+        return None
+    index = fusion.operands.index(operand)
+    params = [i for i in fused if i.opcode == "parameter" and i.number == index]
+    return (params[0].name, fused) if params else None
+
+
+def _fusion_bytes(instr: Instr, operand_bytes: list, fused: list[Instr], comps: dict) -> float:
     by_name = {i.name: i for i in fused}
     users = _users(fused)
     params = {i.number: i.name for i in fused if i.opcode == "parameter" and i.number is not None}
     read = 0.0
     for k, full in enumerate(operand_bytes):
         name = params.get(k)
-        read += full if name is None else _param_read_bytes(name, full, users)
+        read += full if name is None else _param_read_bytes(name, full, users, comps)
     root = fused[-1] if fused else None
     outs = [by_name.get(o) for o in root.operands] if root is not None and root.opcode == "tuple" else [root]
     written = 0.0
@@ -597,7 +613,7 @@ def instruction_bytes(instr: Instr, shapes: dict, comps: dict) -> float:
     if instr.opcode == "fusion":
         callee = re.search(r"calls=%([^\s,)}]+)", instr.attrs)
         if callee and callee.group(1) in comps:
-            return _fusion_bytes(instr, operand_bytes, comps[callee.group(1)])
+            return _fusion_bytes(instr, operand_bytes, comps[callee.group(1)], comps)
     if instr.opcode in _SLICING:
         return 2 * _shape_bytes(instr.shapes)
     if instr.opcode == "dynamic-update-slice":
