@@ -96,6 +96,12 @@ def test_targets_and_where_the_bytes_differ():
     diffs = cm.kind_differences(ours, maxtext)
     assert [d[0] for d in diffs] == ["slicing fusions", "matmul fusions", "collectives"]
     assert "slicing fusions" in cm.format_differences("13b", ours, maxtext).splitlines()[1]
+    # the same compute-bound FLOPs but for a few elementwise ops: equal, not slower
+    tie = cm.targets(_summary("ours", 19.4475224, {"matmul fusions": 100 * cm.GIB}),
+                     _summary("maxtext", 19.4475220, {"matmul fusions": 100 * cm.GIB}))
+    assert tie["step_bound_le_maxtext"]
+    assert not cm.targets(_summary("ours", 19.46, {"m": 1.0}), _summary("maxtext", 19.45, {"m": 1.0}))[
+        "step_bound_le_maxtext"]
 
 
 def test_parse_cases():

@@ -168,6 +168,17 @@ def test_estimated_saved_activations_per_named_remat_policy():
     assert set(est_lib.SAVED_KINDS) == set(REMAT_POLICIES)  # every policy has an estimate
 
 
+def test_report_names_the_layer_scans_forward_and_backward():
+    """A layer scan whose while op carries another op's name (XLA merged the splash kernel's
+    metadata into it) is still the forward scan; windowed-einsum loops keep their own names."""
+    from mellama_jax.plan.report import _loop_label
+    splash = "vmap(static_sparsity_splash)/jit(_splash_attention)/splash_mha_fwd_residuals/pallas_call"
+    assert _loop_label(splash, 40, 40) == "fwd x40"
+    assert _loop_label("jit(train_step)/transpose(jvp(Llama))/while", 40, 40) == "bwd x40"
+    assert _loop_label("jit(train_step)/while/body/jvp(Llama)/layers/mlp/dot_general", 4, 40) == "fwd x4"
+    assert _loop_label("jit(train_step)/while", 8, 40) == "x8"  # the micro-batch loop
+
+
 def test_gpu_estimate_70b_one_node_does_not_fit_eight_nodes_do():
     """70B with float32 AdamW state is ~830 GB: one 8xH100 node cannot hold it, 8 nodes can."""
     config = pretrain.get_config("llama2_70b")

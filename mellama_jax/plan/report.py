@@ -47,6 +47,14 @@ def batch_line(gbs: int, seq: int, micro: int, mesh: dict, lora: bool) -> str:
             f"mesh {mesh_s}" + ("; LoRA: adapters trained, base frozen" if lora else ""))
 
 
+def _loop_label(op_name: str, trips: int, layers: int) -> str:
+    """fwd/bwd for the model's own loops: those named after it, and the layer scans (whose while
+    op can carry another op's name, e.g. the splash kernel's, after XLA merges metadata)."""
+    if "Llama" in op_name or trips == layers:
+        return f"{'bwd' if 'transpose' in op_name else 'fwd'} x{trips}"
+    return f"x{trips}"
+
+
 def fit_line(total: float, hbm: float, fits: bool) -> str:
     pct = 100.0 * total / hbm if hbm else 0.0
     return (f"  total          {gib(total):>9} of {gib(hbm)} GiB HBM per device ({pct:.0f}%)  "
@@ -75,8 +83,7 @@ def format_aot(plan: AotPlan, est: Estimate | None = None) -> str:
             "compute per device and step:",
             f"  XLA cost analysis      {_si(plan.xla_flops, 'FLOP')}  (counts each loop body once)",
             f"  executed (HLO, loops)  {_si(plan.flops, 'FLOP')}  loops: "
-            + ", ".join(f"{'bwd' if 'transpose' in n else 'fwd'} x{t}" if 'Llama' in n else f"x{t}"
-                        for n, t in plan.loops),
+            + ", ".join(_loop_label(n, t, plan.model_config.num_hidden_layers) for n, t in plan.loops),
             f"  model (6N + 12LHS)     {_si(plan.model_flops_per_step / plan.num_devices, 'FLOP')}"]
         for k in plan.kernels:
             lines.append(f"  Pallas {k.name:<36} x{k.count:<4} {_si(k.count * k.flops, 'FLOP')}, "
