@@ -10,9 +10,11 @@ plan/aot.py): memory per chip, HBM bytes per step, executed FLOPs, step-time bou
 (6N + 12LHS model FLOPs for both).
 
 MaxText runs with its defaults (full remat, splash attention, one micro-batch, fsdp over all chips)
-through its own ahead-of-time path, maxtext.trainers.pre_train.train_compile.main; ours is the
+through its own ahead-of-time path, maxtext.trainers.pre_train.train_compile.main; "ours" is the
 shipped recipe (configs/pretrain.py:llama2_13b / :llama2_70b) as `python -m mellama_jax.cli.plan`
-compiles it.
+compiles it, and a case may add variants of it (13B: "ours_full_remat", MaxText's layout). HBM bytes
+are counted per executed instruction with loop trip counts (plan.hlo.traffic); the table also shows
+that count with loop bodies once over XLA's own bytes accessed, as a check on it.
 
 MaxText needs Python >= 3.12 and jax >= 0.11, so it is kept out of requirements.txt: the script
 creates (or reuses) a venv from benchmarks/requirements-maxtext.txt and runs both compiles inside
