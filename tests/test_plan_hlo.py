@@ -145,6 +145,8 @@ def test_causal_kernel_mfu_over_100_percent_is_the_noncausal_convention():
     assert "MFU <= 100.6%" in text and "12LHS counts non-causal attention" in text and "MFU <= 89.4%)" in text
     under = dataclasses.replace(plan, model_flops_per_step=executed)  # MFU 100%: no note
     assert "non-causal" not in report.format_aot(under)
+    lora = report.format_aot(dataclasses.replace(plan, lora=True))  # over 100% for another reason
+    assert "weight gradients LoRA never computes" in lora and "non-causal" not in lora
 
 
 def test_other_pallas_kernels_count_bytes_not_flops():
