@@ -329,7 +329,7 @@ def test_llama3_sft_recipes_fit_their_gpu_clusters():
 ])
 def test_llama3_sft_recipes_fit_as_shipped(name, topology, mesh, tmp_path):
     """The LLaMA-3 LoRA recipes compile, with splash attention and no flag but --topology, for the
-    slices their docstring names and fit with a margin (3 to 7 minutes each on 2 cores)."""
+    slices their docstring names and fit with a margin (2.5 and 6 minutes on 2 cores)."""
     sft = pytest.importorskip("configs.sft")
     assert f"--topology {topology}" in " ".join(sft._me_llama3.__doc__.split())
     out = _plan_cli("--config", name, "--topology", topology, f"--json={tmp_path / 'plan.json'}")
