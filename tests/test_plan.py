@@ -332,6 +332,8 @@ def test_llama3_sft_recipes_fit_as_shipped(name, topology, mesh, tmp_path):
     slices their docstring names and fit with a margin (2.5 and 6 minutes on 2 cores)."""
     sft = pytest.importorskip("configs.sft")
     assert f"--topology {topology}" in " ".join(sft._me_llama3.__doc__.split())
+    command = f"python -m mellama_jax.cli.plan --config {name} --topology {topology}"
+    assert command in open(os.path.join(ROOT, "README.md")).read()
     out = _plan_cli("--config", name, "--topology", topology, f"--json={tmp_path / 'plan.json'}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "FITS" in out.stdout and "attention auto = splash on tpu" in out.stdout and "128 x 8192 tokens" in out.stdout
