@@ -108,25 +108,43 @@ def _me_llama(c, preset: str):
     return c
 
 
+# The LLaMA-3 recipes' (data, fsdp, tensor), remat policy and micro-batches, chosen the same way from
+# compiles of 128 x 8,192-token steps with splash attention (BENCHMARKS.md "Me-LLaMA recipes,
+# compiled", LLaMA-3 table).
+ME_LLAMA3_LAYOUT = {
+    # v5p-32: projection outputs kept (~0.7 GB per row per layer at 8,192 tokens), one row per chip
+    # per micro-batch: 49.0 GiB per chip (52%), step >= 8.22 s, compute-bound (only attention
+    # recomputed). Full remat, 1 micro-batch: 73.4 GiB, 9.68 s.
+    "llama3_8b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
+    # v5p-128: fsdp=64, full remat, 2 rows per chip: 62.6 GiB (66%, the LLaMA-2 70B margin), step
+    # >= 20.67 s, compute-bound. 2 micro-batches: the same bound at 53.9 GiB with twice the weight
+    # traffic (collectives 2.72 s, HBM 5.70 s against 1.36 s and 2.79 s), and on 64 H100s the
+    # estimate keeps the hoisted gathered weights resident (174 GiB): it does not fit them.
+    "llama3_70b": ((1, -1, 1), "full", 1),
+}
+
+
 def _me_llama3(c, preset: str):
     """The Me-LLaMA recipe on LLaMA-3 (its 8,192-token context, 128,256-token vocabulary and RoPE
     with rope_theta 500,000 come from the preset): the same optimiser, schedule, mixture and ~1M
-    tokens per step (128 x 8,192), full remat and micro-batches sized so the step fits as shipped.
+    tokens per step (128 x 8,192), splash attention, with the settings in ME_LLAMA3_LAYOUT (chosen
+    by the planner):
 
-    llama3_8b is for a TPU v5p-32 slice (16 chips, --topology v5p:2x2x4: fsdp=16, 8 micro-batches
-    of 16 rows, one row per chip) or one 8xH100 node (fsdp=8, the same 8 micro-batches, two rows per GPU).
-    llama3_70b is for a TPU v5p-128 slice (64 chips, v5p:4x4x4: fsdp=8 x tensor=8, 8 micro-batches)
-    or eight 8xH100 nodes (64 GPUs, the same mesh). README "Planning" shows the planner's output.
+    llama3_8b: a TPU v5p-32 slice (16 chips, --topology v5p:2x2x4): fsdp=16, remat
+    dots_with_no_batch_dims_saveable, 8 micro-batches of 16 rows (one row per chip). On GPUs
+    (cuDNN attention through auto) the same settings fit two 8xH100 nodes (16 GPUs, --gpus 16xH100);
+    on one 8xH100 node plan and run it with --gpus 8xH100 --config.model.remat_policy=full.
+    llama3_70b: a TPU v5p-128 slice (64 chips, --topology v5p:4x4x4): fsdp=64, full remat, 1
+    micro-batch (2 rows per chip). On GPUs: eight 8xH100 nodes (64 GPUs, --gpus 64xH100) with the
+    same settings. README "Planning" shows the planner's output.
     """
     c = _me_llama(c, "llama2_70b" if preset == "llama3_70b" else "llama2_7b")
     c.model.preset = preset
     c.model.init_from = os.path.join("~", "models", "Meta-Llama-3-70B" if preset == "llama3_70b" else "Meta-Llama-3-8B")
-    c.model.attention_impl = "dot_product"  # as planned in README; not yet re-planned with splash
-    c.model.remat_policy = "full"
+    mesh, c.model.remat_policy, c.train.micro_batches = ME_LLAMA3_LAYOUT[preset]
     c.data.seq_len = 8192
     c.train.global_batch_size = 128  # 128 x 8192 = 1M tokens per step, as the LLaMA-2 recipe
-    c.train.micro_batches = 8
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, (8 if preset == "llama3_70b" else 1)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
     return c
 
 

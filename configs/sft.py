@@ -157,25 +157,40 @@ def _me_llama(c, preset: str):
     return c
 
 
+# The LLaMA-3 recipes' (data, fsdp, tensor), remat policy and micro-batches, chosen the same way from
+# compiles of 128 x 8,192-token LoRA steps with splash attention (BENCHMARKS.md "Me-LLaMA recipes,
+# compiled", LLaMA-3 table).
+ME_LLAMA3_LAYOUT = {
+    # v5p-32: projection outputs kept, one row per chip per micro-batch: 59.2 GiB (62%), step >=
+    # 6.10 s, compute-bound. 4 micro-batches (2 rows per chip): 99.5 GiB, does not fit.
+    "llama3_8b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
+    # v5p-128: fsdp=64, full remat, 2 rows per chip: 47.2 GiB (50%), step >= 15.74 s, compute-bound.
+    "llama3_70b": ((1, -1, 1), "full", 1),
+}
+
+
 def _me_llama3(c, preset: str):
     """The Me-LLaMA instruction-tuning recipe on LLaMA-3: 3 epochs, lr 1e-5, LoRA rank 8 on all
     seven projections, bf16 frozen base, at LLaMA-3's 8,192-token context with its own chat format
     (`llama3`: header tokens, <|eot_id|> closing each turn); base = the continually pretrained
-    LLaMA-3 checkpoint (--config.model.init_from).
+    LLaMA-3 checkpoint (--config.model.init_from). Splash attention, with the settings in
+    ME_LLAMA3_LAYOUT (chosen by the planner):
 
-    llama3_8b is for a TPU v5p-32 slice (16 chips, --topology v5p:2x2x4) or one 8xH100 node;
-    llama3_70b for a TPU v5p-128 slice (v5p:4x4x4, fsdp=8 x tensor=8) or eight 8xH100 nodes.
-    Full remat and 8 micro-batches of 16 rows, as the pretraining recipe.
+    llama3_8b: a TPU v5p-32 slice (16 chips, --topology v5p:2x2x4): fsdp=16, remat
+    dots_with_no_batch_dims_saveable, 8 micro-batches of 16 rows (one row per chip).
+    llama3_70b: a TPU v5p-128 slice (64 chips, --topology v5p:4x4x4): fsdp=64, full remat, 1
+    micro-batch (2 rows per chip).
+    On GPUs attention_impl=auto picks cuDNN's fused attention; the same settings fit (analytic
+    estimate) 70B on eight 8xH100 nodes (--gpus 64xH100, 46.6 GiB) and 8B on two (--gpus 16xH100,
+    50.9 GiB); 8B on one 8xH100 node: --gpus 8xH100 --config.model.remat_policy=full (44.6 GiB).
     """
     c = _me_llama(c, "llama2_70b" if preset == "llama3_70b" else "llama2_13b")
     c.model.preset = preset
     c.model.init_from = os.path.join("~", "models", f"MeLLaMA3-{preset.split('_')[1]}-pretrain")
-    c.model.attention_impl = "dot_product"  # as planned before splash; not yet re-planned
-    c.model.remat_policy = "full"
+    mesh, c.model.remat_policy, c.train.micro_batches = ME_LLAMA3_LAYOUT[preset]
     c.data.seq_len = 8192
     c.data.chat_template = "llama3"
-    c.train.micro_batches = 8
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, (8 if preset == "llama3_70b" else 1)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
     return c
 
 

@@ -102,13 +102,23 @@ class AotPlan:
             return None
         return self.model_flops_per_step / (self.num_devices * self.peak_flops * self.roofline.step_s)
 
+    @property
+    def causal_mfu(self) -> float | None:
+        """``mfu`` with causal attention counted as half (6N + 6LHS, what a causal kernel must
+        compute): ``mfu`` keeps the non-causal 12LHS of every reported figure, and passes 100% when
+        the kernel skips the masked blocks and attention is a large share (metrics module doc)."""
+        if self.mfu is None:
+            return None
+        full = metrics_lib.flops_per_token(self.model_config, self.seq_len)
+        return self.mfu * metrics_lib.flops_per_token(self.model_config, self.seq_len, causal=True) / full
+
     def to_dict(self) -> dict:
         out = {k: v for k, v in dataclasses.asdict(self).items()
                if k not in ("model_config", "param_specs", "roofline", "collectives", "kernels")}
         roofline = self.roofline
         out.update(model=self.model_config.to_dict(), total_bytes=self.total_bytes, fits=self.fits,
                    step_s=roofline.step_s if roofline else None,
-                   bound=roofline.bound if roofline else None, mfu=self.mfu,
+                   bound=roofline.bound if roofline else None, mfu=self.mfu, causal_mfu=self.causal_mfu,
                    roofline=dataclasses.asdict(roofline) if roofline else None,
                    collectives=[dataclasses.asdict(c) for c in self.collectives],
                    kernels=[dataclasses.asdict(k) for k in self.kernels])

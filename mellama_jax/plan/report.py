@@ -98,6 +98,11 @@ def format_aot(plan: AotPlan, est: Estimate | None = None) -> str:
             f"HBM {_seconds(r.hbm_s)}, collectives {_seconds(r.collective_s)}",
             f"  step >= {_seconds(r.step_s)} ({r.bound}-bound) -> <= "
             f"{plan.tokens_per_step / r.step_s:,.0f} tokens/s, MFU <= {plan.mfu:.1%}"]
+        if plan.mfu > 1 and plan.lora:
+            lines.append("  (MFU over 100%: 6N counts the weight gradients LoRA never computes)")
+        elif plan.mfu > 1:  # possible: see AotPlan.causal_mfu
+            lines.append(f"  (MFU over 100%: 12LHS counts non-causal attention, the kernel skips the "
+                         f"masked blocks; counting causal attention, 6N + 6LHS: MFU <= {plan.causal_mfu:.1%})")
     if est is not None:
         ratio = (f" = {est.total_bytes / (plan.total_bytes - plan.code_bytes):.2f} x compiled "
                  "(without code)") if not plan.oom_message else ""
