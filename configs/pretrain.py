@@ -118,7 +118,8 @@ ME_LLAMA3_LAYOUT = {
     "llama3_8b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
     # v5p-128: fsdp=64, full remat, 2 rows per chip: 62.6 GiB (66%, the LLaMA-2 70B margin), step
     # >= 20.67 s, compute-bound. 2 micro-batches: the same bound at 53.9 GiB with twice the weight
-    # traffic (collectives 2.72 s, HBM 5.70 s against 1.36 s and 2.79 s), and on 64 H100s the
+    # traffic (collectives 2.72 s against 1.36 s; HBM 5.70 s against 2.79 s by the former byte
+    # formula, 1.60 s counted for the shipped layout), and on 64 H100s the
     # estimate keeps the hoisted gathered weights resident (174 GiB): it does not fit them.
     "llama3_70b": ((1, -1, 1), "full", 1),
 }
