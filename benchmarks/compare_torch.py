@@ -131,7 +131,7 @@ def torch_train_step(model, tokens, forward=None):
     """One AdamW step of `model` on `tokens` (the project's optimizer settings and clipping), as a closure."""
     import torch
 
-    forward = forward or model
+    forward = model if forward is None else forward  # a torch.compile'd module has no truth value
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
     def step():
