@@ -204,9 +204,7 @@ def worker_ours(case: Case, program: str = "ours") -> dict:
     from mellama_jax.sweep.commands import load_config_file
 
     config = load_config_file(os.path.join(REPO, case.config))
-    for key, value in case.settings(program).items():
-        section, name = key.split(".")
-        setattr(config[section], name, value)
+    config.update_from_flattened_dict(case.settings(program))
     validate_config(config)
     topo = parse_tpu_topology(case.topology)
     cfg, model_config, _ = aot.plan_model_config(config)

@@ -528,8 +528,8 @@ def _param_read_bytes(name: str, full: float, users: dict, comps: dict, depth: i
             continue
         elif u.opcode == "bitcast" and depth < 4:
             total += _param_read_bytes(u.name, full, users, comps, depth + 1)
-        elif u.opcode == "fusion" and depth < 4 and _nested_param(u, name, comps) is not None:
-            inner, fused = _nested_param(u, name, comps)
+        elif u.opcode == "fusion" and depth < 4 and (nested := _nested_param(u, name, comps)):
+            inner, fused = nested
             total += _param_read_bytes(inner, full, _users(fused), comps, depth + 1)
         else:
             return full
