@@ -200,6 +200,45 @@ def test_parse_hardware():
     assert hardware.TPU_CHIPS["v5p"].peak_flops == metrics.PEAK_BF16_TFLOPS["tpu v5p"] * 1e12
 
 
+# The wiring of real slices (Cloud TPU system-architecture pages): v4/v5p tori of whole 4x4x4
+# cubes wrap on every axis, smaller 3-D slices not at all; 2-D v5e/v6e wrap along a 16-chip edge.
+@pytest.mark.parametrize("name,wrap,chip_config", [
+    ("v5p:4x4x4", (True, True, True), "megacore"),
+    ("v5p:4x4x8", (True, True, True), "megacore"),
+    ("v5p:2x2x4", (False, False, False), "megacore"),
+    ("v5p:2x4x4", (False, False, False), "megacore"),
+    ("v4:8x8x8", (True, True, True), "megacore"),
+    ("v4:2x2x1", (False, False, False), "megacore"),
+    ("v5e:2x2", (False, False, False), "default"),
+    ("v5e:16x16", (True, True, False), "default"),
+    ("v6e:8x16", (False, True, False), "default"),
+])
+def test_topology_wiring_is_the_real_slices(name, wrap, chip_config):
+    topo = hardware.parse_tpu_topology(name)
+    assert topo.wrap == wrap and topo.chip_config_name == chip_config
+    assert topo.links.startswith("torus") == any(wrap)
+
+
+def test_v4_compiles_one_megacore_device_per_chip():
+    # jax.devices() on a real v4 slice lists one device per chip; libtpu's "default" chip config
+    # described two per chip, so plans halved v4's HBM and FLOP/s per device.
+    devices = aot.topology_devices(hardware.parse_tpu_topology("v4:2x2x1"))
+    assert len(devices) == 4
+
+
+def test_fsdp_weight_gathers_on_a_torus_are_all_gathers():
+    # Compiled for v5p:4x4x4 without the wraparound the real slice has, libtpu lowered every FSDP
+    # weight gather as a dynamic-update-slice into zeros plus an all-reduce (2x the wire bytes of an
+    # all-gather, and the zero-filled buffer's HBM writes); with the torus it emits all-gathers.
+    config = tiny_config(mesh=(1, -1, 1), vocab_size=1024, hidden_size=512, intermediate_size=1024,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, head_dim=128)
+    config.train.global_batch_size, config.data.seq_len = 64, 128
+    plan = aot.compile_plan(config, "v5p:4x4x4")
+    assert plan.mesh == {"data": 1, "fsdp": 64, "tensor": 1} and plan.links.startswith("torus")
+    kinds = {c.kind for c in plan.collectives}
+    assert "all-gather" in kinds, sorted(kinds)
+
+
 @pytest.mark.parametrize("step,limit", [(1, 5), (2, 10)])
 def test_hlo_dot_flops_and_trip_count_parsing(step, limit):
     """Trip count = (limit - init) / step: XLA's windowed-einsum loops count by 2."""

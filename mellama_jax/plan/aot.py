@@ -81,6 +81,7 @@ class AotPlan:
     # The TPU compiler refuses a program that cannot fit (RESOURCE_EXHAUSTED); its message, if so.
     oom_message: str = ""
     kernels: list = dataclasses.field(default_factory=list)  # [hlo.Kernel]: Pallas custom calls
+    links: str = ""  # the slice's wiring the compile assumed (hardware.TpuTopology.links)
 
     @property
     def total_bytes(self) -> int:
@@ -167,7 +168,11 @@ def topology_devices(topology: TpuTopology) -> list:
     # none, so let several planners (parallel sweeps, test runs) share the host.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
-        desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.name)
+        # The slice's wiring as the real one has it (hardware.TpuTopology.wrap): libtpu picks its
+        # collectives by it, and assumes no wraparound unless told.
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.name,
+                                            chip_config_name=topology.chip_config_name,
+                                            wrap=topology.wrap)
     except Exception as err:
         try:
             import libtpu  # noqa: F401
@@ -283,7 +288,7 @@ def compile_plan(config: Any, topology: str | TpuTopology) -> AotPlan:
     trainer, lowered = lower_train_step(config, model_config, devices)
     seq, gbs = int(config.data.seq_len), int(config.train.global_batch_size)
     common = dict(
-        topology=topo.name, device_kind=devices[0].device_kind, num_devices=len(devices),
+        topology=topo.name, links=topo.links, device_kind=devices[0].device_kind, num_devices=len(devices),
         mesh=dict(trainer.mesh.shape), model_config=model_config, seq_len=seq,
         global_batch_size=gbs, micro_batches=int(config.train.micro_batches),
         lora=trainer.lora is not None, hbm_bytes=topo.chip.hbm_bytes // per_chip,

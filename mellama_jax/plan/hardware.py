@@ -56,6 +56,19 @@ GPU_CHIPS: dict[str, Chip] = {
 }
 
 
+# How each TPU generation's slices are wired, which libtpu must be told when it compiles for a
+# slice it cannot see (Cloud TPU system-architecture pages). v4 and v5p are 3-D tori built from
+# 4x4x4 cubes: a slice made of whole cubes has wraparound links on every axis, a smaller one has
+# none; their chips run as one device of two TensorCores ("megacore"), as jax.devices() shows on a
+# real slice. v5e and v6e are 2-D: an axis wraps around only at a full pod edge of 16 chips.
+# Compiled without the wraparound a real v5p-128 has, libtpu lowered every FSDP weight gather of
+# LLaMA-2 70B as an all-reduce of a zero-filled buffer: 1.14x the HBM bytes and 3x the wire bytes
+# of the all-gathers it emits for the torus (BENCHMARKS.md).
+_CUBE_TORUS_CHIPS = ("v4", "v5p")
+_TORUS_CUBE_EDGE = 4
+_POD_EDGE_2D = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class TpuTopology:
     """A TPU slice named the way ``jax.experimental.topologies`` expects, e.g. ``v5p:4x4x4``."""
@@ -67,6 +80,31 @@ class TpuTopology:
     @property
     def num_chips(self) -> int:
         return math.prod(self.dims)
+
+    @property
+    def generation(self) -> str:
+        return self.name.split(":", 1)[0]
+
+    @property
+    def chip_config_name(self) -> str:
+        """libtpu's name for how a chip presents itself: one megacore device on v4/v5p."""
+        return "megacore" if self.generation in _CUBE_TORUS_CHIPS else "default"
+
+    @property
+    def wrap(self) -> tuple[bool, bool, bool]:
+        """Wraparound links along x, y, z, as the real slice of this shape has them."""
+        if self.generation in _CUBE_TORUS_CHIPS:
+            whole_cubes = len(self.dims) == 3 and all(d % _TORUS_CUBE_EDGE == 0 for d in self.dims)
+            axes = [whole_cubes] * len(self.dims)
+        else:
+            axes = [d == _POD_EDGE_2D for d in self.dims]
+        return tuple((axes + [False] * 3)[:3])
+
+    @property
+    def links(self) -> str:
+        """The wiring in words, for the plan's header: "torus (wraparound x, y, z)" or "mesh"."""
+        wrapped = [axis for axis, w in zip("xyz", self.wrap) if w]
+        return f"torus (wraparound {', '.join(wrapped)})" if wrapped else "mesh (no wraparound)"
 
 
 def parse_tpu_topology(name: str) -> TpuTopology:

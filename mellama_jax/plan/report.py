@@ -62,7 +62,8 @@ def fit_line(total: float, hbm: float, fits: bool) -> str:
 
 
 def format_aot(plan: AotPlan, est: Estimate | None = None) -> str:
-    lines = [f"TPU {plan.topology}: {plan.num_devices} devices ({plan.device_kind}), "
+    wiring = f", {plan.links}" if plan.links else ""
+    lines = [f"TPU {plan.topology}: {plan.num_devices} devices ({plan.device_kind}{wiring}), "
              f"compiled ahead of time in {plan.compile_s:.0f} s",
              model_line(plan.model_config, "tpu"),
              batch_line(plan.global_batch_size, plan.seq_len, plan.micro_batches, plan.mesh, plan.lora)]
