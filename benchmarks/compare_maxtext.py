@@ -115,6 +115,17 @@ def targets(ours: dict, maxtext: dict, hbm_tolerance: float = 0.10) -> dict:
             "hbm_traffic_ratio": ratio, "hbm_within_tolerance": abs(ratio - 1.0) <= hbm_tolerance}
 
 
+def wiring_mismatches(results: list[dict]) -> list[str]:
+    """Cases whose programs were compiled for differently wired slices (wraparound links, chip
+    config): libtpu picks its collectives by them, so such a comparison is not like for like."""
+    out = []
+    for case in sorted({r["case"] for r in results}):
+        wirings = {r["program"]: r.get("wiring") for r in results if r["case"] == case}
+        if len({json.dumps(w, sort_keys=True) for w in wirings.values()}) > 1:
+            out.append(f"{case}: compiled for different slice wirings: {wirings}")
+    return out
+
+
 def kind_differences(ours: dict, maxtext: dict) -> list[tuple[str, float, float]]:
     """(instruction kind, ours, MaxText) HBM bytes, largest difference first: where they differ."""
     a, b = ours.get("hbm_by_kind", {}), maxtext.get("hbm_by_kind", {})
@@ -222,6 +233,7 @@ def worker_ours(case: Case, program: str = "ours") -> dict:
                      topo.chip.hbm_bytes, compile_s, {"settings": {"mesh": dict(cfg.mesh), "remat": cfg.model.remat_policy,
                                    "micro_batches": int(cfg.train.micro_batches),
                                    "attention": cfg.model.attention_impl},
+                      "wiring": {"wrap": list(topo.wrap), "chip_config_name": topo.chip_config_name},
                       "versions": _versions()})
 
 
@@ -240,6 +252,7 @@ def worker_maxtext(case: Case) -> dict:
     import tempfile
 
     from maxtext.trainers.pre_train import train_compile
+    from maxtext.utils import accelerator_to_spec_map
 
     from mellama_jax.plan import aot
     from mellama_jax.plan.hardware import parse_tpu_topology
@@ -258,13 +271,16 @@ def worker_maxtext(case: Case) -> dict:
         argv = maxtext_argv(case, out_dir)
         train_compile.main(argv)
     compiled = captured["compiled"]
+    spec = accelerator_to_spec_map.get_system_characteristics(case.maxtext_topology)
     topo = parse_tpu_topology(case.topology)
     num_devices = case.chips  # v5p: one device (megacore) per chip
     cost = aot.analyze_compiled(compiled, num_devices, topo.chip, 1,
                                 text=_save_hlo(compiled.as_text(), case, "maxtext"))
     return summarize("maxtext", case, compiled.memory_analysis(), cost,
                      _model_flops(case.maxtext_model.replace("-", "_")), topo.chip.peak_flops,
-                     topo.chip.hbm_bytes, captured["compile_s"], {"settings": {"argv": argv[2:]}, "versions": _versions()})
+                     topo.chip.hbm_bytes, captured["compile_s"], {"settings": {"argv": argv[2:]},
+                     "wiring": {"wrap": list(spec.wrap), "chip_config_name": spec.chip_config_name},
+                     "versions": _versions()})
 
 
 def _save_hlo(text: str, case: Case, program: str) -> str:
@@ -355,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
           f"jaxlib {versions['jaxlib']}, libtpu {versions['libtpu']} (MaxText {versions['maxtext']});"
           f" {GLOBAL_BATCH} x {SEQ_LEN} tokens a step; per chip unless noted")
     print(format_table(results))
+    for line in wiring_mismatches(results):
+        print(f"WARNING: {line}")
     for name, t in checks.items():
         print(format_targets(name, t))
     for case in cases:

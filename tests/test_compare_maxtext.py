@@ -115,3 +115,16 @@ def test_parse_cases():
         cm.parse_cases("7b")
     with pytest.raises(ValueError):
         cm.parse_cases("")
+
+
+def test_wiring_mismatch_is_reported():
+    # Our planner once described v5p-128 without the wraparound links MaxText's (and the real
+    # slice) has; libtpu then lowered the weight gathers differently. The driver warns on it.
+    torus = {"wrap": [True, True, True], "chip_config_name": "megacore"}
+    mesh = {"wrap": [False, False, False], "chip_config_name": "megacore"}
+    same = [{"case": "70b", "program": "maxtext", "wiring": torus},
+            {"case": "70b", "program": "ours", "wiring": torus}]
+    assert cm.wiring_mismatches(same) == []
+    differ = same[:1] + [{"case": "70b", "program": "ours", "wiring": mesh}]
+    (line,) = cm.wiring_mismatches(differ)
+    assert line.startswith("70b: compiled for different slice wirings")
