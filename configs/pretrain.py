@@ -59,8 +59,9 @@ ME_LLAMA_LAYOUT = {
     # 82.5 GiB, both step >= 15.31 s (81.3%), with 0.77x the HBM bytes; save_attention with 4
     # micro-batches: 62.0 GiB, 14.41 s (BENCHMARKS.md "MaxText side by side").
     "llama2_13b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
-    # v5p-128: fsdp=64, 59.8 GiB (63%), step >= 19.45 s, MFU <= 81.6%. The former fsdp=8 x tensor=8
-    # mesh needs 8 micro-batches to fit and is then HBM-bound (31.2 s, MFU <= 50.9%).
+    # v5p-128 (a torus): fsdp=64, 59.6 GiB (63%), step >= 19.45 s, MFU <= 81.6%, HBM 1.37 s. The
+    # former fsdp=8 x tensor=8 mesh needs 8 micro-batches to fit and is then HBM-bound (31.2 s,
+    # MFU <= 50.9%).
     "llama2_70b": ((1, -1, 1), "full", 1),
 }
 
@@ -116,11 +117,12 @@ ME_LLAMA3_LAYOUT = {
     # per micro-batch: 49.0 GiB per chip (52%), step >= 8.22 s, compute-bound (only attention
     # recomputed). Full remat, 1 micro-batch: 73.4 GiB, 9.68 s.
     "llama3_8b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
-    # v5p-128: fsdp=64, full remat, 2 rows per chip: 62.6 GiB (66%, the LLaMA-2 70B margin), step
-    # >= 20.67 s, compute-bound. 2 micro-batches: the same bound at 53.9 GiB with twice the weight
-    # traffic (collectives 2.72 s against 1.36 s; HBM 5.70 s against 2.79 s by the former byte
-    # formula, 1.60 s counted for the shipped layout), and on 64 H100s the
-    # estimate keeps the hoisted gathered weights resident (174 GiB): it does not fit them.
+    # v5p-128 (a torus): fsdp=64, full remat, 2 rows per chip: 61.4 GiB (65%, the LLaMA-2 70B
+    # margin), step >= 20.67 s, compute-bound (HBM 1.40 s, collectives 0.91 s). 2 micro-batches:
+    # the same bound at 53.9 GiB with twice the weight traffic (collectives 2.72 s against 1.36 s;
+    # HBM 5.70 s against 2.79 s, both compiled without the torus's wraparound and under the former
+    # byte formula), and on 64 H100s the estimate keeps the hoisted gathered weights resident
+    # (174 GiB): it does not fit them.
     "llama3_70b": ((1, -1, 1), "full", 1),
 }
 

@@ -164,7 +164,8 @@ ME_LLAMA3_LAYOUT = {
     # v5p-32: projection outputs kept, one row per chip per micro-batch: 59.2 GiB (62%), step >=
     # 6.10 s, compute-bound. 4 micro-batches (2 rows per chip): 99.5 GiB, does not fit.
     "llama3_8b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
-    # v5p-128: fsdp=64, full remat, 2 rows per chip: 47.2 GiB (50%), step >= 15.74 s, compute-bound.
+    # v5p-128 (a torus): fsdp=64, full remat, 2 rows per chip: 43.7 GiB (46%), step >= 15.74 s,
+    # compute-bound.
     "llama3_70b": ((1, -1, 1), "full", 1),
 }
 

@@ -62,7 +62,7 @@ GPU_CHIPS: dict[str, Chip] = {
 # none; their chips run as one device of two TensorCores ("megacore"), as jax.devices() shows on a
 # real slice. v5e and v6e are 2-D: an axis wraps around only at a full pod edge of 16 chips.
 # Compiled without the wraparound a real v5p-128 has, libtpu lowered every FSDP weight gather of
-# LLaMA-2 70B as an all-reduce of a zero-filled buffer: 1.14x the HBM bytes and 3x the wire bytes
+# LLaMA-2 70B as an all-reduce of a zero-filled buffer: 1.14x the HBM bytes and 2x the wire bytes
 # of the all-gathers it emits for the torus (BENCHMARKS.md).
 _CUBE_TORUS_CHIPS = ("v4", "v5p")
 _TORUS_CUBE_EDGE = 4
@@ -102,9 +102,9 @@ class TpuTopology:
 
     @property
     def links(self) -> str:
-        """The wiring in words, for the plan's header: "torus (wraparound x, y, z)" or "mesh"."""
+        """The wiring in words, for the plan's header: "torus, wraparound x y z" or "no wraparound"."""
         wrapped = [axis for axis, w in zip("xyz", self.wrap) if w]
-        return f"torus (wraparound {', '.join(wrapped)})" if wrapped else "mesh (no wraparound)"
+        return f"torus, wraparound {' '.join(wrapped)}" if wrapped else "no wraparound"
 
 
 def parse_tpu_topology(name: str) -> TpuTopology:
