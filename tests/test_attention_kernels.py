@@ -167,15 +167,50 @@ def model_loss_and_grads(config, params, tokens, seg):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
-def test_llama_forward_and_loss_gradient_splash_equals_xla():
+@pytest.mark.parametrize("policy", ["full", "dots_with_no_batch_dims_saveable", "save_attention"])
+def test_llama_forward_and_loss_gradient_splash_equals_xla(policy):
+    """Also with the kernel's own residuals kept (the saving policies) instead of recomputed."""
     config = get_preset("tiny", **TINY)
     params = init_params(config, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 256), 0, config.vocab_size)
     seg = packed_segments(2, 256)
     want = model_loss_and_grads(config, params, tokens, seg)
-    got = model_loss_and_grads(config.replace(attention_impl="splash", remat_policy="full"), params, tokens, seg)
+    got = model_loss_and_grads(config.replace(attention_impl="splash", remat_policy=policy), params, tokens, seg)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4), got[1], want[1])
+
+
+def _kept_per_layer(config, tokens, capsys) -> list[str]:
+    """print_saved_residuals' lines for the per-layer arrays the layer scan keeps for backward."""
+    from jax.ad_checkpoint import print_saved_residuals
+    params = init_params(config, jax.random.key(0))
+    capsys.readouterr()
+    print_saved_residuals(lambda p: Llama(config).apply({"params": p}, tokens).sum(), params)
+    layers = f"[{config.num_hidden_layers},"
+    return [line for line in capsys.readouterr().out.splitlines()
+            if "output of scan" in line and line.split(" ", 1)[0].split("[", 1)[-1].startswith(layers[1:])]
+
+
+def test_saving_policies_keep_the_splash_residuals(capsys):
+    """Under a policy that keeps the kernel's inputs, the backward reads the splash forward's output
+    and log-sum-exp (named SPLASH_RESIDUALS) instead of running the kernel again; full remat keeps
+    neither, and save_attention keeps the output once (the kernel's, not a reshaped copy)."""
+    c = get_preset("tiny", attention_impl="splash", **TINY)
+    b, t = 2, 256
+    tokens = jnp.zeros((b, t), jnp.int32)
+    h, d = c.num_attention_heads, c.head_dim
+    out, lse = f"[{c.num_hidden_layers},{b},{h},{t},{d}]", f"[{c.num_hidden_layers},{b},{h},{t}]"
+
+    def kept(policy):
+        return [line.split(" ", 1)[0] for line in _kept_per_layer(c.replace(remat_policy=policy), tokens, capsys)]
+
+    full, dots, save_attention = (kept(p) for p in ("full", "dots_with_no_batch_dims_saveable", "save_attention"))
+    assert not any(x.endswith(lse) for x in full)
+    for kept_arrays in (dots, save_attention):
+        assert sum(x.endswith(lse) for x in kept_arrays) == 1, kept_arrays
+        assert sum(x.endswith(out) for x in kept_arrays) == 1, kept_arrays
+    # save_attention: q, k, v and the kernel's output and lse, besides each layer's input
+    assert len(save_attention) == len(full) + 5, (save_attention, full)
 
 
 @pytest.mark.slow

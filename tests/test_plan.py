@@ -168,6 +168,27 @@ def test_estimated_saved_activations_per_named_remat_policy():
     assert set(est_lib.SAVED_KINDS) == set(REMAT_POLICIES)  # every policy has an estimate
 
 
+def test_estimate_keeps_splash_residuals_instead_of_a_second_forward():
+    """Under splash the saving policies keep the kernel's output and log-sum-exp (model/llama.py):
+    the estimate adds those bytes and drops the kernel's second forward from the executed FLOPs;
+    full remat and save_mlp are unchanged, and save_attention keeps the output once."""
+    mc = get_preset("llama2_13b", dtype="bfloat16", remat_policy="dots_with_no_batch_dims_saveable")
+    seq, heads, d = 4096, mc.num_attention_heads, mc.head_dim
+    layer = est_lib.layer_activation_bytes(mc, 1, seq, 1, fused_attention=True, kernel_residuals=True)
+    assert layer["kernel_residuals"] == seq * heads * (d * 2 + 4)  # bf16 output, f32 log-sum-exp
+    assert est_lib.layer_activation_bytes(mc, 1, seq, 1, fused_attention=True)["kernel_residuals"] == 0
+    dots = est_lib.saved_kinds("dots_with_no_batch_dims_saveable", kernel_residuals=True)
+    assert dots == est_lib.SAVED_KINDS["dots_with_no_batch_dims_saveable"] + ("kernel_residuals",)
+    assert est_lib.saved_kinds("save_attention", True) == ("carry", "attention_qkv", "kernel_residuals")
+    for policy in ("full", "save_mlp"):
+        assert est_lib.saved_kinds(policy, True) == est_lib.SAVED_KINDS[policy]
+    attn_fwd = 4.0 * mc.num_hidden_layers * heads * d * seq
+    again = est_lib.executed_flops_per_token(mc, seq) - est_lib.executed_flops_per_token(mc, seq, kernel_residuals=True)
+    assert again == pytest.approx(attn_fwd)
+    full = mc.replace(remat_policy="full")
+    assert est_lib.executed_flops_per_token(full, seq, kernel_residuals=True) == est_lib.executed_flops_per_token(full, seq)
+
+
 def test_report_names_the_layer_scans_forward_and_backward():
     """A layer scan whose while op carries another op's name (XLA merged the splash kernel's
     metadata into it) is still the forward scan; windowed-einsum loops keep their own names."""
@@ -219,9 +240,23 @@ def test_topology_wiring_is_the_real_slices(name, wrap, chip_config):
     assert topo.links.startswith("torus") == any(wrap)
 
 
+def test_topology_wiring_matches_maxtexts_table():
+    # MaxText 0.2.5's accelerator table (tests/fixtures/maxtext_tpu_slices.json, written from its
+    # accelerator_to_spec_map.py): every v4/v5e/v5p/v6e slice it compiles for, with the chip config
+    # and wraparound it hands libtpu. The planner's rule gives the same for each.
+    import json
+    with open(os.path.join(ROOT, "tests", "fixtures", "maxtext_tpu_slices.json")) as f:
+        slices = json.load(f)["slices"]
+    assert len(slices) == 124
+    for s in slices:
+        topo = hardware.parse_tpu_topology(s["topology"])
+        assert (topo.chip_config_name, list(topo.wrap)) == (s["chip_config_name"], s["wrap"]), s
+
+
 def test_v4_compiles_one_megacore_device_per_chip():
-    # jax.devices() on a real v4 slice lists one device per chip; libtpu's "default" chip config
-    # described two per chip, so plans halved v4's HBM and FLOP/s per device.
+    # jax.devices() on a real v4 slice lists one (megacore) device per chip; libtpu's "default"
+    # chip config described two per chip, so the planner built v4 meshes of twice the devices
+    # launch.py gets there (and halved each device's HBM and FLOP/s).
     devices = aot.topology_devices(hardware.parse_tpu_topology("v4:2x2x1"))
     assert len(devices) == 4
 

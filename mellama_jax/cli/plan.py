@@ -72,9 +72,13 @@ def sweep_meshes(num_devices: int) -> list[tuple]:
     return [(1, -1, t) for t in sizes if t <= num_devices and num_devices % t == 0]
 
 
+def _attention_kernel(mc, platform: str) -> str:
+    return resolve_attention_impl(mc.attention_impl, mc.dtype, mc.head_dim, platform)
+
+
 def _fused_attention(mc, platform: str) -> bool:
     """Whether the run's attention kernel on `platform` keeps the [seq, seq] scores out of HBM."""
-    return resolve_attention_impl(mc.attention_impl, mc.dtype, mc.head_dim, platform) in ("cudnn", "splash")
+    return _attention_kernel(mc, platform) in ("cudnn", "splash")
 
 
 def print_cost(config, chip, chips: int, step_s: float | None, model_flops_per_step: float) -> dict | None:
@@ -104,7 +108,8 @@ def run_topology(config, config_name: str) -> tuple[int, dict]:
             cfg, mc, _ = aot.plan_model_config(config)
             est = est_lib.estimate(cfg, mc, plan.num_devices, topo.chip, topo.name,
                                    max(1, plan.num_devices // topo.num_chips),
-                                   fused_attention=_fused_attention(mc, "tpu"))
+                                   fused_attention=_fused_attention(mc, "tpu"),
+                                   kernel_residuals=_attention_kernel(mc, "tpu") == "splash")
         print(f"{config_name}\n" + report.format_aot(plan, est))
         if not plan.fits:
             print(f"\nDOES NOT FIT: {config_name} on {topo.name}. Try a larger slice, more tensor "

@@ -64,6 +64,10 @@ ROPE_TYPES = _values(RopeType)
 MODEL_TYPES = _values(ModelType)
 SPLASH_BLOCK_FIELDS = ("splash_block_q", "splash_block_kv", "splash_block_kv_compute")
 SPLASH_LANES = 128
+# The checkpoint_name splash attention gives its forward's residuals (its output and the
+# log-sum-exp of the scores), so a remat policy can keep them instead of running the kernel again
+# in the backward pass (model/llama.py REMAT_POLICIES).
+SPLASH_RESIDUALS = "splash_residuals"
 # Fields earlier versions wrote into model_config.json that no longer exist; read and ignored
 # (scan_layers: layers have always been scanned, the field could only be True).
 _RETIRED_FIELDS = ("scan_layers",)

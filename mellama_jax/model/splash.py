@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 # The kernel tiles the kv axis in units of TPU vector lanes; block sizes are multiples of this.
 from mellama_jax.model.config import SPLASH_LANES as LANES
+from mellama_jax.model.config import SPLASH_RESIDUALS
 
 
 def block_sizes(seq_len: int, block_q: int, block_kv: int, block_kv_compute: int) -> tuple[sa.BlockSizes, int]:
@@ -53,8 +54,11 @@ def _kernel(heads: int, length: int, sliding_window: int | None, sizes: sa.Block
     shape = (length, length)
     # LocalMask (W - 1 keys back, none ahead) is causal and keeps q - j < W: HF's sliding window.
     one = sa.CausalMask(shape) if sliding_window is None else sa.LocalMask(shape, (sliding_window - 1, 0), 0)
+    # The forward's residuals carry a checkpoint_name: a remat policy that saves them skips the
+    # kernel's second forward run in the backward pass (model/llama.py REMAT_POLICIES).
     return sa.make_splash_mha(sa.MultiHeadMask([one] * heads), block_sizes=sizes, head_shards=1,
-                              q_seq_shards=1, interpret=interpret)
+                              q_seq_shards=1, interpret=interpret,
+                              residual_checkpoint_name=SPLASH_RESIDUALS)
 
 
 def splash_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.ndarray | None = None, *,

@@ -12,7 +12,9 @@ No GPU compile is possible without a GPU, so this models what XLA allocates per 
   projection outputs (q, k, v, o, gate, up, down); ``dots_saveable`` also the attention scores and
   outputs (batched dots, float32); ``none`` everything (norms, rotary, softmax, SwiGLU);
   ``save_attention`` the input plus the named q, k, v and attention output; ``save_mlp`` the input
-  plus the named gate and up projections (model/llama.py).
+  plus the named gate and up projections (model/llama.py). Under splash (TPU) every policy but
+  ``full`` and ``save_mlp`` also keeps the kernel's forward residuals, its output and log-sum-exp,
+  so the backward pass does not run the kernel's forward again.
 - the transient peak of one layer's backward (that layer's activations, recomputed or kept, and
   its all-gathered weights) or of the loss (float32 logits and their gradient), the larger.
 
@@ -109,10 +111,11 @@ def _split(n: int, ways: int) -> float:
 
 
 def layer_activation_bytes(mc: LlamaConfig, rows: float, seq: int, tensor: int,
-                           fused_attention: bool = False) -> dict:
+                           fused_attention: bool = False, kernel_residuals: bool = False) -> dict:
     """Bytes of one layer's activations on one device, by kind (see the module docstring).
 
     ``fused_attention``: the [seq, seq] scores never reach HBM (cuDNN flash attention, splash).
+    ``kernel_residuals``: the attention kernel's forward residuals can be kept (splash).
     Otherwise they are materialised: in float32 by ``dot_product`` (jax.nn.dot_product_attention's
     XLA path, as TPU compiles show) and by any float32 model, in the 16-bit compute dtype by our
     ``xla`` attention (model/attention.py), which is also what ``auto`` falls back to.
@@ -131,6 +134,8 @@ def layer_activation_bytes(mc: LlamaConfig, rows: float, seq: int, tensor: int,
         "mlp_gate_up": tok * 2 * inter * cd,
         "projection_outputs": tok * 2 * h * cd,  # o and down: what the dots policies keep besides
         "attention_dots": square * rows * nq * s * s * scores + tok * nq * d * scores,
+        # splash's output and float32 log-sum-exp per query head (model/splash.py SPLASH_RESIDUALS)
+        "kernel_residuals": (tok * nq * d * cd + tok * nq * 4) if kernel_residuals else 0.0,
         "elementwise": (tok * (2 * h + (nq + nkv) * d + inter) * cd
                         + square * (rows * nq * s * s * cd + rows * s * s)),  # norms, rotary q/k,
         # SwiGLU product; softmax probabilities and the mask
@@ -149,8 +154,19 @@ SAVED_KINDS = {
 }
 
 
-def executed_flops_per_token(mc: LlamaConfig, seq: int, lora: bool = False) -> float:
-    """Matmul FLOPs per token one step executes, remat recomputation included."""
+def saved_kinds(policy: str, kernel_residuals: bool = False) -> tuple[str, ...]:
+    """The layer_activation_bytes kinds ``policy`` keeps; with the attention kernel's residuals
+    kept (splash), save_attention keeps those in place of its own copy of the attention output."""
+    kinds = SAVED_KINDS[policy]
+    if not kernel_residuals or policy in ("full", "save_mlp", "none"):
+        return kinds
+    return tuple(k for k in kinds if k != "attention_out") + ("kernel_residuals",)
+
+
+def executed_flops_per_token(mc: LlamaConfig, seq: int, lora: bool = False,
+                             kernel_residuals: bool = False) -> float:
+    """Matmul FLOPs per token one step executes, remat recomputation included (``kernel_residuals``:
+    the attention kernel's forward is not run again where the policy keeps its residuals)."""
     n_layer = metrics_lib.matmul_params(mc) - mc.hidden_size * mc.vocab_size  # minus the LM head
     attn_fwd = 4.0 * mc.num_hidden_layers * mc.num_attention_heads * mc.head_dim * seq
     proj_fwd = 2.0 * n_layer
@@ -162,7 +178,7 @@ def executed_flops_per_token(mc: LlamaConfig, seq: int, lora: bool = False) -> f
     mlp_fwd = 2.0 * 3 * mc.hidden_size * mc.intermediate_size * mc.num_hidden_layers
     if policy == "full":
         total += proj_fwd + attn_fwd
-    elif policy in ("minimal", "dots_with_no_batch_dims_saveable"):
+    elif policy in ("minimal", "dots_with_no_batch_dims_saveable") and not kernel_residuals:
         total += attn_fwd  # the batched attention dots are recomputed
     elif policy == "save_attention":
         total += mlp_fwd  # the MLP's three projections are recomputed
@@ -202,7 +218,7 @@ def _collective_seconds(mc: LlamaConfig, mesh: dict, chip: Chip, param_count: fl
 
 def estimate(config: Any, model_config: LlamaConfig, num_devices: int, chip: Chip,
              cluster_name: str = "", devices_per_chip: int = 1,
-             fused_attention: bool = False) -> Estimate:
+             fused_attention: bool = False, kernel_residuals: bool = False) -> Estimate:
     """Analytic per-device memory and step time of ``config``'s train step on ``num_devices``."""
     from mellama_jax.train import loop
 
@@ -225,9 +241,9 @@ def estimate(config: Any, model_config: LlamaConfig, num_devices: int, chip: Chi
     t = shape["tensor"]
     grads = params_bytes * (2 if micro > 1 else 1)  # gradients in the params' dtype (+ accumulator)
 
-    layer = layer_activation_bytes(mc, rows, seq, t, fused_attention)
+    layer = layer_activation_bytes(mc, rows, seq, t, fused_attention, kernel_residuals)
     policy = mc.remat_policy
-    saved_layer = sum(layer[k] for k in SAVED_KINDS[policy])
+    saved_layer = sum(layer[k] for k in saved_kinds(policy, kernel_residuals))
     all_layer = sum(layer.values())
     saved = mc.num_hidden_layers * saved_layer
     cd = jnp.dtype(mc.dtype).itemsize
@@ -247,7 +263,7 @@ def estimate(config: Any, model_config: LlamaConfig, num_devices: int, chip: Chi
     batch = int(gbs / (shape["data"] * shape["fsdp"]) * seq * 4 * 5)
 
     tokens = gbs * seq
-    flops_dev = executed_flops_per_token(mc, seq, lora) * tokens / num_devices
+    flops_dev = executed_flops_per_token(mc, seq, lora, kernel_residuals) * tokens / num_devices
     peak = chip.peak_flops / devices_per_chip
     trainable = sum(x.size for x in jax.tree.leaves(trainer.abstract_params))
     comm = _collective_seconds(mc, shape, chip, base_params, trainable, rows, seq, micro,

@@ -72,10 +72,6 @@ class HloStats:
         """FLOPs of the Pallas kernels per step (XLA's cost analysis counts none of them)."""
         return sum(k.count * k.flops for k in self.kernels)
 
-    @property
-    def kernel_bytes(self) -> float:
-        return sum(k.count * k.bytes for k in self.kernels)
-
 
 def _shape_bytes(shapes: list) -> float:
     return sum(_DTYPE_BYTES.get(dt, 4) * math.prod(dims) for dt, dims in shapes)

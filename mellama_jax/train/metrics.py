@@ -14,7 +14,7 @@ FLOPs per trained token (forward + backward, the PaLM appendix-B convention):
   project has reported; remat recomputation is not counted (MFU, not HFU).
   Consequence: a causal kernel that skips the masked blocks (splash attention computes ~53% of
   the score blocks at 8,192 tokens) executes less than 12LHS, so an MFU bound from executed FLOPs
-  can pass 100% where attention is a large share (LLaMA-3 8B at 8,192 tokens: 100.6%). The
+  can pass 100% where attention is a large share (LLaMA-3 8B at 8,192 tokens: 104.7%). The
   planner then also prints the causal count (``causal=True``: 6LHS, attention halved), which a
   real causal run cannot exceed.
 
