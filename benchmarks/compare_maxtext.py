@@ -12,7 +12,8 @@ plan/aot.py): memory per chip, HBM bytes per step, executed FLOPs, step-time bou
 MaxText runs with its defaults (full remat, splash attention, one micro-batch, fsdp over all chips)
 through its own ahead-of-time path, maxtext.trainers.pre_train.train_compile.main; "ours" is the
 shipped recipe (configs/pretrain.py:llama2_13b / :llama2_70b) as `python -m mellama_jax.cli.plan`
-compiles it, and a case may add variants of it (13B: "ours_full_remat", MaxText's layout). HBM bytes
+compiles it, and a case may add variants of it (13B: "ours_full_remat", MaxText's layout, and
+"ours_save_attention_out", that layout keeping the attention kernel's output). HBM bytes
 are counted per executed instruction with loop trip counts (plan.hlo.traffic); the table also shows
 that count with loop bodies once over XLA's own bytes accessed, as a check on it.
 
@@ -60,10 +61,13 @@ class Case:
 
 CASES = {
     # 13B also in MaxText's own layout (full remat, no projection kept) at the fewest micro-batches
-    # that fit with a margin: the shipped recipe keeps the projections instead (fewer FLOPs, more
-    # HBM bytes: 8 micro-batches re-gather the weights).
+    # that fit with a margin, and with only the attention kernel's output kept besides
+    # (save_attention_out: its forward runs once): the shipped recipe keeps the projections instead
+    # (fewer FLOPs, more HBM bytes: 8 micro-batches re-gather the weights).
     "13b": Case("13b", "configs/pretrain.py:llama2_13b", "v5p:2x2x4", "llama2-13b", "v5p-32", 16,
-                (("ours_full_remat", (("model.remat_policy", "full"), ("train.micro_batches", 2))),)),
+                (("ours_full_remat", (("model.remat_policy", "full"), ("train.micro_batches", 2))),
+                 ("ours_save_attention_out", (("model.remat_policy", "save_attention_out"),
+                                              ("train.micro_batches", 2))))),
     "70b": Case("70b", "configs/pretrain.py:llama2_70b", "v5p:4x4x4", "llama2-70b", "v5p-128", 64),
 }
 

@@ -53,11 +53,13 @@ def _demo(c):
 ME_LLAMA_LAYOUT = {
     # v5p-32: the 13B layout (a smaller model on the same slice; not compiled on its own).
     "llama2_7b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
-    # v5p-32: keeping the projections' outputs (~0.5 GB per row per layer, so 8 micro-batches of
-    # 2 rows per chip) skips the recompute: 59.0 GiB per chip (62%), step >= 12.49 s compute-bound,
-    # MFU <= 99.6%. Full remat (MaxText's layout): 2 micro-batches 49.7 GiB, 1 micro-batch
-    # 82.5 GiB, both step >= 15.31 s (81.3%), with 0.77x the HBM bytes; save_attention with 4
-    # micro-batches: 62.0 GiB, 14.41 s (BENCHMARKS.md "MaxText side by side").
+    # v5p-32: keeping the projections' outputs and splash's (~0.5 GB per row per layer, so 8
+    # micro-batches of 2 rows per chip) skips the recompute: 62.0 GiB per chip (65%), step >=
+    # 12.22 s compute-bound, MFU <= 101.8% (96.0% counting causal attention). Full remat
+    # (MaxText's layout): 2 micro-batches 49.7 GiB, 1 micro-batch 88.4 GiB, both step >= 15.31 s;
+    # save_attention_out with 2: 58.8 GiB, 15.04 s, HBM bytes within 3% of MaxText's (the
+    # shipped layout moves 1.28x); save_attention with 4: 62.1 GiB, 14.14 s (BENCHMARKS.md
+    # "MaxText side by side").
     "llama2_13b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
     # v5p-128 (a torus): fsdp=64, 59.6 GiB (63%), step >= 19.45 s, MFU <= 81.6%, HBM 1.37 s. The
     # former fsdp=8 x tensor=8 mesh needs 8 micro-batches to fit and is then HBM-bound (31.2 s,
@@ -71,7 +73,7 @@ def _me_llama(c, preset: str):
     hardware each model is planned for (settings in ME_LLAMA_LAYOUT, chosen by the planner):
 
     llama2_13b: a TPU v5p-32 slice (16 chips, --topology v5p:2x2x4): fsdp=16, remat
-    dots_with_no_batch_dims_saveable (projection outputs kept, nothing recomputed but attention),
+    dots_with_no_batch_dims_saveable (projection and attention outputs kept, no matmul recomputed),
     splash attention, 8 micro-batches of 32 rows. On GPUs attention_impl=auto picks cuDNN's fused
     attention instead; the same settings fit four 8xH100 nodes (32 GPUs, --gpus 32xH100: 51.6 GiB
     estimated, but bound by InfiniBand); on one 8xH100 node the saved projections do not fit 80 GB:

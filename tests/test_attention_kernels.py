@@ -167,7 +167,7 @@ def model_loss_and_grads(config, params, tokens, seg):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots_with_no_batch_dims_saveable", "save_attention"])
+@pytest.mark.parametrize("policy", ["full", "dots_with_no_batch_dims_saveable", "save_attention", "save_attention_out"])
 def test_llama_forward_and_loss_gradient_splash_equals_xla(policy):
     """Also with the kernel's own residuals kept (the saving policies) instead of recomputed."""
     config = get_preset("tiny", **TINY)
@@ -192,25 +192,30 @@ def _kept_per_layer(config, tokens, capsys) -> list[str]:
 
 
 def test_saving_policies_keep_the_splash_residuals(capsys):
-    """Under a policy that keeps the kernel's inputs, the backward reads the splash forward's output
-    and log-sum-exp (named SPLASH_RESIDUALS) instead of running the kernel again; full remat keeps
-    neither, and save_attention keeps the output once (the kernel's, not a reshaped copy)."""
+    """Under a policy that keeps attention, the backward reads the splash kernel's inputs in its
+    layout and its forward's output and log-sum-exp instead of running the kernel's forward again
+    (or RoPE and the transposes into its layout); full remat keeps none of them, save_attention_out
+    only the output and log-sum-exp, and nothing is kept twice."""
     c = get_preset("tiny", attention_impl="splash", **TINY)
-    b, t = 2, 256
+    L, b, t = c.num_hidden_layers, 2, 256
+    h, kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     tokens = jnp.zeros((b, t), jnp.int32)
-    h, d = c.num_attention_heads, c.head_dim
-    out, lse = f"[{c.num_hidden_layers},{b},{h},{t},{d}]", f"[{c.num_hidden_layers},{b},{h},{t}]"
+    heads_first = f"[{L},{b},{h},{t},{d}]"  # the kernel's q and its output
+    kv_heads_first, lse, model_layout_q = f"[{L},{b},{kv},{t},{d}]", f"[{L},{b},{h},{t}]", f"[{L},{b},{t},{h},{d}]"
 
     def kept(policy):
-        return [line.split(" ", 1)[0] for line in _kept_per_layer(c.replace(remat_policy=policy), tokens, capsys)]
+        arrays = [line.split(" ", 1)[0] for line in _kept_per_layer(c.replace(remat_policy=policy), tokens, capsys)]
+        return arrays, {shape: sum(a.endswith(shape) for a in arrays)
+                        for shape in (heads_first, kv_heads_first, lse, model_layout_q)}
 
-    full, dots, save_attention = (kept(p) for p in ("full", "dots_with_no_batch_dims_saveable", "save_attention"))
-    assert not any(x.endswith(lse) for x in full)
-    for kept_arrays in (dots, save_attention):
-        assert sum(x.endswith(lse) for x in kept_arrays) == 1, kept_arrays
-        assert sum(x.endswith(out) for x in kept_arrays) == 1, kept_arrays
-    # save_attention: q, k, v and the kernel's output and lse, besides each layer's input
-    assert len(save_attention) == len(full) + 5, (save_attention, full)
+    full, n_full = kept("full")
+    assert n_full[lse] == n_full[heads_first] == 0
+    for policy in ("dots_with_no_batch_dims_saveable", "save_attention"):
+        arrays, n = kept(policy)
+        assert (n[heads_first], n[kv_heads_first], n[lse], n[model_layout_q]) == (2, 2, 1, 0), (policy, arrays)
+    assert len(kept("save_attention")[0]) == len(full) + 5  # q, k, v, output, log-sum-exp
+    arrays, n = kept("save_attention_out")
+    assert (n[heads_first], n[lse], len(arrays)) == (1, 1, len(full) + 2), arrays
 
 
 @pytest.mark.slow

@@ -107,9 +107,11 @@ def test_targets_and_where_the_bytes_differ():
 def test_parse_cases():
     assert [c.name for c in cm.parse_cases("70b, 13b")] == ["70b", "13b"]
     assert cm.CASES["70b"].chips == 64 and cm.CASES["13b"].maxtext_topology == "v5p-32"
-    assert cm.CASES["13b"].programs == ("maxtext", "ours", "ours_full_remat")
+    assert cm.CASES["13b"].programs == ("maxtext", "ours", "ours_full_remat", "ours_save_attention_out")
     assert cm.CASES["13b"].settings("ours_full_remat") == {"model.remat_policy": "full",
                                                             "train.micro_batches": 2}
+    assert cm.CASES["13b"].settings("ours_save_attention_out") == {"model.remat_policy": "save_attention_out",
+                                                                    "train.micro_batches": 2}
     assert cm.CASES["13b"].settings("ours") == {} and cm.CASES["70b"].programs == ("maxtext", "ours")
     with pytest.raises(ValueError, match="--cases='7b'"):
         cm.parse_cases("7b")

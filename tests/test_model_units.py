@@ -62,7 +62,8 @@ def test_every_parameter_has_logical_axes():
     assert axes["layers"]["attention"]["k_proj"] == jax.sharding.PartitionSpec("layers", "embed", "kv_heads", "head_dim")
 
 
-@pytest.mark.parametrize("policy", ["full", "dots_saveable", "minimal", "save_attention", "save_mlp"])
+@pytest.mark.parametrize("policy", ["full", "dots_saveable", "dots_with_no_batch_dims_saveable", "minimal",
+                                    "save_attention", "save_attention_out", "save_mlp"])
 def test_remat_policies_do_not_change_loss_or_gradients(policy):
     base = get_preset("tiny")
     params = init_params(base, jax.random.key(0))
@@ -152,7 +153,8 @@ def _layer_residual_shapes(config, capsys) -> set:
 
 
 def test_named_remat_policies_keep_what_they_name(capsys):
-    """save_attention keeps q, k, v and the attention output; save_mlp the gate and up projections;
+    """save_attention keeps q, k, v and the attention output; save_attention_out the output only;
+    save_mlp the gate and up projections;
     full only each layer's input (a policy whose names matched nothing would equal full)."""
     c = get_preset("tiny")
     b, s, h, d = 2, 16, c.hidden_size, c.head_dim
@@ -161,3 +163,4 @@ def test_named_remat_policies_keep_what_they_name(capsys):
     assert full == {(b, s, h)}
     assert _layer_residual_shapes(c.replace(remat_policy="save_attention"), capsys) == full | {q, kv}
     assert _layer_residual_shapes(c.replace(remat_policy="save_mlp"), capsys) == full | {(b, s, c.intermediate_size)}
+    assert _layer_residual_shapes(c.replace(remat_policy="save_attention_out"), capsys) == full | {q}

@@ -36,6 +36,7 @@ class RematPolicy(StrEnum):
     DOTS_WITH_NO_BATCH_DIMS_SAVEABLE = "dots_with_no_batch_dims_saveable"
     MINIMAL = "minimal"
     SAVE_ATTENTION = "save_attention"
+    SAVE_ATTENTION_OUT = "save_attention_out"
     SAVE_MLP = "save_mlp"
 
 
@@ -64,10 +65,14 @@ ROPE_TYPES = _values(RopeType)
 MODEL_TYPES = _values(ModelType)
 SPLASH_BLOCK_FIELDS = ("splash_block_q", "splash_block_kv", "splash_block_kv_compute")
 SPLASH_LANES = 128
-# The checkpoint_name splash attention gives its forward's residuals (its output and the
+# The checkpoint_name splash attention gives its forward's own residuals (its output and the
 # log-sum-exp of the scores), so a remat policy can keep them instead of running the kernel again
 # in the backward pass (model/llama.py REMAT_POLICIES).
 SPLASH_RESIDUALS = "splash_residuals"
+# Activations named with checkpoint_name, so a remat policy can keep some and recompute the rest:
+# the attention kernel's inputs (q and k after RoPE, v; under splash in the kernel's layout) and
+# output, and the MLP's gate and up projections (the widest activations, [tokens, intermediate]).
+ATTENTION_QKV, ATTENTION_OUT, MLP_GATE_UP = "attention_qkv", "attention_out", "mlp_gate_up"
 # Fields earlier versions wrote into model_config.json that no longer exist; read and ignored
 # (scan_layers: layers have always been scanned, the field could only be True).
 _RETIRED_FIELDS = ("scan_layers",)

@@ -22,38 +22,39 @@ from jax.ad_checkpoint import checkpoint_name
 
 from mellama_jax.model.attention import (attention, cache_rows, cached_attention, make_attention_mask,
                                          resolve_attention_impl, target_platform)
-from mellama_jax.model.config import PROJECTION_BY_NAME, SPLASH_RESIDUALS, LlamaConfig
+from mellama_jax.model.config import (ATTENTION_OUT, ATTENTION_QKV, MLP_GATE_UP, PROJECTION_BY_NAME,
+                                      SPLASH_RESIDUALS, LlamaConfig)
 from mellama_jax.model.rope import apply_rotary, rotary_tables
 
 Array = jnp.ndarray
 _INIT_STD = 0.02
 
-# Activations named with checkpoint_name, so a remat policy can keep some and recompute the rest:
-# the attention kernel's inputs (q and k after RoPE, v) and output, and the MLP's gate and up
-# projections (the widest activations, [tokens, intermediate]).
-ATTENTION_QKV, ATTENTION_OUT, MLP_GATE_UP = "attention_qkv", "attention_out", "mlp_gate_up"
 
-def _and_splash_residuals(policy):
-    # The dots policies keep what the splash kernel reads (q, k, v) but not what it makes (a Pallas
-    # call, not a dot), so the backward pass would run its forward again to get its output and
-    # log-sum-exp: 4% of the executed FLOPs of LLaMA-3 8B at 8,192 tokens. Keeping them costs one
-    # [tokens, heads x head_dim] array per layer. Off TPU the name matches nothing.
+def _and_attention(policy):
+    # The dots policies keep the q, k, v projections but not what the splash kernel makes (a Pallas
+    # call, not a dot), so the backward pass would run its forward again for its output and
+    # log-sum-exp (4% of LLaMA-3 8B's executed FLOPs at 8,192 tokens), and redo RoPE and the
+    # kernel-layout copies of q, k, v. Kept instead: the kernel's inputs and residuals, for one
+    # more [tokens, heads x head_dim] array per layer. Off TPU SPLASH_RESIDUALS matches nothing.
     return jax.checkpoint_policies.save_from_both_policies(
-        policy, jax.checkpoint_policies.save_only_these_names(SPLASH_RESIDUALS))
+        policy, jax.checkpoint_policies.save_only_these_names(ATTENTION_QKV, SPLASH_RESIDUALS))
 
 
 REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
-    "dots_saveable": _and_splash_residuals(jax.checkpoint_policies.dots_saveable),
-    "dots_with_no_batch_dims_saveable": _and_splash_residuals(
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
-    "minimal": _and_splash_residuals(jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims),
+    "dots_saveable": _and_attention(jax.checkpoint_policies.dots_saveable),
+    "dots_with_no_batch_dims_saveable": _and_attention(jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+    "minimal": _and_attention(jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims),
     # Keep what attention needs and makes (no q/k/v projection, RoPE or attention recompute),
     # recompute the MLP: for LLaMA-2 13B less than half the per-token bytes the dots policies keep.
     # Under splash the kernel's own residuals are its output (the attention output is not named
     # twice, see Attention).
     "save_attention": jax.checkpoint_policies.save_only_these_names(ATTENTION_QKV, ATTENTION_OUT,
                                                                     SPLASH_RESIDUALS),
+    # Recompute the layer but for the attention output (under splash: the kernel's output and
+    # log-sum-exp, so the kernel's forward runs once): full remat's memory plus one
+    # [tokens, heads x head_dim] array per layer.
+    "save_attention_out": jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT, SPLASH_RESIDUALS),
     # Keep the MLP's gate and up projections, recompute the attention block.
     "save_mlp": jax.checkpoint_policies.save_only_these_names(MLP_GATE_UP),
 }

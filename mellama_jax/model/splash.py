@@ -21,12 +21,13 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
 from jax.sharding import PartitionSpec as P
 
 # The kernel tiles the kv axis in units of TPU vector lanes; block sizes are multiples of this.
 from mellama_jax.model.config import SPLASH_LANES as LANES
-from mellama_jax.model.config import SPLASH_RESIDUALS
+from mellama_jax.model.config import ATTENTION_QKV, SPLASH_RESIDUALS
 
 
 def block_sizes(seq_len: int, block_q: int, block_kv: int, block_kv_compute: int) -> tuple[sa.BlockSizes, int]:
@@ -78,6 +79,10 @@ def splash_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids
     # whose rows are sliced off.
     pad = ((0, 0), (0, padded - t), (0, 0), (0, 0))
     q, k, v = (jnp.swapaxes(jnp.pad(x, pad), 1, 2) for x in (q * jnp.asarray(d ** -0.5, q.dtype), k, v))
+    # The kernel's inputs in its layout are what its backward kernels read: named like the model's
+    # q, k, v, a policy that keeps those keeps these instead (the backward needs no other copy), so
+    # the backward pass does not scale, pad and transpose them (or apply RoPE) again.
+    q, k, v = (checkpoint_name(x, ATTENTION_QKV) for x in (q, k, v))
     if segment_ids is None:
         out = jax.vmap(kernel)(q, k, v)
     else:

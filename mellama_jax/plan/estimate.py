@@ -11,8 +11,9 @@ No GPU compile is possible without a GPU, so this models what XLA allocates per 
   ``full`` keeps each layer's input; ``dots_with_no_batch_dims_saveable``/``minimal`` also the
   projection outputs (q, k, v, o, gate, up, down); ``dots_saveable`` also the attention scores and
   outputs (batched dots, float32); ``none`` everything (norms, rotary, softmax, SwiGLU);
-  ``save_attention`` the input plus the named q, k, v and attention output; ``save_mlp`` the input
-  plus the named gate and up projections (model/llama.py). Under splash (TPU) every policy but
+  ``save_attention`` the input plus the named q, k, v and attention output;
+  ``save_attention_out`` the input and the attention output; ``save_mlp`` the input plus the named
+  gate and up projections (model/llama.py). Under splash (TPU) every policy but
   ``full`` and ``save_mlp`` also keeps the kernel's forward residuals, its output and log-sum-exp,
   so the backward pass does not run the kernel's forward again.
 - the transient peak of one layer's backward (that layer's activations, recomputed or kept, and
@@ -149,6 +150,7 @@ SAVED_KINDS = {
     "dots_with_no_batch_dims_saveable": _DOTS,
     "dots_saveable": _DOTS + ("attention_dots",),
     "save_attention": ("carry", "attention_qkv", "attention_out"),
+    "save_attention_out": ("carry", "attention_out"),
     "save_mlp": ("carry", "mlp_gate_up"),
     "none": _DOTS + ("attention_dots", "elementwise"),
 }
@@ -182,6 +184,8 @@ def executed_flops_per_token(mc: LlamaConfig, seq: int, lora: bool = False,
         total += attn_fwd  # the batched attention dots are recomputed
     elif policy == "save_attention":
         total += mlp_fwd  # the MLP's three projections are recomputed
+    elif policy == "save_attention_out":  # the projections, and attention unless its kernel's residuals are kept
+        total += proj_fwd + (0.0 if kernel_residuals else attn_fwd)
     elif policy == "save_mlp":
         total += proj_fwd - mlp_fwd + attn_fwd  # the attention block is recomputed
     return total
