@@ -116,8 +116,8 @@ def _me_llama(c, preset: str):
 # compiled", LLaMA-3 table).
 ME_LLAMA3_LAYOUT = {
     # v5p-32: projection outputs kept (~0.7 GB per row per layer at 8,192 tokens), one row per chip
-    # per micro-batch: 49.0 GiB per chip (52%), step >= 8.22 s, compute-bound (only attention
-    # recomputed). Full remat, 1 micro-batch: 73.4 GiB, 9.68 s.
+    # per micro-batch, and splash's residuals: 51.1 GiB per chip (54%), step >= 7.90 s,
+    # compute-bound (nothing recomputed). Full remat, 1 micro-batch: 73.4 GiB, 9.68 s.
     "llama3_8b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
     # v5p-128 (a torus): fsdp=64, full remat, 2 rows per chip: 61.4 GiB (65%, the LLaMA-2 70B
     # margin), step >= 20.67 s, compute-bound (HBM 1.40 s, collectives 0.91 s). 2 micro-batches:

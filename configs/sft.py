@@ -112,8 +112,8 @@ def _demo(c):
 # ahead-of-time TPU compiles of 128 x 4,096-token LoRA steps (BENCHMARKS.md "Me-LLaMA recipes,
 # compiled").
 ME_LLAMA_LAYOUT = {
-    # v5p-32: projection outputs kept, 4 micro-batches of 2 rows per chip: 68.5 GiB (72%),
-    # step >= 4.4 s, compute-bound.
+    # v5p-32: projection outputs and splash's residuals kept, 4 micro-batches of 2 rows per chip:
+    # 61.5 GiB (65%), step >= 4.29 s, compute-bound.
     "llama2_13b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 4),
     # v5p-128: fsdp=64, full remat, 2 rows per chip.
     "llama2_70b": ((1, -1, 1), "full", 1),
@@ -161,8 +161,9 @@ def _me_llama(c, preset: str):
 # compiles of 128 x 8,192-token LoRA steps with splash attention (BENCHMARKS.md "Me-LLaMA recipes,
 # compiled", LLaMA-3 table).
 ME_LLAMA3_LAYOUT = {
-    # v5p-32: projection outputs kept, one row per chip per micro-batch: 59.2 GiB (62%), step >=
-    # 6.10 s, compute-bound. 4 micro-batches (2 rows per chip): 99.5 GiB, does not fit.
+    # v5p-32: projection outputs and splash's residuals kept, one row per chip per micro-batch:
+    # 58.3 GiB (61%), step >= 5.77 s, compute-bound. 4 micro-batches (2 rows per chip): 99.5 GiB
+    # (before splash's residuals were kept), does not fit.
     "llama3_8b": ((1, -1, 1), "dots_with_no_batch_dims_saveable", 8),
     # v5p-128 (a torus): fsdp=64, full remat, 2 rows per chip: 43.7 GiB (46%), step >= 15.74 s,
     # compute-bound.
