@@ -69,9 +69,12 @@ SPLASH_LANES = 128
 # log-sum-exp of the scores), so a remat policy can keep them instead of running the kernel again
 # in the backward pass (model/llama.py REMAT_POLICIES).
 SPLASH_RESIDUALS = "splash_residuals"
+# ... and splash's inputs in its layout (q scaled, padded, heads first; k; v), what its backward
+# kernels read.
+SPLASH_INPUTS = "splash_inputs"
 # Activations named with checkpoint_name, so a remat policy can keep some and recompute the rest:
-# the attention kernel's inputs (q and k after RoPE, v; under splash in the kernel's layout) and
-# output, and the MLP's gate and up projections (the widest activations, [tokens, intermediate]).
+# the attention kernel's inputs (q and k after RoPE, v) and output, and the MLP's gate and up
+# projections (the widest activations, [tokens, intermediate]).
 ATTENTION_QKV, ATTENTION_OUT, MLP_GATE_UP = "attention_qkv", "attention_out", "mlp_gate_up"
 # Fields earlier versions wrote into model_config.json that no longer exist; read and ignored
 # (scan_layers: layers have always been scanned, the field could only be True).

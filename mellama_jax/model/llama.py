@@ -23,7 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 from mellama_jax.model.attention import (attention, cache_rows, cached_attention, make_attention_mask,
                                          resolve_attention_impl, target_platform)
 from mellama_jax.model.config import (ATTENTION_OUT, ATTENTION_QKV, MLP_GATE_UP, PROJECTION_BY_NAME,
-                                      SPLASH_RESIDUALS, LlamaConfig)
+                                      SPLASH_INPUTS, SPLASH_RESIDUALS, LlamaConfig)
 from mellama_jax.model.rope import apply_rotary, rotary_tables
 
 Array = jnp.ndarray
@@ -35,9 +35,10 @@ def _and_attention(policy):
     # call, not a dot), so the backward pass would run its forward again for its output and
     # log-sum-exp (4% of LLaMA-3 8B's executed FLOPs at 8,192 tokens), and redo RoPE and the
     # kernel-layout copies of q, k, v. Kept instead: the kernel's inputs and residuals, for one
-    # more [tokens, heads x head_dim] array per layer. Off TPU SPLASH_RESIDUALS matches nothing.
+    # more [tokens, heads x head_dim] array per layer. Off splash the names match nothing, so the
+    # policy is jax's own.
     return jax.checkpoint_policies.save_from_both_policies(
-        policy, jax.checkpoint_policies.save_only_these_names(ATTENTION_QKV, SPLASH_RESIDUALS))
+        policy, jax.checkpoint_policies.save_only_these_names(SPLASH_INPUTS, SPLASH_RESIDUALS))
 
 
 REMAT_POLICIES = {
@@ -50,7 +51,7 @@ REMAT_POLICIES = {
     # Under splash the kernel's own residuals are its output (the attention output is not named
     # twice, see Attention).
     "save_attention": jax.checkpoint_policies.save_only_these_names(ATTENTION_QKV, ATTENTION_OUT,
-                                                                    SPLASH_RESIDUALS),
+                                                                    SPLASH_INPUTS, SPLASH_RESIDUALS),
     # Recompute the layer but for the attention output (under splash: the kernel's output and
     # log-sum-exp, so the kernel's forward runs once): full remat's memory plus one
     # [tokens, heads x head_dim] array per layer.

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 # The kernel tiles the kv axis in units of TPU vector lanes; block sizes are multiples of this.
 from mellama_jax.model.config import SPLASH_LANES as LANES
-from mellama_jax.model.config import ATTENTION_QKV, SPLASH_RESIDUALS
+from mellama_jax.model.config import SPLASH_INPUTS, SPLASH_RESIDUALS
 
 
 def block_sizes(seq_len: int, block_q: int, block_kv: int, block_kv_compute: int) -> tuple[sa.BlockSizes, int]:
@@ -79,10 +79,10 @@ def splash_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids
     # whose rows are sliced off.
     pad = ((0, 0), (0, padded - t), (0, 0), (0, 0))
     q, k, v = (jnp.swapaxes(jnp.pad(x, pad), 1, 2) for x in (q * jnp.asarray(d ** -0.5, q.dtype), k, v))
-    # The kernel's inputs in its layout are what its backward kernels read: named like the model's
-    # q, k, v, a policy that keeps those keeps these instead (the backward needs no other copy), so
-    # the backward pass does not scale, pad and transpose them (or apply RoPE) again.
-    q, k, v = (checkpoint_name(x, ATTENTION_QKV) for x in (q, k, v))
+    # The kernel's inputs in its layout are what its backward kernels read: a policy that keeps
+    # them (model/llama.py) spares the backward pass scaling, padding and transposing them (and
+    # RoPE) again, and needs no other copy of q, k, v.
+    q, k, v = (checkpoint_name(x, SPLASH_INPUTS) for x in (q, k, v))
     if segment_ids is None:
         out = jax.vmap(kernel)(q, k, v)
     else:
