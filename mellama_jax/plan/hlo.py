@@ -532,10 +532,15 @@ def _param_read_bytes(name: str, full: float, users: dict, comps: dict, depth: i
     return min(total, full)
 
 
+def _fused_computation(fusion: Instr, comps: dict) -> list[Instr] | None:
+    """The instructions of the computation a fusion calls (None if it names none we parsed)."""
+    callee = re.search(r"calls=%([^\s,)}]+)", fusion.attrs)
+    return comps.get(callee.group(1)) if callee else None
+
+
 def _nested_param(fusion: Instr, operand: str, comps: dict) -> tuple[str, list[Instr]] | None:
     """The parameter of ``fusion``'s fused computation that ``operand`` is passed as (used once)."""
-    callee = re.search(r"calls=%([^\s,)}]+)", fusion.attrs)
-    fused = comps.get(callee.group(1)) if callee else None
+    fused = _fused_computation(fusion, comps)
     if fused is None or fusion.operands.count(operand) != 1:
         return None
     index = fusion.operands.index(operand)
@@ -584,8 +589,7 @@ def kind(instr: Instr, comps: dict) -> str:
     if base in COLLECTIVES:
         return "collectives"
     if instr.opcode == "fusion":
-        callee = re.search(r"calls=%([^\s,)}]+)", instr.attrs)
-        ops = {i.opcode for i in comps.get(callee.group(1), [])} if callee else set()
+        ops = {i.opcode for i in _fused_computation(instr, comps) or ()}
         if ops & {"dot", "convolution"}:
             return "matmul fusions"
         if ops & {"dynamic-update-slice", "dynamic-slice", "slice", "gather", "scatter"}:
@@ -607,9 +611,9 @@ def instruction_bytes(instr: Instr, shapes: dict, comps: dict) -> float:
         return 0.0
     operand_bytes = [_shape_bytes(shapes.get(o, [])) for o in instr.operands]
     if instr.opcode == "fusion":
-        callee = re.search(r"calls=%([^\s,)}]+)", instr.attrs)
-        if callee and callee.group(1) in comps:
-            return _fusion_bytes(instr, operand_bytes, comps[callee.group(1)], comps)
+        fused = _fused_computation(instr, comps)
+        if fused is not None:
+            return _fusion_bytes(instr, operand_bytes, fused, comps)
     if instr.opcode in _SLICING:
         return 2 * _shape_bytes(instr.shapes)
     if instr.opcode == "dynamic-update-slice":
