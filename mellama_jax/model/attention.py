@@ -14,6 +14,9 @@ import logging
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from mellama_jax.model.config import ATTENTION_OUT
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +250,9 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.n
     kernel (`resolve_attention_impl`); segment_ids [b, t] (0 = padding) as in `make_attention_mask`.
 
     `plain_causal` says segment_ids are all one (no packing, no padding), so the kernels may skip
-    segment masking. `splash_blocks` = (block_q, block_kv, block_kv_compute).
+    segment masking. `splash_blocks` = (block_q, block_kv, block_kv_compute). The output is named
+    ATTENTION_OUT for the remat policies; splash names its own residuals, output included
+    (model/splash.py), so naming its reshaped copy too would have save_attention keep both.
     """
     impl = resolve_attention_impl(impl, q.dtype, q.shape[-1])
     if impl == "splash":
@@ -264,8 +269,8 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.n
             block_kv_compute=block_kv_compute, interpret=platform == "cpu")
     if impl == "cudnn":
         mask = None if plain_causal else make_attention_mask(segment_ids, segment_ids, sliding_window=sliding_window)
-        return cudnn_attention(q, k, v, mask, sliding_window)
+        return checkpoint_name(cudnn_attention(q, k, v, mask, sliding_window), ATTENTION_OUT)
     mask = make_attention_mask(segment_ids, segment_ids, sliding_window=sliding_window)
     if impl == "dot_product":
-        return dot_product_attention(q, k, v, mask)
-    return xla_attention(q, k, v, mask)
+        return checkpoint_name(dot_product_attention(q, k, v, mask), ATTENTION_OUT)
+    return checkpoint_name(xla_attention(q, k, v, mask), ATTENTION_OUT)

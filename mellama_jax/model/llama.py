@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from mellama_jax.model.attention import (attention, cache_rows, cached_attention, make_attention_mask,
-                                         resolve_attention_impl, target_platform)
+from mellama_jax.model.attention import attention, cache_rows, cached_attention, make_attention_mask, target_platform
 from mellama_jax.model.config import (ATTENTION_OUT, ATTENTION_QKV, MLP_GATE_UP, PROJECTION_BY_NAME,
                                       SPLASH_INPUTS, SPLASH_RESIDUALS, LlamaConfig)
 from mellama_jax.model.rope import apply_rotary, rotary_tables
@@ -48,8 +47,8 @@ REMAT_POLICIES = {
     "minimal": _and_attention(jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims),
     # Keep what attention needs and makes (no q/k/v projection, RoPE or attention recompute),
     # recompute the MLP: for LLaMA-2 13B less than half the per-token bytes the dots policies keep.
-    # Under splash the kernel's own residuals are its output (the attention output is not named
-    # twice, see Attention).
+    # Under splash the kernel's own residuals are its output (attention.attention names the
+    # attention output of the other kernels only).
     "save_attention": jax.checkpoint_policies.save_only_these_names(ATTENTION_QKV, ATTENTION_OUT,
                                                                     SPLASH_INPUTS, SPLASH_RESIDUALS),
     # Recompute the layer but for the attention output (under splash: the kernel's output and
@@ -186,10 +185,6 @@ class Attention(nn.Module):
             out = cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
             new_cache = {"k": keys, "v": values}
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
-        if cache is not None or resolve_attention_impl(cfg.attention_impl, q.dtype, q.shape[-1]) != "splash":
-            # splash names its output itself (SPLASH_RESIDUALS); naming this reshaped copy too would
-            # have save_attention keep both
-            out = checkpoint_name(out, ATTENTION_OUT)
         y = _bias(self, "o_proj", project(out, wo, n_in=2), cfg)
         return _with_lora(self, "o_proj", out, y, "bshd,hdr->bsr", "bsr,re->bse", self.lora_dropout), new_cache
 
